@@ -1,0 +1,3 @@
+from deepdistill_tui.cli import main
+
+raise SystemExit(main())

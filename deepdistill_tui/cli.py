@@ -1,0 +1,221 @@
+"""The headless command line: a thin face over deepdistill_tui.core.
+
+    deepdistill-tui --recipe tiny              # the terminal app
+    deepdistill-tui run --recipe tiny          # the whole pipeline, headless
+    deepdistill-tui ingest --recipe tiny       # one stage
+    deepdistill-tui import-am math_r1_1pass.jsonl ...
+
+Every command takes --db PATH (default ./deepdistill.db). Errors print one line and exit 2.
+Heavy imports (torch, transformers, textual) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from deepdistill_tui import __version__
+from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.store import DEFAULT_DB
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from deepdistill_tui.core.recipe import load_recipe
+
+    return load_recipe(args.recipe)
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from deepdistill_tui.core.store import Store
+
+    return Store(args.db)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _report_table(title: str, rows: Sequence[tuple[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+def _print_ingest(console: Any, report: dict[str, Any]) -> None:
+    rows: list[tuple[str, Any]] = [("read", report["read"])]
+    rows += [(f"  - {rule}", n) for rule, n in report["removed"].items()]
+    rows += [("kept", report["kept"]), ("new in store", report["inserted"]),
+             ("already in store", report["already_present"])]
+    rows += [(f"  {split}", n) for split, n in sorted(report["by_split"].items())]
+    rows += [(f"  {cat}", n) for cat, n in sorted(report["by_category"].items())]
+    rows.append(("seconds", report["seconds"]))
+    console.print(_report_table("Ingest", rows))
+
+
+def _print_import(console: Any, report: dict[str, Any]) -> None:
+    rows: list[tuple[str, Any]] = [(path, n) for path, n in report["per_file"].items()]
+    rows += [("responses", report["responses"]), ("new queries", report["new_queries"]),
+             ("responses/s", report["responses_per_s"])]
+    console.print(_report_table("Import (AM format)", rows))
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.pipeline import parse_stages, run_stage
+
+    recipe = _load(args)
+    with _store(args) as store:
+        result = run_stage(store, parse_stages("ingest")[0], recipe)
+    if args.json:
+        _print_json(result)
+        return 0
+    console = _console()
+    if "ingest" in result:
+        _print_ingest(console, result["ingest"])
+    if "import_am" in result:
+        _print_import(console, result["import_am"])
+    return 0
+
+
+def cmd_import_am(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.am_import import import_am
+
+    thresholds = dict(_load(args).grading.thresholds) if args.recipe else None
+    with _store(args) as store:
+        run_id = store.start_run("import-am", None, None, {"files": args.files})
+        try:
+            report = import_am(store, args.files, thresholds=thresholds).as_dict()
+        except BaseException as exc:
+            store.finish_run(run_id, "failed", error=str(exc))
+            raise
+        store.finish_run(run_id, "ok", report)
+    if args.json:
+        _print_json(report)
+    else:
+        _print_import(_console(), report)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.pipeline import parse_stages, run_pipeline
+
+    recipe = _load(args)
+    console = _console()
+
+    def show(event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "stage_started":
+            console.print(f"[bold]▶ {event['stage']}[/] (run {event['run_id']})")
+        elif kind == "stage_skipped":
+            console.print(f"[dim]· {event['stage']}: skipped, {event['reason']}[/]")
+        elif kind == "stage_progress":
+            console.print(f"  {event['message']}")
+        elif kind == "stage_finished":
+            console.print(f"[green]✔ {event['stage']}[/]")
+            result = event["result"]
+            if "ingest" in result:
+                _print_ingest(console, result["ingest"])
+            if "import_am" in result:
+                _print_import(console, result["import_am"])
+
+    with _store(args) as store:
+        run_pipeline(store, recipe, parse_stages(args.stages), force=args.force, emit=show)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.recipe import available_recipes, load_recipe
+
+    if args.show:
+        _print_json(load_recipe(args.show).model_dump(mode="json"))
+        return 0
+    for name in available_recipes():
+        print(f"{name}: {' '.join(load_recipe(name).description.split())}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from deepdistill_tui.tui.app import DeepDistillApp
+
+    recipe = _load(args)  # fail on a bad recipe before the screen is taken over
+    DeepDistillApp(recipe=recipe, db_path=args.db).run()
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
+                        help=f"SQLite database (default: ./{DEFAULT_DB})")
+    with_recipe = argparse.ArgumentParser(add_help=False)
+    with_recipe.add_argument("--recipe", default="tiny", metavar="NAME|PATH",
+                             help="recipes/NAME.yaml or a YAML file (default: tiny)")
+
+    parser = argparse.ArgumentParser(
+        prog="deepdistill-tui", parents=[common, with_recipe],
+        description="Difficulty-graded reasoning data and SFT (DeepDistill), at home. "
+                    "Without a command: the terminal app.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.set_defaults(handler=cmd_app)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", parents=[common, with_recipe], help="run the pipeline's stages in order")
+    p.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
+    p.add_argument("--force", action="store_true", help="re-run stages that already succeeded")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("ingest", parents=[common, with_recipe], help="ingest the recipe's queries")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=cmd_ingest)
+
+    p = sub.add_parser("import-am", parents=[common],
+                       help="import AM-DeepSeek-Distilled-40M JSONL files (CATEGORY_TEACHER_Kpass.jsonl)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--recipe", default=None, metavar="NAME|PATH",
+                   help="take pass thresholds from this recipe (default: the paper's)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=cmd_import_am)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes, or --show one resolved")
+    p.add_argument("--show", metavar="NAME|PATH")
+    p.set_defaults(handler=cmd_recipes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except DeepDistillError as exc:
+        print(f"deepdistill-tui: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepdistill-tui: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

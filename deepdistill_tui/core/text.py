@@ -1,0 +1,74 @@
+"""Text normalisation, query ids and the query-quality filters (PAPER.md section 1)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+_URL = re.compile(r"https?://|www\.[a-z0-9-]+\.[a-z]", re.IGNORECASE)
+# A Markdown table separator row (|---|:--:|) or an HTML table.
+_TABLE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$|<table\b", re.M | re.I)
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_WORD = re.compile(r"\w+")
+# Unicode categories that ordinary prose and mathematics do not use: controls, format characters,
+# private use, unassigned and surrogates, plus symbols outside math (emoji and the like).
+_UNUSUAL_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "So"})
+
+
+def normalize(text: str) -> str:
+    """The form used for exact dedup and ids: NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def query_id(text: str) -> str:
+    """Stable id of a question: 128 bits of sha256 over its normalised form."""
+    return hashlib.sha256(normalize(text).encode("utf-8")).hexdigest()[:32]
+
+
+def has_url(text: str) -> bool:
+    return _URL.search(text) is not None
+
+
+def has_table(text: str) -> bool:
+    return _TABLE.search(text) is not None
+
+
+def unusual_unicode_ratio(text: str) -> float:
+    if not text:
+        return 0.0
+    if text.isascii():
+        return len(_ASCII_CONTROL.findall(text)) / len(text)
+    unusual = 0
+    for ch in text:
+        if ch in "\n\t\r":
+            continue
+        if unicodedata.category(ch) in _UNUSUAL_CATEGORIES:
+            unusual += 1
+    return unusual / len(text)
+
+
+def words(normalized: str) -> list[str]:
+    return _WORD.findall(normalized)
+
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+
+
+def split_response(text: str) -> tuple[str | None, str | None]:
+    """(reasoning, final answer) of a response in the <think>...</think> answer format.
+
+    The answer is what follows the reasoning, unwrapped from <answer> tags when present. A response
+    without a closed think block has no reasoning; one that ends inside its reasoning has no answer.
+    """
+    m = _THINK.search(text)
+    if m is None:
+        if "<think>" in text:
+            return text.split("<think>", 1)[1].strip(), None
+        return None, text.strip() or None
+    reasoning = m.group(1).strip()
+    rest = text[m.end():]
+    a = _ANSWER.search(rest)
+    answer = (a.group(1) if a else rest).strip()
+    return reasoning or None, answer or None

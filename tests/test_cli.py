@@ -1,0 +1,52 @@
+"""The headless CLI as a user runs it: a real process, a real database file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from deepdistill_tui.core.synthetic import write_am_files
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "deepdistill_tui", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_ingest_then_run_skips_done_stage(tmp_path: Path) -> None:
+    db = str(tmp_path / "x.db")
+    out = cli("ingest", "--recipe", "tiny", "--db", db, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["ingest"]["kept"] > 50
+    again = cli("run", "--recipe", "tiny", "--db", db, "--stages", "ingest")
+    assert again.returncode == 0 and "skipped, already done" in again.stdout
+    recipe = sqlite3.connect(db).execute("SELECT recipe FROM runs WHERE status = 'ok'").fetchone()[0]
+    assert json.loads(recipe)["name"] == "tiny"
+
+
+def test_import_am_cli(tmp_path: Path) -> None:
+    files = write_am_files(tmp_path / "am", 30, categories=("math", "code"))
+    out = cli("import-am", *map(str, files), "--db", str(tmp_path / "x.db"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["responses"] == 30 * 3 * 4
+
+
+def test_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\ntypo: 1\n")
+    for args in (["ingest", "--recipe", str(recipe)], ["ingest", "--recipe", "nope"],
+                 ["run", "--stages", "bogus"], ["import-am", str(tmp_path / "math_r1.jsonl")]):
+        out = cli(*args, "--db", str(tmp_path / "e.db"))
+        assert out.returncode == 2, (args, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("deepdistill-tui: error: "), out.stderr
+
+
+def test_recipes_lists_shipped_recipes() -> None:
+    out = cli("recipes")
+    assert out.returncode == 0
+    assert {line.split(":")[0] for line in out.stdout.splitlines()} >= {"tiny", "small", "full-32b",
+                                                                       "full-72b"}

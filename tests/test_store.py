@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.store import SCHEMA_VERSION, Store
+
+
+def test_schema_tables_wal_and_version(tmp_path: Path) -> None:
+    with Store(tmp_path / "a.db") as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.scalar("PRAGMA journal_mode") == "wal"
+        tables = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"queries", "teachers", "samples", "grades", "selections", "selection_members",
+                "runs"} <= tables
+    with Store(tmp_path / "a.db") as s:  # reopening migrates nothing twice
+        assert s.schema_version() == SCHEMA_VERSION
+
+
+def test_keys_are_not_null(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError), store.write() as conn:
+        conn.execute("INSERT INTO samples (query_id, teacher_id, pass_index, response, created_at)"
+                     " VALUES ('q', NULL, 0, 'r', 0)")
+    assert store.count("samples") == 0
+
+
+def test_write_rolls_back_on_error(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.write() as conn:
+        conn.execute("INSERT INTO teachers VALUES ('t', 'n', 'b', 'm', NULL, '{}', 0)")
+        raise RuntimeError("boom")
+    assert store.count("teachers") == 0
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(DeepDistillError, match="newer than this program"):
+        Store(path)
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(DeepDistillError, match="junk.db: not a usable SQLite database"):
+        Store(path)
+
+
+def test_runs_record_the_resolved_recipe(store: Store) -> None:
+    run_id = store.start_run("ingest", "tiny", '{"name": "tiny"}', {"x": 1})
+    store.finish_run(run_id, "ok", {"kept": 3})
+    last = store.last_run("ingest")
+    assert last is not None and last["status"] == "ok" and last["result"] == {"kept": 3}
+    assert store.scalar("SELECT recipe FROM runs") == '{"name": "tiny"}'

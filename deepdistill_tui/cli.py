@@ -141,6 +141,66 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_progress(console: Any) -> tuple[Any, Any]:
+    """A rich progress display fed by the sampler's events: one bar per teacher."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console)
+    tasks: dict[str, Any] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind, name = event["event"], event.get("teacher", "")
+        if kind == "sample_started":
+            tasks[name] = progress.add_task(name, total=event["queries_total"], rate="")
+        elif kind == "sample_progress":
+            progress.update(tasks[name], completed=event["queries_done"],
+                            rate=f"{event['tokens_per_s']:.0f} tok/s")
+        elif kind == "sample_failed":
+            progress.console.print(f"[red]✘ {event['error']}[/]")
+        elif kind == "sample_waiting":
+            progress.console.print(f"[yellow]{event['message']}[/]")
+
+    return progress, on_event
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import threading
+
+    from deepdistill_tui.core.sample import sample
+
+    recipe = _load(args)
+    if args.teacher:
+        recipe.teacher(args.teacher)  # a clear error for an unknown name before any model loads
+    console = _console()
+    progress, on_event = _sample_progress(console)
+    stop = threading.Event()
+    with _store(args) as store:
+        run_id = store.start_run("sample", recipe.name, recipe.to_json(),
+                                 {"teacher": args.teacher, "limit": args.limit})
+        try:
+            with progress:
+                reports = [r.as_dict() for r in sample(store, recipe, teacher_name=args.teacher,
+                                                       limit=args.limit, emit=on_event, stop=stop)]
+        except KeyboardInterrupt:
+            stop.set()
+            store.finish_run(run_id, "interrupted")
+            raise
+        failed = [r for r in reports if r["error"]]
+        store.finish_run(run_id, "failed" if failed else "ok", reports,
+                         error="; ".join(r["error"] for r in failed) or None)
+    if args.json:
+        _print_json(reports)
+    else:
+        rows = [(r["teacher"], f"{r['samples']} samples, {r['tokens']} tokens, "
+                 f"{r['tokens_per_s'] or 0} tok/s" + (f", {len(r['skipped'])} skipped" if r["skipped"]
+                                                      else "")) for r in reports if not r["error"]]
+        console.print(_report_table("Sampling", rows))
+    for r in failed:
+        print(f"deepdistill-tui: error: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.recipe import available_recipes, load_recipe
 
@@ -188,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", parents=[common, with_recipe], help="ingest the recipe's queries")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_ingest)
+
+    p = sub.add_parser("sample", parents=[common, with_recipe],
+                       help="generate the missing passes of every (query, teacher)")
+    p.add_argument("--teacher", metavar="NAME", help="only this teacher")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N training queries")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=cmd_sample)
 
     p = sub.add_parser("import-am", parents=[common],
                        help="import AM-DeepSeek-Distilled-40M JSONL files (CATEGORY_TEACHER_Kpass.jsonl)")

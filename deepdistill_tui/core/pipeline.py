@@ -34,6 +34,9 @@ class Stage:
     run: Callable[[Store, Recipe, Emit], dict[str, Any]]
     inputs: Callable[[Recipe], Any]
     """The recipe values this stage's result depends on; a change makes the stage run again."""
+    always: bool = False
+    """Stages that resume from the store's own state (sample, grade) run every time; they skip
+    finished work themselves."""
 
 
 def am_files(recipe: Recipe) -> list[Path]:
@@ -61,9 +64,27 @@ def run_ingest(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
     return result
 
 
+def run_sample(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
+    from deepdistill_tui.core.sample import sample
+
+    reports = [r.as_dict() for r in sample(store, recipe, emit=emit)]
+    failed = [r for r in reports if r["error"]]
+    if failed:
+        raise DeepDistillError("; ".join(r["error"] for r in failed))
+    return {"teachers": reports}
+
+
+def _sample_inputs(recipe: Recipe) -> Any:
+    # Queries can be added later: sampling is "done" only for the store's current content, so it
+    # always runs (finding nothing to do is cheap).
+    return None
+
+
 STAGES: list[Stage] = [
     Stage("ingest", "read, clean, dedup and decontaminate the queries", run_ingest,
           lambda r: r.data.model_dump(mode="json")),
+    Stage("sample", "answer each training query N times with every teacher", run_sample,
+          _sample_inputs, always=True),
 ]
 
 
@@ -120,7 +141,7 @@ def run_pipeline(store: Store, recipe: Recipe, stages: list[Stage], *, force: bo
                  emit: Emit = _noop) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for stage in stages:
-        if not force and already_done(store, stage, recipe):
+        if not force and not stage.always and already_done(store, stage, recipe):
             emit({"event": "stage_skipped", "stage": stage.name, "reason": "already done"})
             results[stage.name] = "skipped"
             continue

@@ -159,7 +159,9 @@ class ModelRef(_Model):
 class SamplingParams(_Model):
     temperature: float = Field(default=0.6, ge=0, le=5)
     top_p: float = Field(default=0.95, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=40, ge=0)
+    """0 disables it. The paper gives none; 40 is llama.cpp's default and bounds top-p's sort to 40
+    candidates instead of the whole vocabulary (the probability mass it cuts is negligible)."""
     max_tokens: int = Field(default=32_768, ge=1)
     seed: int = 0
 

@@ -1,0 +1,214 @@
+"""Sampling on the real bundled GGUF models, through llama.cpp and through a real local server."""
+
+from __future__ import annotations
+
+import http.server
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deepdistill_tui.core.ingest import ingest
+from deepdistill_tui.core.models import fetch
+from deepdistill_tui.core.recipe import Recipe, load_recipe
+from deepdistill_tui.core.sample import sample
+from deepdistill_tui.core.store import Store
+
+
+def tiny(**teacher_overrides: Any) -> Recipe:
+    """The tiny recipe with short answers, so that tests stay fast."""
+    data = load_recipe("tiny").model_dump()
+    for t in data["teachers"]:
+        t["sampling"]["max_tokens"] = 24
+        t.update(teacher_overrides.get(t["name"], {}))
+    return Recipe.model_validate(data)
+
+
+@pytest.fixture
+def ingested(store: Store) -> Store:
+    ingest(store, load_recipe("tiny").data)
+    return store
+
+
+def test_passes_are_stored_with_provenance_and_resume_is_a_no_op(ingested: Store) -> None:
+    recipe = tiny()
+    reports = sample(ingested, recipe, limit=2)
+    assert [r.error for r in reports] == [None, None]
+    assert ingested.count("samples") == 2 * 4 * 2
+    rows = ingested.conn.execute(
+        "SELECT teacher_id, pass_index, prompt_tokens, completion_tokens, finish_reason, seconds, seed"
+        " FROM samples").fetchall()
+    for _tid, p, pt, ct, reason, secs, seed in rows:
+        assert 0 <= p < 4 and pt > 0 and 0 <= ct <= 24 and reason in ("stop", "length")
+        assert secs > 0 and seed is not None
+    for tid in {r[0] for r in rows}:  # a seed per (query, pass) of each teacher
+        seeds = [r[6] for r in rows if r[0] == tid]
+        assert len(set(seeds)) == len(seeds) == 8
+    again = sample(ingested, recipe, limit=2)
+    assert [r.samples for r in again] == [0, 0] and ingested.count("samples") == 16
+
+
+def test_changed_sampling_parameter_is_a_new_teacher(ingested: Store) -> None:
+    sample(ingested, tiny(), teacher_name="smollm2-135m", limit=1)
+    changed = tiny(**{"smollm2-135m": {"sampling": {"temperature": 0.9, "max_tokens": 24}}})
+    sample(ingested, changed, teacher_name="smollm2-135m", limit=1)
+    assert ingested.count("teachers") == 2 and ingested.count("samples") == 8
+
+
+def test_bad_model_files_fail_their_teacher_only(ingested: Store, tmp_path: Path) -> None:
+    wrong_magic = tmp_path / "wrong.gguf"
+    wrong_magic.write_bytes(b"NOPE" + b"\0" * 1024)
+    real = fetch(load_recipe("tiny").teachers[0].model)  # type: ignore[arg-type]
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(real.read_bytes()[: 1 << 20])
+    for bad, cause in ((wrong_magic, "is not a GGUF file"), (truncated, "cannot load")):
+        recipe = tiny(**{"gemma3-270m": {"model": {"path": str(bad)}}})
+        reports = {r.teacher: r for r in sample(ingested, recipe, limit=1)}
+        assert reports["smollm2-135m"].error is None
+        error = reports["gemma3-270m"].error
+        assert error is not None and error.startswith("teacher gemma3-270m:") and cause in error
+        assert "\n" not in error
+    assert ingested.count("samples") == 4  # smollm2's passes for the one query, written once
+
+
+def test_prompt_longer_than_context_is_skipped_not_fatal(ingested: Store) -> None:
+    recipe = tiny(**{"smollm2-135m": {"n_ctx": 256, "sampling": {"max_tokens": 250}}})
+    [report] = sample(ingested, recipe, teacher_name="smollm2-135m", limit=2)
+    assert report.error is None and len(report.skipped) == 2
+    assert "exceeds n_ctx 256" in report.skipped[0]
+    assert ingested.count("samples") == 0
+
+
+def _cli(db: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "deepdistill_tui", "sample", "--db", str(db),
+                             "--teacher", "smollm2-135m", "--json", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "kill.db"
+    with Store(db) as s:
+        ingest(s, load_recipe("tiny").data)
+    rng = random.Random(1234)
+    counts = []
+    for _ in range(4):
+        proc = _cli(db, "--limit", "6")
+        time.sleep(rng.uniform(1.0, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with Store(db) as s:
+            counts.append(s.count("samples"))
+    assert _cli(db, "--limit", "6").wait(timeout=300) == 0
+    with Store(db) as s:
+        per_query = s.conn.execute(
+            "SELECT query_id, count(*), count(DISTINCT pass_index) FROM samples GROUP BY query_id"
+        ).fetchall()
+        assert counts == sorted(counts) and counts[-1] < 24  # kills landed mid-run, work was kept
+        assert len(per_query) == 6 and all(n == 4 and d == 4 for _, n, d in per_query)
+        assert s.count("samples") == 24
+        assert s.scalar("SELECT count(*) FROM samples WHERE pass_index % 4 != pass_index") == 0
+
+
+# ----------------------------------------------------------------- the OpenAI-compatible backend
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Any:
+    """llama-cpp-python's own OpenAI-compatible server, serving the bundled SmolLM2 on loopback."""
+    model = fetch(load_recipe("tiny").teachers[0].model)  # type: ignore[arg-type]
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not start in 90 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def openai_recipe(base_url: str, **extra: Any) -> Recipe:
+    data = load_recipe("tiny").model_dump()
+    data["teachers"] = [
+        {"name": "served", "backend": "openai", "base_url": base_url, "served_model": "smollm2",
+         "sampling": {"max_tokens": 16, "temperature": 0.7}, "concurrency": 4, **extra},
+        {**data["teachers"][0], "sampling": {**data["teachers"][0]["sampling"], "max_tokens": 16}},
+    ]
+    data["selection"]["training_teacher"] = "served"
+    data["selection"]["difficulty_teachers"] = []
+    return Recipe.model_validate(data)
+
+
+def test_openai_backend_against_a_real_local_server(ingested: Store, llama_server: str) -> None:
+    [report] = sample(ingested, openai_recipe(llama_server), teacher_name="served", limit=2)
+    assert report.error is None and report.samples == 8
+    rows = ingested.conn.execute("SELECT response, completion_tokens FROM samples").fetchall()
+    assert all(ct > 0 for _, ct in rows) and any(r.strip() for r, _ in rows)
+    teacher = ingested.conn.execute("SELECT backend, model FROM teachers").fetchone()
+    assert teacher == ("openai", f"{llama_server}#smollm2")
+
+
+def test_endpoint_down_fails_that_teacher_and_others_go_on(ingested: Store) -> None:
+    recipe = openai_recipe(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)
+    reports = {r.teacher: r for r in sample(ingested, recipe, limit=1)}
+    assert reports["served"].error is not None
+    assert reports["served"].error.startswith("teacher served: http://127.0.0.1:")
+    assert "failed after 4 attempts" in reports["served"].error
+    assert reports["smollm2-135m"].error is None and reports["smollm2-135m"].samples == 4
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = b'{"choices": "not a list"}' if "chat" in self.path else b"<html>oops"
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_garbage_from_the_endpoint_is_a_clear_error(ingested: Store) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        recipe = openai_recipe(f"http://127.0.0.1:{server.server_address[1]}/v1")
+        [report] = sample(ingested, recipe, teacher_name="served", limit=1)
+    finally:
+        server.shutdown()
+    assert report.error is not None and "malformed response" in report.error
+    assert ingested.count("samples") == 0
+
+
+def test_second_sampler_waits_for_the_first(tmp_path: Path) -> None:
+    db = tmp_path / "two.db"
+    with Store(db) as s:
+        ingest(s, load_recipe("tiny").data)
+    first, second = _cli(db, "--limit", "3"), _cli(db, "--limit", "3")
+    assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0
+    with Store(db) as s:
+        assert s.count("samples") == 12

@@ -40,3 +40,26 @@ async def test_bad_store_is_a_notification_not_a_crash(tmp_path: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: bool(app._notifications))
         assert "not a usable SQLite database" in next(iter(app._notifications)).message
+
+
+async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> None:
+    from deepdistill_tui.core.ingest import ingest
+    from deepdistill_tui.core.recipe import Recipe
+    from deepdistill_tui.core.store import Store
+
+    data = load_recipe("tiny").model_dump()
+    data["sampling"]["query_limit"] = 1
+    for t in data["teachers"]:
+        t["sampling"]["max_tokens"] = 12
+    recipe = Recipe.model_validate(data)
+    db = tmp_path / "app.db"
+    with Store(db) as s:
+        ingest(s, recipe.data)
+    app = DeepDistillApp(recipe, db)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("s")
+        await wait_until(pilot, lambda: any(n.title == "Done" for n in app._notifications), 120)
+        status = str(app.query_one("#sample-status", Static).render())
+        assert "1/1 queries" in status
+    with Store(db) as s:
+        assert s.count("samples") == 2 * 4

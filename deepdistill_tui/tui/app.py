@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,7 +11,16 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import (
+    DataTable,
+    Footer,
+    Header,
+    Log,
+    ProgressBar,
+    Static,
+    TabbedContent,
+    TabPane,
+)
 
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.models import detect_hardware
@@ -19,6 +29,20 @@ from deepdistill_tui.core.recipe import Recipe
 from deepdistill_tui.core.store import Store
 
 PAGE = 200
+
+
+class SampleEvent(Message):
+    """A sampler progress event, posted from the worker thread."""
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.event = event
+        super().__init__()
+
+    def can_replace(self, message: Message) -> bool:
+        # A flood of progress events coalesces: only the latest of a teacher matters.
+        return (isinstance(message, SampleEvent) and message.event["event"] == "sample_progress"
+                and self.event["event"] == "sample_progress"
+                and message.event.get("teacher") == self.event.get("teacher"))
 
 
 class StageFinished(Message):
@@ -74,9 +98,14 @@ class DeepDistillApp(App[None]):
     CSS = """
     #overview, #ingest-report { padding: 1 2; }
     #queries { height: 1fr; }
+    #sample-status { padding: 1 2; height: auto; }
+    #sample-progress { margin: 0 2; }
+    #sample-log { height: 1fr; border: round $primary; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("i", "ingest", "Ingest", id="ingest"),
+        Binding("s", "sample", "Sample", id="sample"),
+        Binding("x", "stop", "Stop", id="stop"),
         Binding("r", "refresh", "Refresh", id="refresh"),
         Binding("n", "next_page", "Next page", id="next_page"),
         Binding("p", "prev_page", "Prev page", id="prev_page"),
@@ -88,6 +117,7 @@ class DeepDistillApp(App[None]):
         self.recipe = recipe
         self.db_path = Path(db_path)
         self.page = 0
+        self.stop_event = threading.Event()
         self.sub_title = f"{recipe.name} · {self.db_path}"
 
     def compose(self) -> ComposeResult:
@@ -98,6 +128,10 @@ class DeepDistillApp(App[None]):
             with TabPane("Data", id="tab-data"):
                 yield Static("", id="ingest-report")
                 yield DataTable(id="queries", zebra_stripes=True, cursor_type="row")
+            with TabPane("Sample", id="tab-sample"):
+                yield Static("Press [b]s[/] to sample the teachers, [b]x[/] to stop.", id="sample-status")
+                yield ProgressBar(id="sample-progress", show_eta=True)
+                yield Log(id="sample-log", max_lines=500)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -159,6 +193,48 @@ class DeepDistillApp(App[None]):
             self.post_message(StageFailed("ingest", str(exc)))
             return
         self.post_message(StageFinished("ingest", result))
+
+    def action_sample(self) -> None:
+        self.stop_event.clear()
+        self.query_one(TabbedContent).active = "tab-sample"
+        self.run_sample()
+
+    def action_stop(self) -> None:
+        self.stop_event.set()
+        self.notify("Stopping after the query in flight…")
+
+    @work(thread=True, exclusive=True, group="stage", exit_on_error=False)
+    def run_sample(self) -> None:
+        from deepdistill_tui.core.sample import sample
+
+        def emit(event: dict[str, Any]) -> None:
+            self.post_message(SampleEvent(event))
+
+        try:
+            with self._store() as store:
+                reports = sample(store, self.recipe, emit=emit, stop=self.stop_event)
+        except DeepDistillError as exc:
+            self.post_message(StageFailed("sample", str(exc)))
+            return
+        self.post_message(StageFinished("sample", {"teachers": [r.as_dict() for r in reports]}))
+
+    def on_sample_event(self, message: SampleEvent) -> None:
+        event = message.event
+        status = self.query_one("#sample-status", Static)
+        bar = self.query_one("#sample-progress", ProgressBar)
+        log = self.query_one("#sample-log", Log)
+        kind = event["event"]
+        if kind == "sample_started":
+            bar.update(total=max(event["queries_total"], 1), progress=0)
+            status.update(f"[b]{event['teacher']}[/]: {event['queries_total']} queries, "
+                          f"{event['passes_total']} passes to generate")
+        elif kind == "sample_progress":
+            bar.update(progress=event["queries_done"])
+            status.update(f"[b]{event['teacher']}[/]: {event['queries_done']}/{event['queries_total']}"
+                          f" queries · {event['tokens_per_s']:.0f} tok/s")
+            log.write_line(" ".join(event["last_response"].split())[:200])
+        elif kind in ("sample_failed", "sample_waiting"):
+            self.notify(event.get("error") or event.get("message", ""), severity="warning")
 
     def on_stage_finished(self, message: StageFinished) -> None:
         self.notify(f"{message.stage} finished", title="Done")

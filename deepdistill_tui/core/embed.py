@@ -21,7 +21,7 @@ def resolve_model_dir(spec: str) -> Path | str:
         if found is None or not found.submodule_search_locations:
             raise DeepDistillError(f"embedding model package {name!r} is not installed")
         root = Path(next(iter(found.submodule_search_locations)))
-        configs = sorted(root.rglob("config.json"))
+        configs = sorted(root.rglob("config.json"), key=lambda p: (len(p.parts), str(p)))
         if not configs:
             raise DeepDistillError(f"embedding model package {name!r} has no config.json")
         return configs[0].parent

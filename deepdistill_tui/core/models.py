@@ -98,7 +98,7 @@ def check_gguf(path: Path) -> None:
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a model file, cached beside the database by size and mtime (hashing 5 GB is slow)."""
+    """sha256 of a model file, memoised in this process by path, size and mtime (hashing 5 GB is slow)."""
     st = path.stat()
     key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     cached = _SHA_CACHE.get(key)

@@ -12,6 +12,7 @@ Heavy imports (torch, transformers, textual) happen inside the commands that nee
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -201,6 +202,115 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _bar(count: int, most: int, width: int = 30) -> str:
+    return "█" * (round(width * count / most) if most else 0)
+
+
+def _histogram_table(title: str, label: str, rows: list[tuple[str, int]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False)
+    table.add_column(label, justify="right")
+    table.add_column("queries", justify="right")
+    table.add_column("")
+    most = max((n for _, n in rows), default=0)
+    for key, n in rows:
+        table.add_row(key, str(n), _bar(n, most))
+    return table
+
+
+def _cv_labels(edges: list[float | None]) -> list[str]:
+    return [f"{lo:g}-{hi:g}" if hi is not None else f">{lo:g}"
+            for lo, hi in itertools.pairwise(edges) if lo is not None]
+
+
+def _print_stats(console: Any, stats: dict[str, Any]) -> None:
+    for cat, teachers in sorted(stats["categories"].items()):
+        for name, e in teachers.items():
+            mean = e["mean_verify_score"]
+            title = (f"{cat} · {name}: {e['queries']} queries, {e['responses']} graded responses, "
+                     f"mean score {'-' if mean is None else round(mean, 3)}, {e['ungraded']} ungraded, "
+                     f"{e['missing_passes']} passes missing")
+            rows = [(f"{h['pass_rate']:.2f}", h["queries"]) for h in e["pass_rate_histogram"]]
+            console.print(_histogram_table(title, "pass rate", rows))
+            if name == stats["training_teacher"]:
+                cv = e["cv_histogram"]
+                title = f"{cat} · {name}: CV ({cv['zero']} at 0, {cv['undefined']} undefined: all wrong)"
+                rows = list(zip(_cv_labels(cv["edges"]), cv["counts"], strict=True))
+                console.print(_histogram_table(title, "CV", rows))
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.stats import compute_stats, per_query
+
+    recipe = _load(args)
+    with _store(args) as store:
+        stats = compute_stats(store, recipe)
+        if args.per_query:
+            stats["per_query"] = per_query(store, recipe)
+    if args.json:
+        _print_json(stats)
+    else:
+        _print_stats(_console(), stats)
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.select import run_selection
+
+    recipe = _load(args)
+    with _store(args) as store:
+        run_id = store.start_run("select", recipe.name, recipe.to_json(), {"name": args.name})
+        try:
+            selections = run_selection(store, recipe, args.name)
+        except BaseException as exc:
+            store.finish_run(run_id, "failed", error=str(exc))
+            raise
+        result: list[dict[str, Any]] = [
+            {"name": s.name, "members": len(s.members), "tokens": s.n_tokens, "counts": s.counts}
+            for s in selections]
+        store.finish_run(run_id, "ok", result)
+    if args.json:
+        _print_json(result)
+        return 0
+    console = _console()
+    for r in result:
+        rows: list[tuple[str, Any]] = [(f"queries: {b}", n) for b, n in r["counts"]["queries"].items()]
+        rows += [("responses kept", r["members"]), ("tokens (approx.)", r["tokens"])]
+        rows += [(f"  {c}", n) for c, n in sorted(r["counts"]["by_category"].items())]
+        console.print(_report_table(f"Selection {r['name']}", rows))
+    return 0
+
+
+def cmd_selections(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from deepdistill_tui.core.select import list_selections
+
+    with _store(args) as store:
+        rows = list_selections(store)
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = Table("name", "stage", "responses", "tokens", "seed", "queries by branch")
+    for r in rows:
+        branches = ", ".join(f"{k} {v}" for k, v in r["counts"]["queries"].items())
+        table.add_row(r["name"], str(r["rule"]["stage"]), str(r["members"]), str(r["tokens"]),
+                      str(r["seed"]), branches)
+    _console().print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.export import export
+
+    recipe = _load(args)
+    with _store(args) as store:
+        n = export(store, recipe, args.selection, args.format, args.out)
+    print(f"wrote {n} records to {args.out} ({args.format})")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.recipe import available_recipes, load_recipe
 
@@ -255,6 +365,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N training queries")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("stats", parents=[common, with_recipe],
+                       help="pass-rate and CV histograms per category and teacher")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON (docs/STATS.md)")
+    p.add_argument("--per-query", action="store_true",
+                   help="with --json: every query's pass rates and CV too")
+    p.set_defaults(handler=cmd_stats)
+
+    p = sub.add_parser("select", parents=[common, with_recipe],
+                       help="Algorithm 1 (and Stage II when enabled) into a named selection")
+    p.add_argument("--name", required=True, help="selection name (Stage II is stored as NAME-stage2)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_select)
+
+    p = sub.add_parser("selections", parents=[common], help="list the stored selections")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_selections)
+
+    p = sub.add_parser("export", parents=[common, with_recipe],
+                       help="a selection as chat-format records (jsonl, parquet or a datasets dataset)")
+    p.add_argument("--selection", required=True, metavar="NAME")
+    p.add_argument("--format", choices=["jsonl", "parquet", "hf"], default="jsonl")
+    p.add_argument("--out", required=True, metavar="PATH")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("import-am", parents=[common],
                        help="import AM-DeepSeek-Distilled-40M JSONL files (CATEGORY_TEACHER_Kpass.jsonl)")

@@ -74,6 +74,13 @@ def run_sample(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
     return {"teachers": reports}
 
 
+def run_select(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
+    from deepdistill_tui.core.select import run_selection
+
+    return {"selections": [{"name": s.name, "members": len(s.members), "tokens": s.n_tokens,
+                            "counts": s.counts} for s in run_selection(store, recipe, recipe.name)]}
+
+
 def _sample_inputs(recipe: Recipe) -> Any:
     # Queries can be added later: sampling is "done" only for the store's current content, so it
     # always runs (finding nothing to do is cheap).
@@ -84,6 +91,8 @@ STAGES: list[Stage] = [
     Stage("ingest", "read, clean, dedup and decontaminate the queries", run_ingest,
           lambda r: r.data.model_dump(mode="json")),
     Stage("sample", "answer each training query N times with every teacher", run_sample,
+          _sample_inputs, always=True),
+    Stage("select", "Algorithm 1 (and Stage II) into a selection named after the recipe", run_select,
           _sample_inputs, always=True),
 ]
 

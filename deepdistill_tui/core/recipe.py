@@ -251,6 +251,9 @@ class SelectionConfig(_Model):
     cv_threshold: CategoryMap = Field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0.05))
     easy_keep_probability: CategoryMap = Field(default_factory=lambda: {"other": 0.5})
     """Algorithm 1's "easy" branch: keep an easy query with this probability (paper: other 0.5)."""
+    cv_ddof: Literal[0, 1] = 0
+    """CV's standard deviation: 0 population (the paper's binary table: pass rate 0.75 -> 0.577),
+    1 sample (the paper's worked examples: [0.9, 0.1, 0.7, 0.3, 0.5] -> 0.63). The paper uses both."""
     difficulty_band: DifficultyBand | None = None
     stage2: StageTwo = StageTwo()
     seed: int = 0

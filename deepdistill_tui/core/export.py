@@ -1,0 +1,147 @@
+"""Export of a selection as chat-format training records (JSONL, Parquet, or a `datasets` dataset).
+
+A record is the conversation (the question, then the teacher's answer with its reasoning inside
+<think> tags) plus metadata: query id, question, category, teacher, pass index, every teacher's pass rate
+on the query, the training teacher's CV and the response's verify score. The fields are an interface
+(docs/EXPORT.md). Output appears whole or not at all: it is written beside the target and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.recipe import Recipe
+from deepdistill_tui.core.stats import per_query
+from deepdistill_tui.core.store import Store
+
+FORMATS = ("jsonl", "parquet", "hf")
+BATCH = 10_000
+
+
+def assistant_text(response: str, reasoning: str | None, answer: str | None) -> str:
+    if reasoning is None:
+        return response
+    return f"<think>\n{reasoning}\n</think>\n\n{answer or ''}".rstrip() + "\n"
+
+
+def iter_records(store: Store, recipe: Recipe, selection: str) -> Iterator[dict[str, Any]]:
+    if store.scalar("SELECT 1 FROM selections WHERE name = ?", (selection,)) is None:
+        known = [r[0] for r in store.conn.execute("SELECT name FROM selections ORDER BY name")]
+        raise DeepDistillError(f"no selection named {selection!r}; known: {', '.join(known) or 'none'}")
+    info = {q["query_id"]: q for q in per_query(store, recipe)}
+    teacher_names = [t.name for t in recipe.teachers]
+    cur = store.conn.execute(
+        "SELECT m.query_id, q.question, q.category, t.name, m.teacher_id, m.pass_index, m.stage,"
+        " s.response, s.reasoning, s.answer, g.verify_score"
+        " FROM selection_members m JOIN queries q ON q.query_id = m.query_id"
+        " JOIN samples s ON s.query_id = m.query_id AND s.teacher_id = m.teacher_id"
+        "  AND s.pass_index = m.pass_index"
+        " JOIN teachers t ON t.teacher_id = m.teacher_id"
+        " LEFT JOIN grades g ON g.query_id = m.query_id AND g.teacher_id = m.teacher_id"
+        "  AND g.pass_index = m.pass_index"
+        " WHERE m.selection = ? ORDER BY m.query_id, m.pass_index",
+        (selection,),
+    )
+    for qid, question, cat, teacher, tid, p, stage, response, reasoning, answer, score in cur:
+        q = info.get(qid, {})
+        rates = q.get("pass_rates", {})
+        yield {
+            "messages": [{"role": "user", "content": question},
+                         {"role": "assistant", "content": assistant_text(response, reasoning, answer)}],
+            "query_id": qid, "question": question, "category": cat, "teacher": teacher,
+            "teacher_id": tid, "pass_index": p, "stage": stage,
+            "pass_rates": {name: rates.get(name) for name in teacher_names},
+            "cv": q.get("cv"), "verify_score": score,
+        }
+
+
+def _batches(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for rec in records:
+        batch.append(rec)
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_jsonl(records: Iterator[dict[str, Any]], path: Path) -> int:
+    n = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def _schema(teacher_names: list[str]) -> Any:
+    import pyarrow as pa
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    return pa.schema([
+        ("messages", pa.list_(message)), ("query_id", pa.string()), ("question", pa.string()),
+        ("category", pa.string()), ("teacher", pa.string()), ("teacher_id", pa.string()),
+        ("pass_index", pa.int64()), ("stage", pa.int64()),
+        ("pass_rates", pa.struct([(n, pa.float64()) for n in teacher_names])),
+        ("cv", pa.float64()), ("verify_score", pa.float64()),
+    ])
+
+
+def _write_parquet(records: Iterator[dict[str, Any]], path: Path, teacher_names: list[str]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _schema(teacher_names)
+    n = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in _batches(records):
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            n += len(batch)
+    return n
+
+
+def export(store: Store, recipe: Recipe, selection: str, fmt: str, out: str | Path) -> int:
+    """Write the selection to ``out``; returns the number of records."""
+    if fmt not in FORMATS:
+        raise DeepDistillError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    out = Path(out)
+    records = iter_records(store, recipe, selection)
+    first = next(records, None)  # validates the selection before anything is written
+    if first is None:
+        raise DeepDistillError(f"selection {selection!r} has no members")
+    stream = _chain(first, records)
+    names = [t.name for t in recipe.teachers]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if fmt == "jsonl":
+            n = _write_jsonl(stream, tmp / "data")
+            os.replace(tmp / "data", out)
+        elif fmt == "parquet":
+            n = _write_parquet(stream, tmp / "data", names)
+            os.replace(tmp / "data", out)
+        else:
+            import datasets
+
+            n = _write_parquet(stream, tmp / "data.parquet", names)
+            ds = datasets.Dataset.from_parquet(str(tmp / "data.parquet"), cache_dir=str(tmp / "cache"))
+            ds.save_to_disk(str(tmp / "dataset"))
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(tmp / "dataset", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return n
+
+
+def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    yield first
+    yield from rest

@@ -1,0 +1,221 @@
+"""Statistics and selection on hand-made fixtures whose answers were worked out by hand."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.export import export
+from deepdistill_tui.core.recipe import Recipe, load_recipe
+from deepdistill_tui.core.select import run_selection
+from deepdistill_tui.core.stats import QueryScores, compute_stats, per_query
+from deepdistill_tui.core.store import Store
+
+
+def recipe(**selection: Any) -> Recipe:
+    data = load_recipe("full-72b").model_dump()  # the paper's values, Stage II off
+    data["selection"].update(selection)
+    return Recipe.model_validate(data)
+
+
+def put(store: Store, scores: dict[tuple[str, str], list[float | None]],
+        categories: dict[str, str] | None = None) -> None:
+    """scores[(query, teacher)] = verify scores per pass; None = sampled but not graded."""
+    now = time.time()
+    with store.write() as conn:
+        for (q, t), passes in scores.items():
+            cat = (categories or {}).get(q, "math")
+            conn.execute("INSERT INTO queries VALUES (?, ?, ?, 'train', NULL, NULL, NULL, NULL, 'test', ?)"
+                         " ON CONFLICT DO NOTHING", (q, f"question {q}", cat, now))
+            conn.execute("INSERT INTO teachers VALUES (?, ?, 'am_import', 'm', NULL, '{}', ?)"
+                         " ON CONFLICT DO NOTHING", (f"id-{t}", t, now))
+            for p, score in enumerate(passes):
+                conn.execute("INSERT INTO samples (query_id, teacher_id, pass_index, response, reasoning,"
+                             " answer, completion_tokens, created_at) VALUES (?, ?, ?, ?, 'r', 'a', 10, ?)",
+                             (q, f"id-{t}", p, f"<think>r</think>a {q}{p}", now))
+                if score is not None:
+                    conn.execute("INSERT INTO grades (query_id, teacher_id, pass_index, verify_score, passed,"
+                                 " status, grader, grader_version, created_at)"
+                                 " VALUES (?, ?, ?, ?, 0, 'ok', 't', '1', ?)",
+                                 (q, f"id-{t}", p, score, now))
+
+
+def cv_of(xs: list[float], ddof: int = 0) -> float:
+    a = np.array(xs)
+    qs = QueryScores(np.array(["q"], dtype=object), np.array(["math"], dtype=object),
+                     np.array([len(a)], float), np.array([0.0]), np.array([a.sum()]),
+                     np.array([(a * a).sum()]))
+    return float(qs.cv_with(ddof)[0])
+
+
+def test_paper_cv_examples() -> None:
+    # PAPER.md section 4. The worked examples use the sample std; the binary table the population one.
+    assert cv_of([0.5] * 5) == 0
+    assert cv_of([0.9, 0.1, 0.7, 0.3, 0.5], ddof=1) == pytest.approx(0.63, abs=0.005)
+    assert cv_of([0.6, 0.8, 0.7, 0.7, 0.7], ddof=1) == pytest.approx(0.10, abs=0.005)
+    assert cv_of([0.3, 0.5, 0.4, 0.4, 0.4], ddof=1) == pytest.approx(0.18, abs=0.005)
+    assert cv_of([1, 1, 1, 1]) == 0
+    assert cv_of([1, 1, 1, 0]) == pytest.approx(0.577, abs=0.001)
+    assert cv_of([1, 1, 0, 0]) == pytest.approx(1.0)
+    assert cv_of([1, 0, 0, 0]) == pytest.approx(1.732, abs=0.001)
+    assert np.isnan(cv_of([0, 0, 0, 0]))  # a mean of 0 has no CV
+
+
+FIXTURE = {
+    ("easy", "r1"): [1, 1, 1, 1],          # CV 0: easy, math -> dropped
+    ("hard", "r1"): [1, 0, 0, 0],          # CV 1.73: challenging, keep pass 0
+    ("tie", "r1"): [1, 1, 0, 0],           # CV 1: challenging, keep passes 0 and 1
+    ("zero", "r1"): [0, 0, 0, 0],          # no pass (mean 0, no CV)
+    ("missing", "r1"): [1, 0],             # two passes only: CV over what exists (1.0)
+    ("ungraded", "r1"): [1, None, 0, None],  # graded ones only: [1, 0]
+    ("chat", "r1"): [0.9, 0.9, 0.9, 0.9],  # other, easy: kept with probability 0.5
+    ("hard", "1.5b"): [0, 0, 0, 0],
+    ("tie", "1.5b"): [1, 1, 1, 0],
+    ("easy", "7b"): [1, 1, 0, 1],
+}
+CATS = {"chat": "other"}
+
+
+def members(store: Store, name: str) -> set[tuple[str, int]]:
+    return {(q, p) for q, p in store.conn.execute(
+        "SELECT query_id, pass_index FROM selection_members WHERE selection = ?", (name,))}
+
+
+def test_algorithm_one_by_hand(store: Store) -> None:
+    put(store, FIXTURE, CATS)
+    [sel] = run_selection(store, recipe(), "s")
+    got = members(store, "s")
+    expected = {("hard", 0), ("tie", 0), ("tie", 1), ("missing", 0), ("ungraded", 0)}
+    chat = {("chat", p) for p in range(4)}
+    assert got in (expected, expected | chat)
+    q = sel.counts["queries"]
+    assert q["no_pass"] == 1 and q["challenging"] == 4
+    assert q["easy_kept"] + q["easy_dropped"] == 2
+    assert q["easy_kept"] == (1 if ("chat", 0) in got else 0)
+
+
+def test_same_rule_and_seed_same_set_and_seeds_differ(store: Store) -> None:
+    chats = {(f"c{i}", "r1"): [0.9] * 4 for i in range(40)}
+    put(store, chats, {f"c{i}": "other" for i in range(40)})
+    run_selection(store, recipe(seed=1), "a")
+    run_selection(store, recipe(seed=1), "b")
+    run_selection(store, recipe(seed=2), "c")
+    a, b, c = members(store, "a"), members(store, "b"), members(store, "c")
+    assert a == b and a != c
+    assert 40 < len(a) < 120  # about half of 40 queries x 4 passes
+
+
+def test_difficulty_band_on_a_weak_teacher(store: Store) -> None:
+    put(store, FIXTURE, CATS)
+    band = {"teacher": "1.5b", "min_pass_rate": 0.0, "max_pass_rate": 0.0}
+    [sel] = run_selection(store, recipe(difficulty_band=band), "band")
+    assert {q for q, _ in members(store, "band")} == {"hard"}
+    assert sel.counts["queries"]["out_of_band"] == 5  # easy, tie (.75), missing, ungraded, chat: no rate
+
+
+def test_per_category_thresholds_move_the_selection(store: Store) -> None:
+    put(store, {("q", "r1"): [0.5, 0.5, 0.95, 0.95]})
+    assert run_selection(store, recipe(), "x")[0].counts["queries"]["no_pass"] == 1
+    data = recipe().model_dump()
+    data["grading"]["thresholds"]["math"] = 0.4
+    lenient = Recipe.model_validate(data)
+    [sel] = run_selection(store, lenient, "y")
+    assert sel.counts["queries"]["challenging"] == 1 and len(sel.members) == 4
+
+
+def test_stage_two_keeps_highest_cv_one_response_each(store: Store) -> None:
+    put(store, FIXTURE, CATS)
+    data = recipe().model_dump()
+    data["selection"]["stage2"] = {"enabled": True, "max_instances": 2, "threshold": 0.99}
+    [_, s2] = run_selection(store, Recipe.model_validate(data), "z")
+    got = members(store, "z-stage2")
+    assert {q for q, _ in got} == {"hard", "tie"} and len(got) == 2  # CV 1.73 and 1.0 (ties: missing)
+    assert ("hard", 0) in got
+    assert s2.rule["stage"] == 2
+
+
+def test_stats_histograms_and_missing(store: Store) -> None:
+    put(store, FIXTURE, CATS)
+    stats = compute_stats(store, recipe())
+    math_r1 = stats["categories"]["math"]["r1"]
+    hist = {h["pass_rate"]: h["queries"] for h in math_r1["pass_rate_histogram"]}
+    assert hist == {0.0: 1, 0.25: 1, 0.5: 3, 0.75: 0, 1.0: 1}
+    assert math_r1["ungraded"] == 2 and math_r1["missing_passes"] == 2
+    assert math_r1["cv_histogram"]["undefined"] == 1 and math_r1["cv_histogram"]["zero"] == 1
+    rows = {r["query_id"]: r for r in per_query(store, recipe())}
+    assert rows["tie"]["pass_rates"] == {"1.5b": 0.75, "r1": 0.5}
+    assert rows["zero"]["cv"] is None and rows["hard"]["cv"] == pytest.approx(3**0.5)
+
+
+def test_no_training_teacher_is_a_clear_error(store: Store) -> None:
+    with pytest.raises(DeepDistillError, match="training teacher 'r1'"):
+        compute_stats(store, recipe())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(
+    st.text("abcdef", min_size=1, max_size=4),
+    st.tuples(st.sampled_from(["math", "code", "science", "other"]),
+              st.lists(st.sampled_from([0.0, 0.3, 0.8, 0.995, 1.0, 4.0, 5.0]), min_size=1, max_size=6)),
+    min_size=1, max_size=25))
+def test_selection_properties(tmp_path_factory: Any, data: dict[str, tuple[str, list[float]]]) -> None:
+    with Store(tmp_path_factory.mktemp("p") / "p.db") as store:
+        put(store, {(q, "r1"): s for q, (_, s) in data.items()}, {q: c for q, (c, _) in data.items()})
+        r = Recipe.model_validate({**recipe().model_dump(),
+                                   "selection": {**recipe().selection.model_dump(),
+                                                 "stage2": {"enabled": True, "max_instances": 10}}})
+        run_selection(store, r, "p")
+        for name, stage in (("p", 1), ("p-stage2", 2)):
+            rows = store.conn.execute(
+                "SELECT q.category, g.verify_score, m.query_id FROM selection_members m"
+                " JOIN grades g USING (query_id, teacher_id, pass_index) JOIN queries q USING (query_id)"
+                " WHERE m.selection = ?", (name,)).fetchall()
+            for cat, score, _ in rows:
+                assert score > r.grading.threshold(cat)
+            if stage == 2:
+                qids = [q for _, _, q in rows]
+                assert len(qids) == len(set(qids)) <= 10
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf"])
+def test_export_reads_back_with_datasets(store: Store, tmp_path: Path, fmt: str) -> None:
+    import datasets
+
+    put(store, FIXTURE, CATS)
+    run_selection(store, recipe(), "e")
+    out = tmp_path / f"out.{fmt}"
+    n = export(store, recipe(), "e", fmt, out)
+    if fmt == "hf":
+        ds = datasets.load_from_disk(str(out))
+    else:
+        ds = datasets.load_dataset("json" if fmt == "jsonl" else "parquet", data_files=str(out),
+                                   split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == n == len(members(store, "e"))
+    row = next(r for r in ds if r["query_id"] == "hard")
+    assert row["messages"][0] == {"role": "user", "content": "question hard"}
+    assert row["messages"][1]["content"].startswith("<think>\nr\n</think>")
+    assert row["pass_rates"]["1.5b"] == 0.0 and row["pass_rates"]["7b"] is None
+    assert row["cv"] == pytest.approx(3**0.5) and row["verify_score"] == 1.0 and row["teacher"] == "r1"
+
+
+def test_export_unknown_selection_writes_nothing(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(DeepDistillError, match="no selection named 'nope'"):
+        export(store, recipe(), "nope", "jsonl", tmp_path / "out" / "x.jsonl")
+    assert not (tmp_path / "out").exists()
+
+
+def test_selection_stores_rule_seed_and_counts(store: Store) -> None:
+    put(store, FIXTURE, CATS)
+    run_selection(store, recipe(seed=5), "r")
+    rule, seed, counts, n, tokens = store.conn.execute(
+        "SELECT rule, seed, counts, n_members, n_tokens FROM selections").fetchone()
+    assert json.loads(rule)["cv_threshold"]["math"] == 0.05 and seed == 5
+    assert json.loads(counts)["queries"]["challenging"] == 4 and tokens == 10 * n

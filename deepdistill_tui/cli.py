@@ -311,6 +311,62 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grade_progress(console: Any) -> tuple[Any, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
+    task = progress.add_task("grade", total=None, info="")
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "grade_started":
+            progress.update(task, total=event["total"])
+        elif event["event"] == "grade_progress":
+            info = ", ".join(f"{k} {v}" for k, v in sorted(event.get("by_status", {}).items()))
+            progress.update(task, completed=event["done"], total=event["total"], info=info)
+
+    return progress, on_event
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.grade import grade_store
+
+    recipe = _load(args)
+    console = _console()
+    progress, on_event = _grade_progress(console)
+    with _store(args) as store:
+        run_id = store.start_run("grade", recipe.name, recipe.to_json(), {})
+        try:
+            with progress:
+                result = grade_store(store, recipe, emit=on_event, workers=args.workers)
+        except BaseException as exc:
+            store.finish_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                             error=str(exc))
+            raise
+        store.finish_run(run_id, "ok", result)
+    if args.json:
+        _print_json(result)
+    else:
+        rows = [("graded", result["graded"]), ("passed", result["passed"])]
+        rows += [(f"  {k}", v) for k, v in sorted(result["by_status"].items())]
+        console.print(_report_table("Grading", rows))
+    return 0
+
+
+def cmd_grade_file(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deepdistill_tui.core.grade import grade_file, judge_factory
+    from deepdistill_tui.core.recipe import GradingConfig
+
+    recipe = _load(args) if args.recipe else None
+    cfg = recipe.grading if recipe else GradingConfig()
+    result = grade_file(Path(args.input), Path(args.output), cfg, workers=args.workers,
+                        judge=judge_factory(recipe) if recipe else None)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.recipe import available_recipes, load_recipe
 
@@ -365,6 +421,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N training queries")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("grade", parents=[common, with_recipe],
+                       help="a verify_score for every ungraded sample")
+    p.add_argument("--workers", type=int, metavar="N", help="grading processes (default: all cores)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_grade)
+
+    p = sub.add_parser("grade-file", help="grade JSONL records from anywhere (no database)")
+    p.add_argument("--input", required=True, metavar="IN.jsonl")
+    p.add_argument("--output", required=True, metavar="OUT.jsonl")
+    p.add_argument("--recipe", default=None, metavar="NAME|PATH",
+                   help="thresholds, timeouts and judge from this recipe (default: the paper's)")
+    p.add_argument("--workers", type=int, metavar="N")
+    p.set_defaults(handler=cmd_grade_file)
 
     p = sub.add_parser("stats", parents=[common, with_recipe],
                        help="pass-rate and CV histograms per category and teacher")

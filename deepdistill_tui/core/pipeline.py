@@ -74,6 +74,12 @@ def run_sample(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
     return {"teachers": reports}
 
 
+def run_grade(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
+    from deepdistill_tui.core.grade import grade_store
+
+    return grade_store(store, recipe, emit=emit)
+
+
 def run_select(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
     from deepdistill_tui.core.select import run_selection
 
@@ -92,6 +98,7 @@ STAGES: list[Stage] = [
           lambda r: r.data.model_dump(mode="json")),
     Stage("sample", "answer each training query N times with every teacher", run_sample,
           _sample_inputs, always=True),
+    Stage("grade", "a verify_score for every ungraded sample", run_grade, _sample_inputs, always=True),
     Stage("select", "Algorithm 1 (and Stage II) into a selection named after the recipe", run_select,
           _sample_inputs, always=True),
 ]

@@ -225,9 +225,11 @@ class GradingConfig(_Model):
     code_timeout_s: float = Field(default=10.0, gt=0)
     code_memory_mb: int = Field(default=512, ge=32)
     judge_teacher: str | None = None
-    """Teacher used as LLM judge for science and other; None leaves them ungraded."""
-    allow_unsandboxed: bool = False
+    """Teacher used as LLM judge for science and other; without one they are graded `error`."""
+    require_reasoning: bool = True
+    """The paper's format filter: a response without both reasoning and a final answer scores 0."""
     workers: int | None = Field(default=None, ge=1)
+    """Grading processes; default all cores, one while a sampler is running."""
 
     def threshold(self, category: str) -> float:
         return self.thresholds.get(category, PAPER_PASS_THRESHOLDS.get(category, 0.99))

@@ -1,0 +1,313 @@
+"""Grading (PAPER.md section 3): a verify_score for every response, by category.
+
+math: Math-Verify in killable worker processes; code: the bubblewrap sandbox; if: constraint checks;
+science and other: an LLM judge through any teacher backend. Every response first passes the repetition
+filter and, when the recipe asks for it, the format filter (reasoning and a final answer both present).
+The same ``Grader`` serves ``grade`` (the store) and ``grade-file`` (JSONL in, JSONL out).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from deepdistill_tui import __version__
+from deepdistill_tui.core.backends import Backend
+from deepdistill_tui.core.code_grader import grade_code
+from deepdistill_tui.core.errors import InputError
+from deepdistill_tui.core.judge import (
+    Verdict,
+    check_constraints,
+    format_problem,
+    llm_judge,
+    repetition_problem,
+)
+from deepdistill_tui.core.math_grader import MathItem, verify_math
+from deepdistill_tui.core.readers import iter_jsonl
+from deepdistill_tui.core.recipe import CATEGORIES, GradingConfig, Recipe
+from deepdistill_tui.core.sandbox import Limits
+from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.text import split_response
+from deepdistill_tui.core.workers import DeadlinePool
+
+Emit = Callable[[dict[str, Any]], None]
+CHUNK = 256
+
+
+def _noop(_: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class Item:
+    key: Any
+    category: str
+    question: str
+    response: str
+    reasoning: str | None
+    answer: str | None
+    ground_truth: str | None = None
+    test_cases: Any = None
+    constraints: Any = None
+
+
+@dataclass
+class Grade:
+    verify_score: float | None
+    passed: bool
+    status: str
+    grader: str
+    grader_version: str
+    seconds: float
+    detail: str
+
+
+def _versions() -> dict[str, str]:
+    return {"math": f"math-verify {version('math-verify')}",
+            "code": f"deepdistill-tui {__version__} + bubblewrap",
+            "if": f"deepdistill-tui {__version__}", "judge": f"deepdistill-tui {__version__}",
+            "filter": f"deepdistill-tui {__version__}"}
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Grader:
+    """Grades items of any category; yields (item, grade) in completion order."""
+
+    def __init__(self, cfg: GradingConfig, *, workers: int | None = None,
+                 judge: Callable[[], Backend] | None = None) -> None:
+        self.cfg = cfg
+        self.workers = workers or cfg.workers or default_workers()
+        self._judge_factory = judge
+        self._judge: Backend | None = None
+        self._math_pool: DeadlinePool | None = None
+        self.versions = _versions()
+        self.limits = Limits(wall_s=cfg.code_timeout_s, cpu_s=max(1, int(cfg.code_timeout_s)),
+                             memory_mb=cfg.code_memory_mb)
+
+    def close(self) -> None:
+        if self._math_pool:
+            self._math_pool.close()
+        if self._judge:
+            self._judge.close()
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _grade(self, item: Item, grader: str, v: Verdict, seconds: float) -> Grade:
+        passed = v.score is not None and v.score > self.cfg.threshold(item.category)
+        return Grade(v.score, passed, v.status, grader, self.versions[grader], round(seconds, 4), v.detail)
+
+    def grade(self, items: Iterable[Item]) -> Iterator[tuple[Item, Grade]]:
+        math, code, rest = [], [], []
+        for item in items:
+            problem = repetition_problem(item.response)
+            if problem is None and self.cfg.require_reasoning:
+                problem = format_problem(item.reasoning, item.answer)
+            if problem is not None:
+                yield item, self._grade(item, "filter", Verdict(0.0, "wrong_format", problem), 0.0)
+            elif item.category == "math":
+                math.append(item)
+            elif item.category == "code":
+                code.append(item)
+            else:
+                rest.append(item)
+        yield from self._grade_math(math)
+        yield from self._grade_code(code)
+        for item in rest:
+            t0 = time.perf_counter()
+            kind, verdict = self._grade_other(item)
+            yield item, self._grade(item, kind, verdict, time.perf_counter() - t0)
+
+    def _grade_math(self, items: list[Item]) -> Iterator[tuple[Item, Grade]]:
+        todo = [i for i in items if i.ground_truth]
+        for item in items:
+            if not item.ground_truth:
+                yield item, self._grade(item, "math", Verdict(None, "error", "no ground truth"), 0.0)
+        if not todo:
+            return
+        if self._math_pool is None:
+            self._math_pool = DeadlinePool(verify_math, self.workers, self.cfg.math_timeout_s)
+        t0 = time.perf_counter()
+        tasks = [MathItem(i.answer or i.response, str(i.ground_truth),
+                          max(1, int(self.cfg.math_timeout_s) - 1)) for i in todo]
+        for index, status, value in self._math_pool.imap(tasks):
+            if status == "ok":
+                v = Verdict(value["score"], value["status"], value["detail"])
+            elif status == "timeout":
+                v = Verdict(0.0, "timeout", f"no verdict within {self.cfg.math_timeout_s:g} s")
+            else:
+                v = Verdict(None, "error", str(value))
+            yield todo[index], self._grade(todo[index], "math", v, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+
+    def _grade_code(self, items: list[Item]) -> Iterator[tuple[Item, Grade]]:
+        def one(item: Item) -> tuple[Item, Grade]:
+            t0 = time.perf_counter()
+            r = grade_code(item.answer, item.response, item.test_cases, self.limits)
+            return item, self._grade(item, "code", Verdict(r.score, r.status, r.detail),
+                                     time.perf_counter() - t0)
+
+        # Each grade is a sandboxed subprocess: threads only wait on them.
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            yield from pool.map(one, items)
+
+    def _grade_other(self, item: Item) -> tuple[str, Verdict]:
+        text = item.answer or item.response
+        if item.category == "if" and item.constraints:
+            return "if", check_constraints(text, item.constraints)
+        if item.category not in ("science", "other", "if"):
+            return "judge", Verdict(None, "error", f"unknown category {item.category!r}")
+        if self._judge_factory is None:
+            return "judge", Verdict(None, "error", "no judge: set grading.judge_teacher in the recipe")
+        if self._judge is None:
+            self._judge = self._judge_factory()
+        category = "science" if item.category == "science" else "other"
+        return "judge", llm_judge(self._judge, category, item.question, text, item.ground_truth)
+
+
+# ---------------------------------------------------------------- the store
+
+
+_UNGRADED = (
+    "SELECT s.query_id, s.teacher_id, s.pass_index, q.category, q.question, s.response, s.reasoning,"
+    " s.answer, q.ground_truth, q.test_cases, q.constraints FROM samples s"
+    " JOIN queries q ON q.query_id = s.query_id"
+    " LEFT JOIN grades g ON g.query_id = s.query_id AND g.teacher_id = s.teacher_id"
+    "  AND g.pass_index = s.pass_index WHERE g.query_id IS NULL ORDER BY s.query_id, s.teacher_id,"
+    " s.pass_index"
+)
+_INSERT = (
+    "INSERT INTO grades (query_id, teacher_id, pass_index, verify_score, passed, status, grader,"
+    " grader_version, seconds, detail, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(query_id, teacher_id, pass_index) DO NOTHING"
+)
+
+
+def ungraded(store: Store) -> list[Item]:
+    return [Item((q, t, p), cat, question, resp, reasoning, answer, gt, tc, cons)
+            for q, t, p, cat, question, resp, reasoning, answer, gt, tc, cons
+            in store.conn.execute(_UNGRADED)]
+
+
+def sampler_running(db_path: Path) -> bool:
+    """Is a sampler holding the cores right now? Then grading takes one of them, not all."""
+    lock = db_path.with_name(db_path.name + ".sampler.lock")
+    if not lock.exists():
+        return False
+    with lock.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def judge_factory(recipe: Recipe) -> Callable[[], Backend] | None:
+    name = recipe.grading.judge_teacher
+    if not name:
+        return None
+
+    def make() -> Backend:
+        from deepdistill_tui.core.sample import open_backend
+
+        return open_backend(recipe.teacher(name), passes=1)[0]
+
+    return make
+
+
+def grade_store(store: Store, recipe: Recipe, *, emit: Emit = _noop,
+                stop: threading.Event | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Grade every ungraded sample; results land in transactions of CHUNK grades."""
+    items = ungraded(store)
+    if workers is None and sampler_running(store.path):
+        workers = 1
+    statuses: Counter[str] = Counter()
+    passed = done = 0
+    emit({"event": "grade_started", "total": len(items)})
+    start = time.perf_counter()
+    with Grader(recipe.grading, workers=workers, judge=judge_factory(recipe)) as grader:
+        for first in range(0, len(items), CHUNK):
+            if stop is not None and stop.is_set():
+                break
+            rows = []
+            now = time.time()
+            for item, g in grader.grade(items[first : first + CHUNK]):
+                rows.append((*item.key, g.verify_score, int(g.passed), g.status, g.grader,
+                             g.grader_version, g.seconds, g.detail, now))
+                statuses[g.status] += 1
+                passed += g.passed
+            with store.write() as conn:
+                conn.executemany(_INSERT, rows)
+            done += len(rows)
+            elapsed = time.perf_counter() - start
+            emit({"event": "grade_progress", "done": done, "total": len(items), "passed": passed,
+                  "by_status": dict(statuses), "per_s": done / elapsed if elapsed else 0.0})
+    return {"graded": done, "passed": passed, "by_status": dict(statuses),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+# ---------------------------------------------------------------- grade-file
+
+
+def _file_item(rec: dict[str, Any], where: str) -> Item:
+    for key, kind in (("id", (str, int)), ("category", str), ("response", str)):
+        if key not in rec:
+            raise InputError(f"{where}: missing required field {key!r}")
+        if not isinstance(rec[key], kind):
+            raise InputError(f"{where}: field {key!r} has type {type(rec[key]).__name__}")
+    if rec["category"] not in CATEGORIES:
+        raise InputError(f"{where}: unknown category {rec['category']!r}; expected one of "
+                         f"{', '.join(CATEGORIES)}")
+    reasoning, answer = split_response(rec["response"])
+    gt = rec.get("ground_truth")
+    return Item(rec["id"], rec["category"], str(rec.get("question", "")), rec["response"], reasoning,
+                answer, None if gt is None else str(gt), rec.get("test_cases"), rec.get("constraints"))
+
+
+def grade_file(src: Path, dst: Path, cfg: GradingConfig, *, workers: int | None = None,
+               judge: Callable[[], Backend] | None = None, emit: Emit = _noop) -> dict[str, Any]:
+    """JSONL in, the same records plus verify_score, passed and status out, in input order.
+
+    The whole input is validated before any grading, and the output appears only when complete.
+    """
+    records = list(iter_jsonl(src))
+    items = [_file_item(rec, f"{src}:{line}") for line, rec in records]
+    statuses: Counter[str] = Counter()
+    tmp = dst.with_name(f".{dst.name}.partial")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with Grader(cfg, workers=workers, judge=judge) as grader, tmp.open("w", encoding="utf-8") as out:
+            for first in range(0, len(items), CHUNK):
+                chunk = dict(enumerate(items[first : first + CHUNK], start=first))
+                by_index: dict[int, Grade] = {}
+                index_of = {id(item): i for i, item in chunk.items()}
+                for item, g in grader.grade(chunk.values()):
+                    by_index[index_of[id(item)]] = g
+                    statuses[g.status] += 1
+                for i in sorted(by_index):
+                    g = by_index[i]
+                    rec = {**records[i][1], "verify_score": g.verify_score, "passed": g.passed,
+                           "status": g.status, "detail": g.detail}
+                    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                emit({"event": "grade_progress", "done": first + len(chunk), "total": len(items)})
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"graded": len(items), "by_status": dict(statuses)}

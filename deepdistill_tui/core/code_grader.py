@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def run_stdio(code: str, cases: list[dict[str, str]], limits: Limits) -> CodeRes
     cases = cases[:MAX_CASES]
     passed, notes, timeouts = 0, [], 0
     for i, case in enumerate(cases):
-        res = sandbox.run([sandbox.SANDBOX_PYTHON, "-I", "/sandbox/candidate.py"],
+        res = sandbox.run([sandbox.SANDBOX_PYTHON, "-I", "-S", "/sandbox/candidate.py"],
                           {"candidate.py": code}, stdin=case["input"].encode(), limits=limits)
         got = res.stdout.decode("utf-8", errors="replace")
         if res.timed_out:
@@ -78,10 +79,8 @@ def run_stdio(code: str, cases: list[dict[str, str]], limits: Limits) -> CodeRes
 
 
 def run_assert(code: str, tests: str, limits: Limits) -> CodeResult:
-    files = {"candidate.py": code,
-             "harness.py": (_SANDBOXED / "harness.py").read_text(),
-             "worker.py": (_SANDBOXED / "worker.py").read_text()}
-    res = sandbox.run([sandbox.SANDBOX_PYTHON, "-I", "/sandbox/harness.py"], files,
+    files = {"candidate.py": code, **_harness_files()}
+    res = sandbox.run([sandbox.SANDBOX_PYTHON, "-I", "-S", "/sandbox/harness.py"], files,
                       stdin=tests.encode("utf-8"), limits=limits)
     if res.timed_out:
         return CodeResult(0.0, "timeout", f"no verdict within {limits.wall_s:g} s")
@@ -94,6 +93,11 @@ def run_assert(code: str, tests: str, limits: Limits) -> CodeResult:
         return CodeResult(0.0, "error", f"no verdict from the harness (exit {res.exit_code})")
     passed = verdict["verdict"] == "pass"
     return CodeResult(1.0 if passed else 0.0, "ok", str(verdict.get("detail") or "passed")[:2000])
+
+
+@lru_cache(maxsize=1)
+def _harness_files() -> dict[str, str]:
+    return {name: (_SANDBOXED / name).read_text() for name in ("harness.py", "worker.py")}
 
 
 def grade_code(answer: str | None, response: str, test_cases: Any, limits: Limits) -> CodeResult:

@@ -7,6 +7,7 @@ costs at most the deadline and never hangs the run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 GRADER = "math-verify"
@@ -47,6 +48,14 @@ def final_answer(answer: str) -> tuple[str | None, str]:
     return (answer.strip() or None), "no \\boxed{}" if answer.strip() else "empty answer"
 
 
+@lru_cache(maxsize=4096)
+def _parse_gold(ground_truth: str, timeout_s: int) -> Any:
+    """A query's reference is parsed once per worker, not once per response (n passes x teachers)."""
+    from math_verify import parse
+
+    return parse(f"${ground_truth}$", parsing_timeout=timeout_s)
+
+
 def verify_math(item: MathItem) -> dict[str, Any]:
     """Worker entry point: {'score': 0 or 1, 'status': ..., 'detail': ...}."""
     from math_verify import parse, verify
@@ -55,7 +64,7 @@ def verify_math(item: MathItem) -> dict[str, Any]:
     if pred_text is None:
         return {"score": 0.0, "status": "wrong_format", "detail": why}
     t = max(1, item.timeout_s)
-    gold = parse(f"${item.ground_truth}$", parsing_timeout=t)
+    gold = _parse_gold(item.ground_truth, t)
     if not gold:
         return {"score": None, "status": "error", "detail": f"unparseable ground truth {item.ground_truth!r}"}
     pred = parse(pred_text, parsing_timeout=t)

@@ -10,13 +10,9 @@ import ast
 import builtins
 import contextlib
 import ctypes
-import importlib
 import json
-import math
 import os
-import subprocess
 import sys
-import traceback
 
 VERDICT_FD = 1
 
@@ -50,7 +46,7 @@ def literal(text):
             left, right = conv(node.left), conv(node.right)  # complex numbers: 1+2j
             return left + right if isinstance(node.op, ast.Add) else left - right
         if isinstance(node, ast.Name) and node.id in ("inf", "nan"):
-            return math.inf if node.id == "inf" else math.nan
+            return float(node.id)
         empty = {"set": set, "frozenset": frozenset, "tuple": tuple, "list": list, "dict": dict}
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args
                 and node.func.id in empty):
@@ -58,6 +54,25 @@ def literal(text):
         raise CandidateError("the candidate returned a value that is not plain data: " + text[:80])
 
     return conv(tree)
+
+
+def spawn_worker(req_r, rep_w, req_w, rep_r):
+    """fork + exec of process B, its stdio on /dev/null (cheaper to start than subprocess)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(req_w)
+            os.close(rep_r)
+            os.set_inheritable(req_r, True)
+            os.set_inheritable(rep_w, True)
+            os.execv(sys.executable, [sys.executable, "-I", "-S", "/sandbox/worker.py",
+                                      str(req_r), str(rep_w)])
+        finally:
+            os._exit(127)
+    return pid
 
 
 def no_ptrace():
@@ -73,9 +88,7 @@ def main():
     out = os.fdopen(os.dup(VERDICT_FD), "w")
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
-    child = subprocess.Popen([sys.executable, "-I", "/sandbox/worker.py", str(req_r), str(rep_w)],
-                             pass_fds=(req_r, rep_w), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = spawn_worker(req_r, rep_w, req_w, rep_r)
     os.close(req_r)
     os.close(rep_w)
     to_b = os.fdopen(req_w, "w", encoding="utf-8")
@@ -85,11 +98,11 @@ def main():
         line = from_b.readline(1 << 24)
         if not line:
             raise CandidateError("the candidate process exited")
-        return json.loads(line)
+        return ast.literal_eval(line)
 
     def proxy(name):
         def call(*args, **kwargs):
-            to_b.write(json.dumps({"call": name, "args": repr((args, kwargs))}) + "\n")
+            to_b.write(repr({"call": name, "args": repr((args, kwargs))}) + "\n")
             to_b.flush()
             reply = receive()
             if "ok" in reply:
@@ -128,7 +141,8 @@ def main():
         detail = type(exc).__name__ + ": " + str(exc)[:300] + " " + _where(exc)
         verdict = {"verdict": "fail", "detail": detail}
     finally:
-        child.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, 9)
     out.write("\n" + json.dumps(verdict) + "\n")
     out.flush()
 
@@ -142,10 +156,13 @@ def _set_literal(env, name, text):
 def _import_into(env, name, module):
     """Modules the candidate imported (tests often lean on the prompt's `import math`)."""
     with contextlib.suppress(ImportError):
-        env[name] = importlib.import_module(module)
+        __import__(module)
+        env[name] = sys.modules[module]
 
 
 def _where(exc):
+    import traceback
+
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "tests.py"]
     return f"(tests.py line {frames[-1].lineno})" if frames else ""
 

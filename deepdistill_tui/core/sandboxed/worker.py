@@ -1,16 +1,14 @@
 """Process B: runs the untrusted candidate code and answers calls from the harness.
 
-Protocol over two pipes (fds from argv): one JSON line per message. After executing the candidate code,
-B sends {"names": {name: "callable" | repr}}; then for each {"call": name, "args": repr} it sends
-{"ok": repr(result)} or {"exc": [type name, message]}. Values travel as Python literal text: whatever the
-candidate does, the harness only ever receives plain data.
+Protocol over two pipes (fds from argv): one line per message, a Python dict literal (repr). After
+executing the candidate code, B sends {"names": {name: "callable" | "module:NAME" | repr}}; then for
+each {"call": name, "args": repr} it sends {"ok": repr(result)} or {"exc": [type name, message]}.
+Values travel as Python literal text: whatever the candidate does, the harness receives plain data.
 """
 
 import ast
-import json
 import os
 import sys
-import types
 
 
 def main() -> None:
@@ -23,28 +21,28 @@ def main() -> None:
     try:
         exec(compile(source, "candidate.py", "exec"), namespace)
     except BaseException as exc:  # the candidate's failure is data for the harness
-        wr.write(json.dumps({"load_error": [type(exc).__name__, str(exc)[:500]]}) + "\n")
+        wr.write(repr({"load_error": [type(exc).__name__, str(exc)[:500]]}) + "\n")
         wr.flush()
         return
     names: dict = {}
     for key, value in list(namespace.items()):
         if key.startswith("__"):
             continue
-        if isinstance(value, types.ModuleType):
+        if type(value).__name__ == "module":
             names[key] = "module:" + value.__name__
         else:
             names[key] = "callable" if callable(value) else repr(value)[:100000]
-    wr.write(json.dumps({"names": names}) + "\n")
+    wr.write(repr({"names": names}) + "\n")
     wr.flush()
     for line in rd:
-        msg = json.loads(line)
+        msg = ast.literal_eval(line)
         try:
             args, kwargs = ast.literal_eval(msg["args"])
             result = namespace[msg["call"]](*args, **kwargs)
             reply: dict = {"ok": repr(result)}
         except BaseException as exc:
             reply = {"exc": [type(exc).__name__, str(exc)[:500]]}
-        wr.write(json.dumps(reply) + "\n")
+        wr.write(repr(reply) + "\n")
         wr.flush()
 
 

@@ -25,6 +25,7 @@ from deepdistill_tui.core.synthetic import write_am_files
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=250_000)
+    ap.add_argument("--db", help="keep the database here (default: a temporary one)")
     args = ap.parse_args()
     data = load_recipe("full-32b").model_dump()
     data["selection"]["difficulty_teachers"] = []
@@ -32,7 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         files = write_am_files(tmp / "am", args.queries, teachers=("r1",), passes=4, answer_chars=100)
-        with Store(tmp / "bench.db") as store:
+        with Store(args.db or tmp / "bench.db") as store:
             rep = import_am(store, files)
             print(f"import-am: {rep.responses:,} responses in {rep.seconds:.1f} s "
                   f"({rep.responses / rep.seconds:,.0f}/s)")

@@ -296,3 +296,24 @@ def test_grade_file_bad_input_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"in\.jsonl:2: unknown category 'poetry'"):
         grade_file(src, dst, CFG)
     assert not dst.exists()
+
+
+def test_llm_judge_through_a_real_teacher_backend() -> None:
+    """The tiny recipe's judge is the bundled SmolLM2 through llama.cpp: whatever it answers, the grade
+    is either a rubric score in [0, 1] or an `error` quoting the reply, never a crash."""
+    from deepdistill_tui.core.grade import judge_factory
+    from deepdistill_tui.core.recipe import load_recipe
+
+    recipe = load_recipe("tiny")
+    items = [Item(i, "other", "Give two tips for sleeping well.", text, None, text)
+             for i, text in enumerate(["Keep a regular schedule and avoid screens before bed.",
+                                       "Bananas are blue."])]
+    with Grader(recipe.grading, workers=1, judge=judge_factory(recipe)) as grader:
+        grades = [g for _, g in grader.grade(items)]
+    for g in grades:
+        assert g.grader == "judge"
+        if g.status == "ok":
+            assert g.verify_score is not None and 0 <= g.verify_score <= 1
+            assert g.detail.startswith("judge:")
+        else:
+            assert g.status == "error" and "rubric" in g.detail and g.verify_score is None

@@ -219,3 +219,9 @@ def test_selection_stores_rule_seed_and_counts(store: Store) -> None:
         "SELECT rule, seed, counts, n_members, n_tokens FROM selections").fetchone()
     assert json.loads(rule)["cv_threshold"]["math"] == 0.05 and seed == 5
     assert json.loads(counts)["queries"]["challenging"] == 4 and tokens == 10 * n
+
+
+def test_stats_missing_passes_when_everything_is_graded(store: Store) -> None:
+    put(store, {("a", "r1"): [1, 0, 1, 1], ("b", "r1"): [1, 1], ("c", "r1"): [0]})
+    r1 = compute_stats(store, recipe())["categories"]["math"]["r1"]
+    assert r1["ungraded"] == 0 and r1["missing_passes"] == 2 + 3

@@ -25,30 +25,18 @@ import numpy as np
 
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import CATEGORIES, Recipe
-from deepdistill_tui.core.stats import query_scores, resolve_teachers
+from deepdistill_tui.core.stats import (
+    QueryScores,
+    Responses,
+    category_values,
+    load_responses,
+    query_scores,
+    resolve_teachers,
+    thresholds_of,
+)
 from deepdistill_tui.core.store import Store
 
 BRANCHES = ("no_pass", "out_of_band", "challenging", "easy_kept", "easy_dropped")
-
-
-@dataclass
-class Responses:
-    """The training teacher's graded responses, sorted by (query, pass), with per-query groups."""
-
-    query_ids: np.ndarray  # per response
-    categories: np.ndarray
-    pass_index: np.ndarray
-    score: np.ndarray
-    starts: np.ndarray  # per query: first row
-    counts: np.ndarray  # per query: number of rows
-
-    @property
-    def group_qids(self) -> np.ndarray:
-        return self.query_ids[self.starts]
-
-    @property
-    def group_categories(self) -> np.ndarray:
-        return self.categories[self.starts]
 
 
 @dataclass
@@ -61,24 +49,6 @@ class Selection:
     n_tokens: int = 0
 
 
-def load_responses(store: Store, teacher_id: str) -> Responses:
-    rows = store.conn.execute(
-        "SELECT g.query_id, q.category, g.pass_index, g.verify_score FROM queries q"
-        " JOIN grades g ON g.query_id = q.query_id"
-        " WHERE g.teacher_id = ? AND q.split = 'train' AND g.verify_score IS NOT NULL"
-        " ORDER BY g.query_id, g.pass_index",
-        (teacher_id,),
-    ).fetchall()
-    if not rows:
-        raise DeepDistillError(f"no graded responses from teacher {teacher_id}; grade first")
-    qids, cats, passes, scores = zip(*rows, strict=True)
-    q = np.array(qids, dtype=object)
-    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
-    counts = np.diff(np.r_[starts, len(q)])
-    return Responses(q, np.array(cats, dtype=object), np.array(passes, dtype=np.int64),
-                     np.array(scores, dtype=np.float64), starts, counts)
-
-
 def uniform(seed: int, keys: np.ndarray, salt: str) -> np.ndarray:
     """One uniform [0, 1) number per key, a pure function of (seed, salt, key)."""
     out = np.empty(len(keys))
@@ -88,23 +58,10 @@ def uniform(seed: int, keys: np.ndarray, salt: str) -> np.ndarray:
     return out
 
 
-def _per_category(values: dict[str, float], cats: np.ndarray, default: float) -> np.ndarray:
-    table = {c: values.get(c, default) for c in CATEGORIES}
-    return np.array([table.get(c, default) for c in cats.tolist()], dtype=np.float64)
-
-
 def _group_cv(r: Responses, ddof: int) -> np.ndarray:
-    n = r.counts.astype(np.float64)
-    total = np.add.reduceat(r.score, r.starts)
-    mean = total / n
-    var = np.add.reduceat(r.score**2, r.starts) / n - mean**2
-    var[var < 1e-12 * np.maximum(mean**2, 1.0)] = 0.0
-    if ddof:
-        var = var * n / np.maximum(n - ddof, 1)
-    cv = np.full(len(n), np.nan)
-    ok = mean > 0
-    cv[ok] = np.sqrt(var[ok]) / mean[ok]
-    return cv
+    qs = QueryScores(r.group_qids, r.group_categories, r.counts.astype(np.float64),
+                     np.zeros(len(r.counts)), r.group_sum(r.score), r.group_sum(r.score**2))
+    return qs.cv_with(ddof)
 
 
 def _band_mask(store: Store, recipe: Recipe, qids: np.ndarray) -> np.ndarray:
@@ -124,14 +81,13 @@ def _band_mask(store: Store, recipe: Recipe, qids: np.ndarray) -> np.ndarray:
 def stage_one(store: Store, recipe: Recipe, r: Responses, teacher_id: str, name: str) -> Selection:
     cfg = recipe.selection
     sel = Selection(name, rule=rule_of(recipe, stage=1), seed=cfg.seed)
-    thr = _per_category({c: recipe.grading.threshold(c) for c in CATEGORIES}, r.categories, 0.99)
-    passing = r.score > thr
-    any_pass = np.add.reduceat(passing.astype(np.int64), r.starts) > 0
+    passing = r.score > thresholds_of(recipe, r.categories)
+    any_pass = r.group_sum(passing.astype(np.int64)) > 0
     gq, gc = r.group_qids, r.group_categories
     in_band = _band_mask(store, recipe, gq)
     cv = _group_cv(r, cfg.cv_ddof)
-    cv_t = _per_category(cfg.cv_threshold, gc, 0.05)
-    keep_p = _per_category(cfg.easy_keep_probability, gc, 0.0)
+    cv_t = category_values(cfg.cv_threshold, gc, 0.05)
+    keep_p = category_values(cfg.easy_keep_probability, gc, 0.0)
     challenging = any_pass & in_band & (cv > cv_t)  # NaN CV compares False
     easy = any_pass & in_band & ~challenging
     easy_kept = easy & (uniform(cfg.seed, gq, "easy") < keep_p)
@@ -152,12 +108,10 @@ def stage_one(store: Store, recipe: Recipe, r: Responses, teacher_id: str, name:
 def stage_two(recipe: Recipe, r: Responses, teacher_id: str, name: str) -> Selection:
     cfg = recipe.selection
     sel = Selection(name, rule=rule_of(recipe, stage=2), seed=cfg.seed)
-    thr = np.maximum(_per_category({c: recipe.grading.threshold(c) for c in CATEGORIES},
-                                   r.categories, 0.99), cfg.stage2.threshold)
-    eligible = r.score > thr
-    n_eligible = np.add.reduceat(eligible.astype(np.int64), r.starts)
+    eligible = r.score > np.maximum(thresholds_of(recipe, r.categories), cfg.stage2.threshold)
+    n_eligible = r.group_sum(eligible.astype(np.int64))
     cv = _group_cv(r, cfg.cv_ddof)
-    cv_t = _per_category(cfg.cv_threshold, r.group_categories, 0.05)
+    cv_t = category_values(cfg.cv_threshold, r.group_categories, 0.05)
     candidates = np.flatnonzero((cv > cv_t) & (n_eligible > 0))
     # Highest CV first; ties broken by a seeded hash so the cut at max_instances is reproducible.
     tie = uniform(cfg.seed, r.group_qids[candidates], "stage2-order")
@@ -192,6 +146,9 @@ def run_selection(store: Store, recipe: Recipe, name: str) -> list[Selection]:
     if tid is None:
         raise DeepDistillError(f"no samples from the training teacher {teacher!r}; sample first")
     r = load_responses(store, tid)
+    if len(r.score) == 0:
+        raise DeepDistillError(f"no graded responses from teacher {teacher!r} to training queries; "
+                               "grade first")
     out = [stage_one(store, recipe, r, tid, name)]
     if recipe.selection.stage2.enabled:
         out.append(stage_two(recipe, r, tid, f"{name}-stage2"))

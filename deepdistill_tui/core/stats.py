@@ -23,12 +23,6 @@ LENGTH_SAMPLE = 5000
 so that stats never reads every response's text."""
 
 
-def threshold_sql(recipe: Recipe) -> str:
-    """A CASE expression giving the pass threshold of ``q.category``."""
-    cases = " ".join(f"WHEN '{c}' THEN {recipe.grading.threshold(c)!r}" for c in CATEGORIES)
-    return f"(CASE q.category {cases} ELSE 0.99 END)"
-
-
 def resolve_teachers(store: Store, names: list[str]) -> dict[str, str]:
     """Teacher name -> teacher_id. When a name has several ids (its settings changed), the newest id
     that has grades wins, else the newest id."""
@@ -82,23 +76,98 @@ class QueryScores:
         return cv
 
 
-def query_scores(store: Store, recipe: Recipe, teacher_id: str) -> QueryScores:
+@dataclass
+class Responses:
+    """A teacher's graded responses to training queries, sorted by (query, pass), grouped by query."""
+
+    query_ids: np.ndarray  # per response
+    categories: np.ndarray
+    pass_index: np.ndarray
+    score: np.ndarray
+    starts: np.ndarray  # per query: first row
+    counts: np.ndarray  # per query: number of rows
+
+    @property
+    def group_qids(self) -> np.ndarray:
+        return self.query_ids[self.starts]
+
+    @property
+    def group_categories(self) -> np.ndarray:
+        return self.categories[self.starts]
+
+    def group_sum(self, values: np.ndarray) -> np.ndarray:
+        if len(self.starts) == 0:
+            return np.zeros(0)
+        return np.add.reduceat(values, self.starts)
+
+
+def load_responses(store: Store, teacher_id: str) -> Responses:
+    """One sequential read of the teacher's grades; categories come from a second, small read.
+
+    Joining grades to queries row by row (or grading the threshold in SQL) costs three times as much
+    over a million responses as reading the two tables apart and aligning them in numpy.
+    """
     rows = store.conn.execute(
-        "SELECT q.query_id, q.category, count(*), sum(g.verify_score > " + threshold_sql(recipe) + "),"
-        " sum(g.verify_score), sum(g.verify_score * g.verify_score)"
-        " FROM queries q JOIN grades g ON g.query_id = q.query_id"
-        " WHERE g.teacher_id = ? AND g.verify_score IS NOT NULL AND q.split = 'train'"
-        " GROUP BY q.query_id ORDER BY q.query_id",
+        "SELECT query_id, pass_index, verify_score FROM grades WHERE teacher_id = ?"
+        " AND verify_score IS NOT NULL ORDER BY query_id, pass_index", (teacher_id,)).fetchall()
+    train = dict(store.conn.execute("SELECT query_id, category FROM queries WHERE split = 'train'"))
+    if rows:
+        qids, passes, scores = zip(*rows, strict=True)
+    else:
+        qids, passes, scores = (), (), ()
+    q = np.array(qids, dtype=object)
+    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if len(q) else np.zeros(0, dtype=np.int64)
+    counts = np.diff(np.r_[starts, len(q)]).astype(np.int64)
+    group_cat = np.array([train.get(x) for x in q[starts]], dtype=object)
+    keep = np.repeat(group_cat != None, counts)  # noqa: E711 - elementwise: eval queries are left out
+    q = q[keep]
+    cats = np.repeat(group_cat, counts)[keep]
+    counts = counts[group_cat != None]  # noqa: E711
+    starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64) if len(counts) else counts
+    return Responses(q, cats, np.array(passes, dtype=np.int64)[keep],
+                     np.array(scores, dtype=np.float64)[keep], starts, counts)
+
+
+def category_values(values: dict[str, float], categories: np.ndarray, default: float) -> np.ndarray:
+    table = {c: values.get(c, default) for c in CATEGORIES}
+    return np.array([table.get(c, default) for c in categories.tolist()], dtype=np.float64)
+
+
+def thresholds_of(recipe: Recipe, categories: np.ndarray) -> np.ndarray:
+    return category_values({c: recipe.grading.threshold(c) for c in CATEGORIES}, categories, 0.99)
+
+
+def scores_of(r: Responses, recipe: Recipe) -> QueryScores:
+    passing = (r.score > np.repeat(thresholds_of(recipe, r.group_categories), r.counts)).astype(float)
+    return QueryScores(r.group_qids, r.group_categories, r.counts.astype(np.float64),
+                       r.group_sum(passing), r.group_sum(r.score), r.group_sum(r.score**2))
+
+
+def query_scores(store: Store, recipe: Recipe, teacher_id: str) -> QueryScores:
+    """Per-query aggregates computed by SQLite in one pass over the teacher's grades.
+
+    Pass counts are taken against each distinct threshold (a handful) rather than a per-row CASE on
+    the category, and the join to queries happens on the 4x smaller aggregate.
+    """
+    cuts = sorted({recipe.grading.threshold(c) for c in CATEGORIES})
+    counts = ", ".join(f"sum(verify_score > {c!r})" for c in cuts)
+    rows = store.conn.execute(
+        f"SELECT g.*, q.category FROM (SELECT query_id, count(*), sum(verify_score),"
+        f" sum(verify_score * verify_score), {counts} FROM grades"
+        " WHERE teacher_id = ? AND verify_score IS NOT NULL GROUP BY query_id) g"
+        " JOIN queries q ON q.query_id = g.query_id WHERE q.split = 'train' ORDER BY g.query_id",
         (teacher_id,),
     ).fetchall()
     if not rows:
-        empty = np.array([], dtype=object)
-        z = np.array([], dtype=np.float64)
+        empty, z = np.array([], dtype=object), np.array([], dtype=np.float64)
         return QueryScores(empty, empty, z, z, z, z)
-    qids, cats, n, npass, tot, tot2 = zip(*rows, strict=True)
-    return QueryScores(np.array(qids, dtype=object), np.array(cats, dtype=object),
-                       np.array(n, dtype=np.float64), np.array(npass, dtype=np.float64),
-                       np.array(tot, dtype=np.float64), np.array(tot2, dtype=np.float64))
+    cols = list(zip(*rows, strict=True))
+    cats = np.array(cols[-1], dtype=object)
+    above = np.array(cols[4:-1], dtype=np.float64)  # one row per distinct threshold
+    which = np.searchsorted(cuts, thresholds_of(recipe, cats))
+    return QueryScores(np.array(cols[0], dtype=object), cats, np.array(cols[1], dtype=np.float64),
+                       above[which, np.arange(len(cats))], np.array(cols[2], dtype=np.float64),
+                       np.array(cols[3], dtype=np.float64))
 
 
 def pass_rate_histogram(scores: QueryScores, passes: int) -> list[dict[str, Any]]:
@@ -148,18 +217,24 @@ def _percentiles(vals: list[tuple[int, int]]) -> dict[str, Any]:
 
 
 def _missing_counts(store: Store, teacher_id: str, passes: int) -> dict[str, dict[str, int]]:
-    """Per category: responses without a grade, and passes not yet sampled, over training queries."""
+    """Per category: responses without a grade, and passes not yet sampled, over training queries.
+
+    Each table is counted per query through its teacher index (which covers the key); when the teacher
+    has as many grades as samples, nothing is ungraded and the grades count is skipped.
+    """
+    n_samples, n_grades = store.conn.execute(
+        "SELECT (SELECT count(*) FROM samples WHERE teacher_id = ?),"
+        " (SELECT count(*) FROM grades WHERE teacher_id = ?)", (teacher_id, teacher_id)).fetchone()
+    all_graded = n_grades == n_samples
+    ungraded = "0" if all_graded else "sum(coalesce(s.n, 0) - coalesce(g.n, 0))"
+    join_grades = "" if all_graded else (
+        " LEFT JOIN (SELECT query_id, count(*) n FROM grades WHERE teacher_id = :t GROUP BY query_id) g"
+        "  ON g.query_id = q.query_id")
     rows = store.conn.execute(
-        "SELECT q.category,"
-        " sum(s.n - coalesce(s.graded, 0)),"
-        " sum(max(0, ? - coalesce(s.n, 0)))"
-        " FROM queries q LEFT JOIN ("
-        "   SELECT s.query_id, count(*) n, count(g.query_id) graded FROM samples s"
-        "   LEFT JOIN grades g ON g.query_id = s.query_id AND g.teacher_id = s.teacher_id"
-        "    AND g.pass_index = s.pass_index"
-        "   WHERE s.teacher_id = ? GROUP BY s.query_id) s ON s.query_id = q.query_id"
-        " WHERE q.split = 'train' GROUP BY q.category",
-        (passes, teacher_id),
+        f"SELECT q.category, {ungraded}, sum(max(0, :passes - coalesce(s.n, 0))) FROM queries q"
+        " LEFT JOIN (SELECT query_id, count(*) n FROM samples WHERE teacher_id = :t GROUP BY query_id) s"
+        f"  ON s.query_id = q.query_id{join_grades} WHERE q.split = 'train' GROUP BY q.category",
+        {"t": teacher_id, "passes": passes},
     ).fetchall()
     return {c: {"ungraded": int(u or 0), "missing_passes": int(m or 0)} for c, u, m in rows}
 

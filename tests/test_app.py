@@ -63,3 +63,33 @@ async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> 
         assert "1/1 queries" in status
     with Store(db) as s:
         assert s.count("samples") == 2 * 4
+
+
+async def test_grade_then_analyze_tabs(tmp_path: Path) -> None:
+    """Grade and Analyze over real AM-format data (graded at import): the histogram appears and the
+    category and teacher keys move through the views."""
+    from deepdistill_tui.core.am_import import import_am
+    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.synthetic import write_am_files
+    from deepdistill_tui.tui.analyze import AnalyzeView
+
+    db = tmp_path / "am.db"
+    with Store(db) as s:
+        import_am(s, write_am_files(tmp_path / "am", 40, categories=("math", "code")))
+    app = DeepDistillApp(load_recipe("full-72b"), db)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("g")
+        await wait_until(pilot, lambda: any(n.title == "Done" for n in app._notifications))
+        await pilot.press("a")
+        view = app.query_one(AnalyzeView)
+        await wait_until(pilot, lambda: view.stats is not None)
+        await pilot.pause(0.2)
+        first = str(view.render())
+        assert "pass rate" in first and "code" in first and "· r1" in first
+        assert "CV of r1's scores" in first
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert "math" in str(view.render())
+        await pilot.press("t")
+        await pilot.pause(0.2)
+        assert "· 1.5b" in str(view.render()) or "· 7b" in str(view.render())

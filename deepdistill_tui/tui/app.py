@@ -27,6 +27,7 @@ from deepdistill_tui.core.models import detect_hardware
 from deepdistill_tui.core.overview import Overview, overview
 from deepdistill_tui.core.recipe import Recipe
 from deepdistill_tui.core.store import Store
+from deepdistill_tui.tui.analyze import AnalyzeView
 
 PAGE = 200
 
@@ -106,6 +107,10 @@ class DeepDistillApp(App[None]):
         Binding("i", "ingest", "Ingest", id="ingest"),
         Binding("s", "sample", "Sample", id="sample"),
         Binding("x", "stop", "Stop", id="stop"),
+        Binding("g", "grade", "Grade", id="grade"),
+        Binding("a", "analyze", "Analyze", id="analyze"),
+        Binding("c", "next_category", "Category", id="next_category", show=False),
+        Binding("t", "next_teacher", "Teacher", id="next_teacher", show=False),
         Binding("r", "refresh", "Refresh", id="refresh"),
         Binding("n", "next_page", "Next page", id="next_page"),
         Binding("p", "prev_page", "Prev page", id="prev_page"),
@@ -132,6 +137,11 @@ class DeepDistillApp(App[None]):
                 yield Static("Press [b]s[/] to sample the teachers, [b]x[/] to stop.", id="sample-status")
                 yield ProgressBar(id="sample-progress", show_eta=True)
                 yield Log(id="sample-log", max_lines=500)
+            with TabPane("Grade", id="tab-grade"):
+                yield Static("Press [b]g[/] to grade every ungraded sample.", id="grade-status")
+                yield ProgressBar(id="grade-progress", show_eta=True)
+            with TabPane("Analyze", id="tab-analyze"), VerticalScroll():
+                yield AnalyzeView(id="analyze")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -218,8 +228,53 @@ class DeepDistillApp(App[None]):
             return
         self.post_message(StageFinished("sample", {"teachers": [r.as_dict() for r in reports]}))
 
+    def action_grade(self) -> None:
+        self.stop_event.clear()
+        self.query_one(TabbedContent).active = "tab-grade"
+        self.run_grade()
+
+    @work(thread=True, exclusive=True, group="stage", exit_on_error=False)
+    def run_grade(self) -> None:
+        from deepdistill_tui.core.grade import grade_store
+
+        def emit(event: dict[str, Any]) -> None:
+            self.post_message(SampleEvent(event))
+
+        try:
+            with self._store() as store:
+                result = grade_store(store, self.recipe, emit=emit, stop=self.stop_event)
+        except DeepDistillError as exc:
+            self.post_message(StageFailed("grade", str(exc)))
+            return
+        self.post_message(StageFinished("grade", result))
+
+    def action_analyze(self) -> None:
+        self.query_one(TabbedContent).active = "tab-analyze"
+        self.compute_stats()
+
+    @work(thread=True, exclusive=True, group="stats", exit_on_error=False)
+    def compute_stats(self) -> None:
+        from deepdistill_tui.core.stats import compute_stats
+
+        try:
+            with self._store() as store:
+                stats = compute_stats(store, self.recipe, lengths=False)
+        except DeepDistillError as exc:
+            self.call_from_thread(self.notify, str(exc), severity="warning", title="Analyze")
+            return
+        self.call_from_thread(self.query_one(AnalyzeView).show, stats)
+
+    def action_next_category(self) -> None:
+        self.query_one(AnalyzeView).next_category()
+
+    def action_next_teacher(self) -> None:
+        self.query_one(AnalyzeView).next_teacher()
+
     def on_sample_event(self, message: SampleEvent) -> None:
         event = message.event
+        if event["event"].startswith("grade_"):
+            self._show_grade_event(event)
+            return
         status = self.query_one("#sample-status", Static)
         bar = self.query_one("#sample-progress", ProgressBar)
         log = self.query_one("#sample-log", Log)
@@ -235,6 +290,18 @@ class DeepDistillApp(App[None]):
             log.write_line(" ".join(event["last_response"].split())[:200])
         elif kind in ("sample_failed", "sample_waiting"):
             self.notify(event.get("error") or event.get("message", ""), severity="warning")
+
+    def _show_grade_event(self, event: dict[str, Any]) -> None:
+        bar = self.query_one("#grade-progress", ProgressBar)
+        status = self.query_one("#grade-status", Static)
+        if event["event"] == "grade_started":
+            bar.update(total=max(event["total"], 1), progress=0)
+            status.update(f"Grading {event['total']} samples…")
+        elif event["event"] == "grade_progress":
+            bar.update(total=max(event["total"], 1), progress=event["done"])
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(event.get("by_status", {}).items()))
+            status.update(f"{event['done']}/{event['total']} graded · {event.get('passed', 0)} passed"
+                          f" · {counts}")
 
     def on_stage_finished(self, message: StageFinished) -> None:
         self.notify(f"{message.stage} finished", title="Done")

@@ -1,0 +1,67 @@
+"""The Analyze view: the paper's pass-rate histograms per category x teacher, and the CV histogram.
+
+The numbers come from core.stats (computed in a worker); this widget only renders them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from textual.widgets import Static
+
+BAR = 36
+
+
+def _bars(rows: list[tuple[str, int]], label: str) -> str:
+    most = max((n for _, n in rows), default=0)
+    lines = [f"[b]{label:>10}[/]  queries"]
+    lines += [f"{key:>10} {n:>8}  {'█' * (round(BAR * n / most) if most else 0)}" for key, n in rows]
+    return "\n".join(lines)
+
+
+class AnalyzeView(Static):
+    """Histograms of one (category, teacher); `next_category` / `next_teacher` move through them."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("No statistics yet: grade some samples, then press [b]a[/].", **kwargs)
+        self.stats: dict[str, Any] | None = None
+        self.category = 0
+        self.teacher = 0
+
+    def show(self, stats: dict[str, Any]) -> None:
+        self.stats = stats
+        self._draw()
+
+    def next_category(self) -> None:
+        self.category += 1
+        self.teacher = 0
+        self._draw()
+
+    def next_teacher(self) -> None:
+        self.teacher += 1
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.stats or not self.stats["categories"]:
+            return
+        cats = sorted(self.stats["categories"])
+        cat = cats[self.category % len(cats)]
+        teachers = list(self.stats["categories"][cat])
+        name = teachers[self.teacher % len(teachers)]
+        e = self.stats["categories"][cat][name]
+        mean = e["mean_verify_score"]
+        head = (f"[b]{cat}[/] · [b]{name}[/]  ({cats.index(cat) + 1}/{len(cats)} categories, "
+                f"{teachers.index(name) + 1}/{len(teachers)} teachers; [b]c[/] / [b]t[/] to switch)\n"
+                f"{e['queries']} queries, {e['responses']} graded responses, mean score "
+                f"{'-' if mean is None else f'{mean:.3f}'}, {e['ungraded']} ungraded, "
+                f"{e['missing_passes']} passes missing\n")
+        rows = [(f"{h['pass_rate']:.2f}", h["queries"]) for h in e["pass_rate_histogram"]]
+        parts = [head, _bars(rows, "pass rate")]
+        if name == self.stats["training_teacher"]:
+            cv = e["cv_histogram"]
+            labels = [f"{lo:g}-{hi:g}" if hi is not None else f">{lo:g}"
+                      for lo, hi in itertools.pairwise(cv["edges"])]
+            parts += [f"\nCV of {name}'s scores ({cv['zero']} at 0, {cv['undefined']} all wrong)",
+                      _bars(list(zip(labels, cv["counts"], strict=True)), "CV")]
+        self.update("\n".join(parts))

@@ -25,10 +25,11 @@ from deepdistill_tui.core.store import DEFAULT_DB
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _console() -> Any:
+def _console(stderr: bool = False) -> Any:
+    """stdout normally; stderr when stdout carries --json output."""
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    return Console(stderr=stderr, highlight=False)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -173,7 +174,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     recipe = _load(args)
     if args.teacher:
         recipe.teacher(args.teacher)  # a clear error for an unknown name before any model loads
-    console = _console()
+    console = _console(stderr=args.json)
     progress, on_event = _sample_progress(console)
     stop = threading.Event()
     with _store(args) as store:
@@ -332,7 +333,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.grade import grade_store
 
     recipe = _load(args)
-    console = _console()
+    console = _console(stderr=args.json)
     progress, on_event = _grade_progress(console)
     with _store(args) as store:
         run_id = store.start_run("grade", recipe.name, recipe.to_json(), {})
@@ -364,6 +365,41 @@ def cmd_grade_file(args: argparse.Namespace) -> int:
     result = grade_file(Path(args.input), Path(args.output), cfg, workers=args.workers,
                         judge=judge_factory(recipe) if recipe else None)
     print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from deepdistill_tui.core.train import train
+
+    recipe = _load(args)
+    console = _console(stderr=args.json)
+    progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}"),
+                        TimeRemainingColumn(), console=console)
+    task = progress.add_task("train", total=None, loss="-", lr="-")
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "train_run":
+            progress.console.print(f"run {event['run_id']} in {event['run_dir']}")
+        elif kind == "train_resuming":
+            progress.console.print(f"[yellow]resuming run {event['run_id']}[/]")
+        elif kind == "train_started":
+            resume = f", resuming from {event['resume_from']}" if event["resume_from"] else ""
+            progress.console.print(f"backend {event['backend']}, {event['examples']} examples{resume}")
+        elif kind == "train_step":
+            progress.update(task, completed=event["step"], total=event["max_steps"],
+                            loss=f"{event['loss']:.4f}", lr=f"{event['learning_rate'] or 0:.2e}")
+
+    with _store(args) as store, progress:
+        result = train(store, recipe, args.selection, emit=on_event, fresh=args.fresh)
+    if args.json:
+        _print_json(result)
+    else:
+        console.print(_report_table("Training", [(k, result[k]) for k in (
+            "run_id", "backend", "steps", "first_loss", "last_loss", "output")]))
     return 0
 
 
@@ -459,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "parquet", "hf"], default="jsonl")
     p.add_argument("--out", required=True, metavar="PATH")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("train", parents=[common, with_recipe],
+                       help="SFT of the recipe's student on a selection (resumes an unfinished run)")
+    p.add_argument("--selection", required=True, metavar="NAME")
+    p.add_argument("--fresh", action="store_true", help="start a new run even if one can be resumed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("import-am", parents=[common],
                        help="import AM-DeepSeek-Distilled-40M JSONL files (CATEGORY_TEACHER_Kpass.jsonl)")

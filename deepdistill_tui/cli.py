@@ -137,6 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _print_ingest(console, result["ingest"])
             if "import_am" in result:
                 _print_import(console, result["import_am"])
+            if "evals" in result:
+                _print_evals(console, result["evals"])
 
     with _store(args) as store:
         run_pipeline(store, recipe, parse_stages(args.stages), force=args.force, emit=show)
@@ -403,6 +405,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_evals(console: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    cats = sorted({c for r in rows for c in r["by_category"]})
+    table = Table("model", "k", "queries", "pass@1", *cats, title="Evaluation (held-out split)",
+                  title_justify="left")
+    for r in rows:
+        table.add_row(r["model"], str(r["k"]), str(r["queries"]), f"{100 * r['pass_at_1']:.1f}%",
+                      *(f"{100 * r['by_category'][c]:.1f}%" if c in r["by_category"] else "-"
+                        for c in cats))
+    console.print(table)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.evaluate import comparison, evaluate, latest_trained_run
+
+    recipe = _load(args)
+    with _store(args) as store:
+        model = args.model
+        if model == "latest":
+            model = latest_trained_run(store, recipe)
+            if model is None:
+                raise DeepDistillError(f"no finished training run for recipe {recipe.name}")
+        run_id = store.start_run("eval", recipe.name, recipe.to_json(), {"model": model})
+        try:
+            result = evaluate(store, recipe, model)
+        except BaseException as exc:
+            store.finish_run(run_id, "failed", error=str(exc))
+            raise
+        store.finish_run(run_id, "ok", result)
+        rows = comparison(store, recipe)
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_evals(_console(), rows)
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.recipe import available_recipes, load_recipe
 
@@ -502,6 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="start a new run even if one can be resumed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("eval", parents=[common, with_recipe],
+                       help="pass@1 of the student on the held-out split, shown base vs trained")
+    p.add_argument("--model", default="base", metavar="base|RUN_ID|latest",
+                   help="the base student, a training run's adapter, or the latest finished run")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("import-am", parents=[common],
                        help="import AM-DeepSeek-Distilled-40M JSONL files (CATEGORY_TEACHER_Kpass.jsonl)")

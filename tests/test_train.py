@@ -93,3 +93,26 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     with Store(db) as store:
         assert store.scalar("SELECT count(*) FROM runs WHERE command = 'train'") == 1
         assert store.scalar("SELECT status FROM runs WHERE command = 'train'") == "ok"
+
+
+def test_eval_compares_base_and_trained_on_held_out_problems(tmp_path: Path) -> None:
+    from deepdistill_tui.core.evaluate import comparison, evaluate
+
+    data = recipe(max_steps=2, save_steps=2).model_dump()
+    data["eval"].update({"k": 2, "max_tokens": 24, "limit": 2})
+    r = Recipe.model_validate(data)
+    with training_store(tmp_path / "e.db", r) as store:
+        with store.write() as conn:
+            conn.execute("INSERT INTO queries VALUES ('e1', 'What is 2 + 2?', 'math', 'eval', '4', NULL,"
+                         " NULL, NULL, 'test', 0)")
+            conn.execute("INSERT INTO queries VALUES ('e2', 'Write a program that prints 5.', 'code',"
+                         " 'eval', NULL, ?, NULL, NULL, 'test', 0)",
+                         (json.dumps({"stdin_stdout": [{"input": "", "output": "5"}]}),))
+        run_id = train(store, r, "s", emit=lambda e: None)["run_id"]
+        base = evaluate(store, r, "base")
+        trained = evaluate(store, r, run_id)
+        rows = comparison(store, r)
+    assert [row["model"] for row in rows] == ["base", run_id]
+    for res in (base, trained):
+        assert res["queries"] == 2 and res["k"] == 2 and 0 <= res["pass_at_1"] <= 1
+        assert set(res["by_category"]) == {"math", "code"}

@@ -93,6 +93,17 @@ def run_train(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
     return train(store, recipe, recipe.name, emit=emit)
 
 
+def run_eval(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
+    """Base and the latest trained student, side by side (the end of `run --recipe tiny`)."""
+    from deepdistill_tui.core.evaluate import comparison, evaluate, latest_trained_run
+
+    evaluate(store, recipe, "base", emit=emit)
+    trained = latest_trained_run(store, recipe)
+    if trained:
+        evaluate(store, recipe, trained, emit=emit)
+    return {"evals": comparison(store, recipe)}
+
+
 def _sample_inputs(recipe: Recipe) -> Any:
     # Queries can be added later: sampling is "done" only for the store's current content, so it
     # always runs (finding nothing to do is cheap).
@@ -109,6 +120,8 @@ STAGES: list[Stage] = [
           _sample_inputs, always=True),
     Stage("train", "SFT of the student on the recipe's selection", run_train,
           lambda r: [r.training.model_dump(mode="json"), r.selection.model_dump(mode="json")]),
+    Stage("eval", "pass@1 of the base and the trained student on the held-out split", run_eval,
+          _sample_inputs, always=True),
 ]
 
 

@@ -116,6 +116,19 @@ MIGRATIONS: list[str] = [
         finished_at REAL
     ) WITHOUT ROWID;
     """,
+    """
+    CREATE TABLE evals (
+        recipe_name TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        split       TEXT NOT NULL,
+        k           INTEGER NOT NULL,
+        queries     INTEGER NOT NULL,
+        pass_at_1   REAL NOT NULL,
+        by_category TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        PRIMARY KEY (recipe_name, model, split)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

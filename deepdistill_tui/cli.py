@@ -116,15 +116,34 @@ def cmd_import_am(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_text(event: dict[str, Any]) -> str | None:
+    """One status line for the long stages' progress events, None for other events."""
+    kind = event["event"]
+    if kind == "sample_progress":
+        return (f"sampling {event['teacher']}: {event['queries_done']}/{event['queries_total']} queries,"
+                f" {event['tokens_per_s']:.0f} tok/s")
+    if kind == "grade_progress":
+        return f"grading: {event['done']}/{event['total']}"
+    if kind == "train_step":
+        return f"training: step {event['step']}/{event['max_steps']}, loss {event['loss']:.4f}"
+    if kind == "eval_progress":
+        return f"evaluating {event['model']}: {event['done']}/{event['total']} problems"
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.pipeline import parse_stages, run_pipeline
 
     recipe = _load(args)
     console = _console()
+    status = console.status("starting")
 
     def show(event: dict[str, Any]) -> None:
         kind = event["event"]
-        if kind == "stage_started":
+        line = _progress_text(event)
+        if line is not None:
+            status.update(line)
+        elif kind == "stage_started":
             console.print(f"[bold]▶ {event['stage']}[/] (run {event['run_id']})")
         elif kind == "stage_skipped":
             console.print(f"[dim]· {event['stage']}: skipped, {event['reason']}[/]")
@@ -140,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if "evals" in result:
                 _print_evals(console, result["evals"])
 
-    with _store(args) as store:
+    with _store(args) as store, status:
         run_pipeline(store, recipe, parse_stages(args.stages), force=args.force, emit=show)
     return 0
 

@@ -116,3 +116,32 @@ def test_eval_compares_base_and_trained_on_held_out_problems(tmp_path: Path) -> 
     for res in (base, trained):
         assert res["queries"] == 2 and res["k"] == 2 and 0 <= res["pass_at_1"] <= 1
         assert set(res["by_category"]) == {"math", "code"}
+
+
+def _gpu_stack() -> bool:
+    import importlib.util
+
+    from deepdistill_tui.core.train import cuda_available
+
+    return cuda_available() and importlib.util.find_spec("unsloth") is not None
+
+
+def test_backend_choice_on_this_machine() -> None:
+    from deepdistill_tui.core.train import choose_backend, cuda_available
+
+    small = load_recipe("small").training
+    full = load_recipe("full-32b").training
+    if not cuda_available():
+        assert choose_backend(small) == "peft-cpu" and choose_backend(full) == "full-cpu"
+
+
+@pytest.mark.skipif(not _gpu_stack(), reason="the Unsloth QLoRA path needs a CUDA GPU and the gpu "
+                                             "extra (pip install -e '.[gpu]'); this machine has neither")
+def test_unsloth_qlora_trains_on_gpu(tmp_path: Path) -> None:
+    from deepdistill_tui.core.train import choose_backend
+
+    r = recipe(max_steps=4, save_steps=4, method="qlora")
+    assert choose_backend(r.training) == "unsloth"
+    with training_store(tmp_path / "g.db", r) as store:
+        result = train(store, r, "s", emit=lambda e: None)
+    assert result["backend"] == "unsloth" and result["steps"] == 4

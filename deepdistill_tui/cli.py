@@ -101,14 +101,8 @@ def cmd_import_am(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.am_import import import_am
 
     thresholds = dict(_load(args).grading.thresholds) if args.recipe else None
-    with _store(args) as store:
-        run_id = store.start_run("import-am", None, None, {"files": args.files})
-        try:
-            report = import_am(store, args.files, thresholds=thresholds).as_dict()
-        except BaseException as exc:
-            store.finish_run(run_id, "failed", error=str(exc))
-            raise
-        store.finish_run(run_id, "ok", report)
+    with _store(args) as store, store.recorded_run("import-am", args={"files": args.files}) as run:
+        report = run["result"] = import_am(store, args.files, thresholds=thresholds).as_dict()
     if args.json:
         _print_json(report)
     else:
@@ -281,17 +275,12 @@ def cmd_select(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.select import run_selection
 
     recipe = _load(args)
-    with _store(args) as store:
-        run_id = store.start_run("select", recipe.name, recipe.to_json(), {"name": args.name})
-        try:
-            selections = run_selection(store, recipe, args.name)
-        except BaseException as exc:
-            store.finish_run(run_id, "failed", error=str(exc))
-            raise
+    with _store(args) as store, store.recorded_run("select", recipe.name, recipe.to_json(),
+                                                   {"name": args.name}) as run:
         result: list[dict[str, Any]] = [
             {"name": s.name, "members": len(s.members), "tokens": s.n_tokens, "counts": s.counts}
-            for s in selections]
-        store.finish_run(run_id, "ok", result)
+            for s in run_selection(store, recipe, args.name)]
+        run["result"] = result
     if args.json:
         _print_json(result)
         return 0
@@ -356,16 +345,9 @@ def cmd_grade(args: argparse.Namespace) -> int:
     recipe = _load(args)
     console = _console(stderr=args.json)
     progress, on_event = _grade_progress(console)
-    with _store(args) as store:
-        run_id = store.start_run("grade", recipe.name, recipe.to_json(), {})
-        try:
-            with progress:
-                result = grade_store(store, recipe, emit=on_event, workers=args.workers)
-        except BaseException as exc:
-            store.finish_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                             error=str(exc))
-            raise
-        store.finish_run(run_id, "ok", result)
+    with (_store(args) as store, store.recorded_run("grade", recipe.name, recipe.to_json()) as run,
+          progress):
+        result = run["result"] = grade_store(store, recipe, emit=on_event, workers=args.workers)
     if args.json:
         _print_json(result)
     else:
@@ -447,13 +429,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model = latest_trained_run(store, recipe)
             if model is None:
                 raise DeepDistillError(f"no finished training run for recipe {recipe.name}")
-        run_id = store.start_run("eval", recipe.name, recipe.to_json(), {"model": model})
-        try:
-            result = evaluate(store, recipe, model)
-        except BaseException as exc:
-            store.finish_run(run_id, "failed", error=str(exc))
-            raise
-        store.finish_run(run_id, "ok", result)
+        with store.recorded_run("eval", recipe.name, recipe.to_json(), {"model": model}) as run:
+            run["result"] = evaluate(store, recipe, model)
         rows = comparison(store, recipe)
     if args.json:
         _print_json(rows)

@@ -78,10 +78,13 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
            "--selection", "s", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    # Kill once checkpoint 3 is complete (the Trainer writes trainer_state.json last). A kill in the
+    # middle of a save is a different case: that folder is skipped on resume (see last_checkpoint).
     deadline = time.time() + 240
-    while not list(tmp_path.glob("runs/*/checkpoints/checkpoint-3")) and time.time() < deadline:
-        time.sleep(0.5)
-    assert list(tmp_path.glob("runs/*/checkpoints/checkpoint-3")), "no checkpoint in time"
+    done = "runs/*/checkpoints/checkpoint-3/trainer_state.json"
+    while not list(tmp_path.glob(done)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(tmp_path.glob(done)), "no checkpoint in time"
     os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its training subprocess, mid-run
     proc.wait()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -145,3 +148,16 @@ def test_unsloth_qlora_trains_on_gpu(tmp_path: Path) -> None:
     with training_store(tmp_path / "g.db", r) as store:
         result = train(store, r, "s", emit=lambda e: None)
     assert result["backend"] == "unsloth" and result["steps"] == 4
+
+
+def test_incomplete_checkpoints_are_skipped(tmp_path: Path) -> None:
+    from deepdistill_tui.core.train import last_checkpoint
+
+    for step, complete in ((3, True), (6, True), (9, False)):
+        d = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoints" / "checkpoint-6" / "trainer_state.json").write_text('{"trunc')
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "checkpoint-3")
+    assert not (tmp_path / "checkpoints" / "checkpoint-9").exists()

@@ -160,18 +160,17 @@ def run_stage(store: Store, stage: Stage, recipe: Recipe, emit: Emit = _noop,
               args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one stage under a ``runs`` row; the row says ok or failed, with the error."""
     run_args = {**(args or {}), "inputs": inputs_hash(stage, recipe)}
-    run_id = store.start_run(stage.name, recipe.name, recipe.to_json(), run_args)
-    emit({"event": "stage_started", "stage": stage.name, "run_id": run_id})
-    try:
-        result = stage.run(store, recipe, emit)
-    except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        store.finish_run(run_id, status, error=str(exc) or type(exc).__name__)
-        emit({"event": "stage_failed", "stage": stage.name, "run_id": run_id, "error": str(exc)})
-        raise
-    store.finish_run(run_id, "ok", result)
-    emit({"event": "stage_finished", "stage": stage.name, "run_id": run_id, "result": result})
-    return result
+    with store.recorded_run(stage.name, recipe.name, recipe.to_json(), run_args) as run:
+        emit({"event": "stage_started", "stage": stage.name, "run_id": run["run_id"]})
+        try:
+            run["result"] = stage.run(store, recipe, emit)
+        except BaseException as exc:
+            emit({"event": "stage_failed", "stage": stage.name, "run_id": run["run_id"],
+                  "error": str(exc)})
+            raise
+    emit({"event": "stage_finished", "stage": stage.name, "run_id": run["run_id"],
+          "result": run["result"]})
+    return dict(run["result"])
 
 
 def run_pipeline(store: Store, recipe: Recipe, stages: list[Stage], *, force: bool = False,

@@ -240,6 +240,23 @@ class Store:
                  time.time(), run_id),
             )
 
+    @contextmanager
+    def recorded_run(self, command: str, recipe_name: str | None = None, recipe_json: str | None = None,
+                     args: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """A ``runs`` row around a block: ``ok`` with the block's ``result``, else failed/interrupted.
+
+        The block puts its report in the yielded dict under ``result``.
+        """
+        run_id = self.start_run(command, recipe_name, recipe_json, args or {})
+        handle: dict[str, Any] = {"run_id": run_id, "result": None}
+        try:
+            yield handle
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self.finish_run(run_id, status, error=str(exc) or type(exc).__name__)
+            raise
+        self.finish_run(run_id, "ok", handle["result"])
+
     def last_run(self, command: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT run_id, status, result, started_at, finished_at FROM runs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,17 +33,18 @@ from deepdistill_tui.tui.analyze import AnalyzeView
 PAGE = 200
 
 
-class SampleEvent(Message):
-    """A sampler progress event, posted from the worker thread."""
+class ProgressEvent(Message):
+    """A progress event of the core (sampling, grading), posted from a worker thread."""
 
     def __init__(self, event: dict[str, Any]) -> None:
         self.event = event
         super().__init__()
 
     def can_replace(self, message: Message) -> bool:
-        # A flood of progress events coalesces: only the latest of a teacher matters.
-        return (isinstance(message, SampleEvent) and message.event["event"] == "sample_progress"
-                and self.event["event"] == "sample_progress"
+        # A flood of progress events coalesces: only the latest of a kind (and teacher) matters.
+        kind = self.event["event"]
+        return (isinstance(message, ProgressEvent) and kind.endswith("_progress")
+                and message.event["event"] == kind
                 and message.event.get("teacher") == self.event.get("teacher"))
 
 
@@ -192,61 +194,47 @@ class DeepDistillApp(App[None]):
         self.notify("Ingesting the recipe's sources…")
         self.run_ingest()
 
-    @work(thread=True, exclusive=True, group="stage", exit_on_error=False)
     def run_ingest(self) -> None:
         from deepdistill_tui.core.pipeline import parse_stages, run_stage
 
-        try:
-            with self._store() as store:
-                result = run_stage(store, parse_stages("ingest")[0], self.recipe)
-        except DeepDistillError as exc:
-            self.post_message(StageFailed("ingest", str(exc)))
-            return
-        self.post_message(StageFinished("ingest", result))
+        self.run_stage_worker("ingest", lambda store, emit: run_stage(
+            store, parse_stages("ingest")[0], self.recipe, emit))
 
     def action_sample(self) -> None:
+        from deepdistill_tui.core.sample import sample
+
         self.stop_event.clear()
         self.query_one(TabbedContent).active = "tab-sample"
-        self.run_sample()
+        self.run_stage_worker("sample", lambda store, emit: {"teachers": [
+            r.as_dict() for r in sample(store, self.recipe, emit=emit, stop=self.stop_event)]})
 
     def action_stop(self) -> None:
         self.stop_event.set()
-        self.notify("Stopping after the query in flight…")
-
-    @work(thread=True, exclusive=True, group="stage", exit_on_error=False)
-    def run_sample(self) -> None:
-        from deepdistill_tui.core.sample import sample
-
-        def emit(event: dict[str, Any]) -> None:
-            self.post_message(SampleEvent(event))
-
-        try:
-            with self._store() as store:
-                reports = sample(store, self.recipe, emit=emit, stop=self.stop_event)
-        except DeepDistillError as exc:
-            self.post_message(StageFailed("sample", str(exc)))
-            return
-        self.post_message(StageFinished("sample", {"teachers": [r.as_dict() for r in reports]}))
+        self.notify("Stopping after the item in flight…")
 
     def action_grade(self) -> None:
-        self.stop_event.clear()
-        self.query_one(TabbedContent).active = "tab-grade"
-        self.run_grade()
-
-    @work(thread=True, exclusive=True, group="stage", exit_on_error=False)
-    def run_grade(self) -> None:
         from deepdistill_tui.core.grade import grade_store
 
+        self.stop_event.clear()
+        self.query_one(TabbedContent).active = "tab-grade"
+        self.run_stage_worker("grade", lambda store, emit: grade_store(
+            store, self.recipe, emit=emit, stop=self.stop_event))
+
+    @work(thread=True, exclusive=True, group="stage", exit_on_error=False)
+    def run_stage_worker(self, stage: str,
+                         fn: Callable[[Store, Callable[[dict[str, Any]], None]], dict[str, Any]]) -> None:
+        """Run one stage of the core in a thread: its events and its end come back as messages."""
+
         def emit(event: dict[str, Any]) -> None:
-            self.post_message(SampleEvent(event))
+            self.post_message(ProgressEvent(event))
 
         try:
             with self._store() as store:
-                result = grade_store(store, self.recipe, emit=emit, stop=self.stop_event)
+                result = fn(store, emit)
         except DeepDistillError as exc:
-            self.post_message(StageFailed("grade", str(exc)))
+            self.post_message(StageFailed(stage, str(exc)))
             return
-        self.post_message(StageFinished("grade", result))
+        self.post_message(StageFinished(stage, result))
 
     def action_analyze(self) -> None:
         self.query_one(TabbedContent).active = "tab-analyze"
@@ -270,7 +258,7 @@ class DeepDistillApp(App[None]):
     def action_next_teacher(self) -> None:
         self.query_one(AnalyzeView).next_teacher()
 
-    def on_sample_event(self, message: SampleEvent) -> None:
+    def on_progress_event(self, message: ProgressEvent) -> None:
         event = message.event
         if event["event"].startswith("grade_"):
             self._show_grade_event(event)

@@ -104,9 +104,9 @@ def run_eval(store: Store, recipe: Recipe, emit: Emit) -> dict[str, Any]:
     return {"evals": comparison(store, recipe)}
 
 
-def _sample_inputs(recipe: Recipe) -> Any:
-    # Queries can be added later: sampling is "done" only for the store's current content, so it
-    # always runs (finding nothing to do is cheap).
+def _from_store(recipe: Recipe) -> Any:
+    # These stages work from what the store holds (new queries, samples, grades can arrive at any
+    # time), so they always run and find the remaining work themselves; none is cheap to skip.
     return None
 
 
@@ -114,14 +114,14 @@ STAGES: list[Stage] = [
     Stage("ingest", "read, clean, dedup and decontaminate the queries", run_ingest,
           lambda r: r.data.model_dump(mode="json")),
     Stage("sample", "answer each training query N times with every teacher", run_sample,
-          _sample_inputs, always=True),
-    Stage("grade", "a verify_score for every ungraded sample", run_grade, _sample_inputs, always=True),
+          _from_store, always=True),
+    Stage("grade", "a verify_score for every ungraded sample", run_grade, _from_store, always=True),
     Stage("select", "Algorithm 1 (and Stage II) into a selection named after the recipe", run_select,
-          _sample_inputs, always=True),
+          _from_store, always=True),
     Stage("train", "SFT of the student on the recipe's selection", run_train,
           lambda r: [r.training.model_dump(mode="json"), r.selection.model_dump(mode="json")]),
     Stage("eval", "pass@1 of the base and the trained student on the held-out split", run_eval,
-          _sample_inputs, always=True),
+          _from_store, always=True),
 ]
 
 

@@ -402,7 +402,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         console.print(_report_table("Training", [(k, result[k]) for k in (
-            "run_id", "backend", "steps", "first_loss", "last_loss", "output")]))
+            "run_id", "backend", "steps", "first_loss", "last_loss", "output", "merged", "gguf")
+            if k in result]))
     return 0
 
 

@@ -94,3 +94,10 @@ def test_unknown_recipe_name_lists_known() -> None:
 def test_not_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="a recipe is a mapping"):
         load_recipe(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_gguf_export_of_a_hub_student_is_refused_at_load(tmp_path: Path) -> None:
+    bad = GOOD.replace("training: {student: {name: s, hf_model: x}}",
+                       "training: {student: {name: s, hf_model: x}, gguf: f16}")
+    with pytest.raises(RecipeError, match=r"r.yaml: training: `gguf` export copies the tokenizer"):
+        load_recipe(write(tmp_path, bad))

@@ -68,6 +68,44 @@ def test_training_lowers_the_loss_and_the_adapter_loads(tmp_path: Path) -> None:
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
 
 
+def test_trained_student_exports_to_gguf_and_samples_as_a_teacher(tmp_path: Path) -> None:
+    """The merged student written as GGUF computes what the merged checkpoint computes, and the sampler
+    takes it as a teacher: the next round of the paper's loop."""
+    import numpy as np
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deepdistill_tui.core.ingest import ingest
+    from deepdistill_tui.core.sample import sample
+
+    r = recipe(max_steps=2, save_steps=2, gguf="f16")
+    with training_store(tmp_path / "t.db", r) as store:
+        result = train(store, r, "s", emit=lambda e: None)
+    merged, gguf = Path(result["merged"]), Path(result["gguf"])
+    assert merged.name == "merged" and gguf.name == "student-f16.gguf"
+    tok = AutoTokenizer.from_pretrained(merged)
+    ids = tok("Question: what is 12 + 30? Answer:")["input_ids"]
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(merged)(torch.tensor([ids])).logits[0, -1].numpy()
+    llm = Llama(str(gguf), n_ctx=128, logits_all=True, verbose=False)
+    llm.eval(ids)
+    got = np.asarray(llm.scores[len(ids) - 1])
+    assert got.argmax() == expected.argmax()
+    assert np.corrcoef(got, expected)[0, 1] > 0.999
+
+    data = r.model_dump(mode="json")
+    teacher = {**data["teachers"][0], "name": "student-round-2", "model": {"path": str(gguf)}}
+    teacher["sampling"]["max_tokens"] = 16
+    data["teachers"].append(teacher)
+    data["sampling"]["passes"] = 2
+    nxt = Recipe.model_validate(data)
+    with Store(tmp_path / "round2.db") as store:
+        ingest(store, nxt.data)
+        [report] = sample(store, nxt, teacher_name="student-round-2", limit=2)
+        assert report.error is None and store.count("samples") == 4
+
+
 def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     r = recipe(max_steps=9, save_steps=3)
     db = tmp_path / "t.db"

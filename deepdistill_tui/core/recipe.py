@@ -299,6 +299,17 @@ class TrainingConfig(_Model):
     max_steps: int | None = Field(default=None, ge=1)
     save_steps: int = Field(default=50, ge=1)
     stage2: TrainingStageTwo | None = None
+    # Outputs besides the adapter: the merged model, and the merged student as GGUF (which implies the
+    # merge) so that it can be the next round's teacher through the same sampler.
+    merge: bool = False
+    gguf: Literal["f32", "f16", "q8_0"] | None = None
+
+    @model_validator(mode="after")
+    def _gguf_needs_a_gguf_student(self) -> TrainingConfig:
+        if self.gguf and self.student.model is None:
+            raise ValueError("`gguf` export copies the tokenizer from the student's GGUF file, and this "
+                             "student comes from the Hub: use `merge: true` and llama.cpp's converter")
+        return self
 
 
 class TrainingStageTwo(_Model):
@@ -444,7 +455,7 @@ def _first_error(exc: ValidationError) -> str:
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
         parent = err["loc"][:-1]

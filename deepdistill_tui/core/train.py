@@ -222,9 +222,30 @@ def run_training(run_dir: Path, emit: Emit) -> dict[str, Any]:
     summary = {"backend": backend, "output": str(final), "steps": trainer.state.global_step,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "train_loss": result.training_loss, "resumed_from": resume}
+    del trainer, model  # the merge loads the student again, in float32
+    summary.update(export_outputs(recipe, run_dir, final, emit))
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     emit({"event": "train_finished", **summary})
     return summary
+
+
+def export_outputs(recipe: Recipe, run_dir: Path, final: Path, emit: Emit) -> dict[str, str]:
+    """The merged model and its GGUF file, as the recipe asks; paths keyed "merged" and "gguf"."""
+    from deepdistill_tui.core.student import student_checkpoint
+    from deepdistill_tui.core.student_export import export_gguf, merge_adapter
+
+    cfg = recipe.training
+    if not (cfg.merge or cfg.gguf):
+        return {}
+    merged = final
+    if final.name == "adapter":
+        merged = merge_adapter(student_checkpoint(cfg.student), final, run_dir / "merged")
+    outputs = {"merged": str(merged)}
+    if cfg.gguf:
+        gguf = export_gguf(cfg.student, merged, run_dir / f"student-{cfg.gguf}.gguf", cfg.gguf)
+        outputs["gguf"] = str(gguf)
+    emit({"event": "train_exported", **outputs})
+    return outputs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ answers score each answer, and a query's pass@1 is its share of passing answers.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -98,8 +99,9 @@ def generate(model: Any, tok: Any, questions: list[str], recipe: Recipe) -> list
 
 
 def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
-             emit: Emit = _noop) -> dict[str, Any]:
-    """pass@1 of the base student or of a training run's adapter; stored in ``evals``."""
+             emit: Emit = _noop, stop: threading.Event | None = None) -> dict[str, Any]:
+    """pass@1 of the base student or of a training run's adapter; stored in ``evals``.
+    ``stop`` ends it between batches; nothing is stored then."""
     import torch
 
     torch.manual_seed(recipe.seed)
@@ -109,6 +111,8 @@ def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
     items: list[Item] = []
     start = time.perf_counter()
     for first in range(0, len(queries), GEN_BATCH):
+        if stop is not None and stop.is_set():
+            raise DeepDistillError(f"evaluation of {model_name} stopped; nothing was stored")
         batch = queries[first : first + GEN_BATCH]
         answers = generate(model, tok, [q[2] for q in batch], recipe)
         for (qid, cat, question, truth, tests), texts in zip(batch, answers, strict=True):

@@ -311,3 +311,24 @@ def grade_file(src: Path, dst: Path, cfg: GradingConfig, *, workers: int | None 
     finally:
         tmp.unlink(missing_ok=True)
     return {"graded": len(items), "by_status": dict(statuses)}
+
+
+# ---------------------------------------------------------------- inspection
+
+
+def status_counts(store: Store) -> dict[str, int]:
+    return dict(store.conn.execute("SELECT status, count(*) FROM grades GROUP BY status").fetchall())
+
+
+def recent_grades(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    """The latest graded samples with everything the inspector shows: question, response, answer,
+    verdict and the grader's detail (the sandbox's output for code)."""
+    cols = ("query_id", "teacher", "pass_index", "category", "question", "response", "answer",
+            "verify_score", "passed", "status", "detail")
+    rows = store.conn.execute(
+        "SELECT g.query_id, coalesce(t.name, g.teacher_id), g.pass_index, q.category, q.question,"
+        " s.response, s.answer, g.verify_score, g.passed, g.status, g.detail"
+        " FROM grades g JOIN samples s USING (query_id, teacher_id, pass_index)"
+        " JOIN queries q USING (query_id) LEFT JOIN teachers t ON t.teacher_id = g.teacher_id"
+        " ORDER BY g.created_at DESC LIMIT ?", (limit,)).fetchall()
+    return [dict(zip(cols, row, strict=True)) for row in rows]

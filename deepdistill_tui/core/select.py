@@ -139,8 +139,8 @@ def rule_of(recipe: Recipe, stage: int) -> dict[str, Any]:
             **cfg.model_dump(mode="json", exclude={"training_teacher", "seed"})}
 
 
-def run_selection(store: Store, recipe: Recipe, name: str) -> list[Selection]:
-    """Stage I as NAME (and Stage II as NAME-stage2 when enabled), computed in memory, then stored."""
+def training_responses(store: Store, recipe: Recipe) -> tuple[str, Responses]:
+    """(teacher id, graded responses) of the training teacher: what every selection rule reads."""
     teacher = recipe.selection.training_teacher
     tid = resolve_teachers(store, [teacher]).get(teacher)
     if tid is None:
@@ -149,11 +149,33 @@ def run_selection(store: Store, recipe: Recipe, name: str) -> list[Selection]:
     if len(r.score) == 0:
         raise DeepDistillError(f"no graded responses from teacher {teacher!r} to training queries; "
                                "grade first")
+    return tid, r
+
+
+def compute_selection(store: Store, recipe: Recipe, name: str,
+                      loaded: tuple[str, Responses] | None = None) -> list[Selection]:
+    """Stage I as NAME (and Stage II as NAME-stage2 when enabled), in memory; nothing is stored.
+    ``loaded`` reuses responses already read, so that a rule can be re-evaluated as it is edited."""
+    tid, r = loaded or training_responses(store, recipe)
     out = [stage_one(store, recipe, r, tid, name)]
     if recipe.selection.stage2.enabled:
         out.append(stage_two(recipe, r, tid, f"{name}-stage2"))
+    return out
+
+
+def run_selection(store: Store, recipe: Recipe, name: str) -> list[Selection]:
+    """Compute the selection and store it (replacing one of the same name)."""
+    out = compute_selection(store, recipe, name)
     save_selections(store, out)
     return out
+
+
+def with_rule(recipe: Recipe, thresholds: dict[str, float], cv_thresholds: dict[str, float]) -> Recipe:
+    """The recipe with its per-category pass thresholds and CV_t replaced (validated as a recipe)."""
+    data = recipe.model_dump(mode="json")
+    data["grading"]["thresholds"] = {**data["grading"]["thresholds"], **thresholds}
+    data["selection"]["cv_threshold"] = {**data["selection"]["cv_threshold"], **cv_thresholds}
+    return Recipe.model_validate(data)
 
 
 def save_selections(store: Store, selections: list[Selection]) -> None:

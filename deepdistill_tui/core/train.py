@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -284,6 +285,13 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+def _terminate_on(stop: threading.Event, proc: Any) -> None:
+    while proc.poll() is None:
+        if stop.wait(0.5):
+            proc.terminate()
+            return
+
+
 def resumable_run(store: Any, recipe: Recipe, selection: str) -> tuple[str, Path] | None:
     """The newest unfinished train run of this recipe and selection that has a run directory."""
     for run_id, args in store.conn.execute(
@@ -297,8 +305,9 @@ def resumable_run(store: Any, recipe: Recipe, selection: str) -> tuple[str, Path
 
 
 def train(store: Any, recipe: Recipe, selection: str, *, emit: Emit, fresh: bool = False,
-          runs_dir: Path | None = None) -> dict[str, Any]:
-    """Run (or resume) SFT in a subprocess; its events go to ``emit``; the runs row tracks it."""
+          runs_dir: Path | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Run (or resume) SFT in a subprocess; its events go to ``emit``; the runs row tracks it.
+    Setting ``stop`` terminates the subprocess; the run stays resumable from its last checkpoint."""
     import subprocess
 
     if store.scalar("SELECT 1 FROM selections WHERE name = ?", (selection,)) is None:
@@ -325,6 +334,8 @@ def train(store: Any, recipe: Recipe, selection: str, *, emit: Emit, fresh: bool
         assert proc.stdout is not None
         summary: dict[str, Any] | None = None
         error = None
+        if stop is not None:
+            threading.Thread(target=_terminate_on, args=(stop, proc), daemon=True).start()
         try:
             for event in read_events(proc.stdout):
                 emit(event)
@@ -338,6 +349,10 @@ def train(store: Any, recipe: Recipe, selection: str, *, emit: Emit, fresh: bool
             proc.wait()
             store.finish_run(run_id, "interrupted")
             raise
+    if summary is None and stop is not None and stop.is_set():
+        store.finish_run(run_id, "interrupted")
+        raise DeepDistillError(f"training run {run_id} stopped; train again to resume from its last "
+                               "checkpoint")
     if summary is None:
         error = error or (f"training exited with status {code}: {_last_line(run_dir / 'train.log')} "
                           f"(log: {run_dir / 'train.log'})")

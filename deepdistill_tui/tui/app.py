@@ -1,133 +1,101 @@
-"""The terminal app: a face over the same core as the CLI. Long work runs in thread workers."""
+"""The terminal app: a face over the same core as the CLI, one tab per pipeline stage.
+
+Long work (ingest, sampling, grading, training, evaluation, export) runs one stage at a time in a
+thread worker that talks to the core; the core's progress events come back as messages, so the UI
+never waits on it. Heavy libraries are imported where a stage starts, not at launch.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.message import Message
-from textual.widgets import (
-    DataTable,
-    Footer,
-    Header,
-    Log,
-    ProgressBar,
-    Static,
-    TabbedContent,
-    TabPane,
-)
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.models import detect_hardware
 from deepdistill_tui.core.overview import Overview, overview
 from deepdistill_tui.core.recipe import Recipe
 from deepdistill_tui.core.store import Store
 from deepdistill_tui.tui.analyze import AnalyzeView
+from deepdistill_tui.tui.evaluation import EvalPane
+from deepdistill_tui.tui.exporting import ExportPane
+from deepdistill_tui.tui.grading import GradePane
+from deepdistill_tui.tui.messages import ProgressEvent, StageFailed, StageFinished
+from deepdistill_tui.tui.overview import render_ingest, render_overview
+from deepdistill_tui.tui.sampling import SamplePane
+from deepdistill_tui.tui.screens import ConfirmQuit, HelpScreen
+from deepdistill_tui.tui.selecting import SelectPane, show_selections
+from deepdistill_tui.tui.training import TrainPane
 
 PAGE = 200
+Emit = Callable[[dict[str, Any]], None]
+StageFn = Callable[[Store, Emit], dict[str, Any]]
+TABS = ("overview", "data", "sample", "grade", "analyze", "select", "train", "evaluate", "export")
+
+# (key, action, footer label, description): the footer, the help screen and the command palette
+# all read this one table.
+ACTIONS: list[tuple[str, str, str, str]] = [
+    ("i", "ingest", "Ingest", "Ingest the recipe's sources (dedup, decontamination, filters)"),
+    ("s", "sample", "Sample", "Sample the missing passes of every teacher"),
+    ("g", "grade", "Grade", "Grade every ungraded sample"),
+    ("a", "analyze", "Analyze", "Compute pass-rate and CV histograms"),
+    ("ctrl+s", "save_selection", "Save sel.", "Save the Select tab's rule as a named selection"),
+    ("T", "train", "Train", "Train (or resume) the student on the chosen selection"),
+    ("e", "evaluate", "Eval", "Evaluate the base and the latest trained student (pass@1)"),
+    ("o", "export", "Export", "Export the chosen selection as a dataset"),
+    ("x", "stop", "Stop", "Stop the running stage after the item in flight"),
+    ("c", "next_category", "Category", "Analyze: show the next category"),
+    ("t", "next_teacher", "Teacher", "Analyze: show the next teacher"),
+    ("r", "refresh", "Refresh", "Refresh every count from the store"),
+    ("n", "next_page", "Next page", "Data: next page of queries"),
+    ("p", "prev_page", "Prev page", "Data: previous page of queries"),
+    ("question_mark", "help", "Help", "Show the keys"),
+    ("q", "quit", "Quit", "Quit (asks first when work is running)"),
+]
+SHOWN = {"ingest", "sample", "grade", "save_selection", "train", "evaluate", "export", "stop", "help",
+         "quit"}
 
 
-class ProgressEvent(Message):
-    """A progress event of the core (sampling, grading), posted from a worker thread."""
-
-    def __init__(self, event: dict[str, Any]) -> None:
-        self.event = event
-        super().__init__()
-
-    def can_replace(self, message: Message) -> bool:
-        # A flood of progress events coalesces: only the latest of a kind (and teacher) matters.
-        kind = self.event["event"]
-        return (isinstance(message, ProgressEvent) and kind.endswith("_progress")
-                and message.event["event"] == kind
-                and message.event.get("teacher") == self.event.get("teacher"))
-
-
-class StageFinished(Message):
-    def __init__(self, stage: str, result: dict[str, Any]) -> None:
-        self.stage = stage
-        self.result = result
-        super().__init__()
-
-
-class StageFailed(Message):
-    def __init__(self, stage: str, error: str) -> None:
-        self.stage = stage
-        self.error = error
-        super().__init__()
-
-
-def render_overview(recipe: Recipe, ov: Overview, hardware: str) -> str:
-    c = ov.counts
-    models = "\n".join(
-        f"  {'[green]✔[/]' if m.present else '[red]✘[/]'} {m.role:<8} {m.name:<18} {m.origin}"
-        for m in ov.models
-    )
-    splits = ", ".join(f"{k} {v}" for k, v in sorted(ov.queries_by_split.items())) or "none"
-    cats = ", ".join(f"{k} {v}" for k, v in sorted(ov.queries_by_category.items())) or "none"
-    return (
-        f"[b]Recipe {recipe.name}[/]\n{' '.join(recipe.description.split())}\n\n"
-        f"[b]Machine[/]  {hardware}\n\n"
-        f"[b]Progress[/]\n"
-        f"  queries     {c['queries']:>8}   ({splits}; {cats})\n"
-        f"  samples     {c['samples']:>8}   of {recipe.sampling.passes} passes x "
-        f"{len(recipe.teachers)} teachers per training query\n"
-        f"  grades      {c['grades']:>8}\n"
-        f"  selections  {c['selections']:>8}\n"
-        f"  runs        {c['runs']:>8}\n\n"
-        f"[b]Models[/]\n{models}\n\n"
-        f"[b]Next[/]  {ov.next_step}"
-    )
-
-
-def render_ingest(last: dict[str, Any] | None) -> str:
-    if not last or not last.get("result"):
-        return "No ingest yet. Press [b]i[/] to read the recipe's sources."
-    rep = last["result"].get("ingest")
-    if not rep:
-        return f"Last ingest: {last['status']}"
-    removed = "  ".join(f"{k} {v}" for k, v in rep["removed"].items())
-    return (f"Last ingest ({last['status']}): read {rep['read']}, kept {rep['kept']}, "
-            f"new {rep['inserted']}\nremoved: {removed}")
+def _terminal_theme() -> str:
+    """A light theme on a light terminal: COLORFGBG ("fg;bg") is set by many terminals."""
+    bg = os.environ.get("COLORFGBG", "").rsplit(";", 1)[-1]
+    return "textual-light" if bg.isdigit() and int(bg) in (7, 15) else "textual-dark"
 
 
 class DeepDistillApp(App[None]):
     TITLE = "DeepDistill"
     CSS = """
     #overview, #ingest-report { padding: 1 2; }
+    #ingest-report { height: auto; }
     #queries { height: 1fr; }
-    #sample-status { padding: 1 2; height: auto; }
-    #sample-progress { margin: 0 2; }
-    #sample-log { height: 1fr; border: round $primary; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("i", "ingest", "Ingest", id="ingest"),
-        Binding("s", "sample", "Sample", id="sample"),
-        Binding("x", "stop", "Stop", id="stop"),
-        Binding("g", "grade", "Grade", id="grade"),
-        Binding("a", "analyze", "Analyze", id="analyze"),
-        Binding("c", "next_category", "Category", id="next_category", show=False),
-        Binding("t", "next_teacher", "Teacher", id="next_teacher", show=False),
-        Binding("r", "refresh", "Refresh", id="refresh"),
-        Binding("n", "next_page", "Next page", id="next_page"),
-        Binding("p", "prev_page", "Prev page", id="prev_page"),
-        Binding("q", "quit", "Quit", id="quit"),
+        *(Binding(key, action, label, show=action in SHOWN, id=action) for key, action, label, _ in ACTIONS),
+        *(Binding(str(i + 1), f"tab('{tab}')", tab.title(), show=False) for i, tab in enumerate(TABS)),
     ]
 
-    def __init__(self, recipe: Recipe, db_path: str | Path) -> None:
+    def __init__(self, recipe: Recipe, db_path: str | Path, *, hardware: str | None = None) -> None:
         super().__init__()
         self.recipe = recipe
         self.db_path = Path(db_path)
         self.page = 0
         self.stop_event = threading.Event()
+        self.running: str | None = None
+        self.quitting = False
+        self.hardware = hardware
         self.sub_title = f"{recipe.name} · {self.db_path}"
+        self.theme = _terminal_theme()
 
     def compose(self) -> ComposeResult:
+        base = self.db_path.resolve().parent
         yield Header()
         with TabbedContent(initial="tab-overview"):
             with TabPane("Overview", id="tab-overview"), VerticalScroll():
@@ -136,48 +104,136 @@ class DeepDistillApp(App[None]):
                 yield Static("", id="ingest-report")
                 yield DataTable(id="queries", zebra_stripes=True, cursor_type="row")
             with TabPane("Sample", id="tab-sample"):
-                yield Static("Press [b]s[/] to sample the teachers, [b]x[/] to stop.", id="sample-status")
-                yield ProgressBar(id="sample-progress", show_eta=True)
-                yield Log(id="sample-log", max_lines=500)
+                yield SamplePane()
             with TabPane("Grade", id="tab-grade"):
-                yield Static("Press [b]g[/] to grade every ungraded sample.", id="grade-status")
-                yield ProgressBar(id="grade-progress", show_eta=True)
+                yield GradePane()
             with TabPane("Analyze", id="tab-analyze"), VerticalScroll():
                 yield AnalyzeView(id="analyze")
+            with TabPane("Select", id="tab-select"):
+                yield SelectPane(self.recipe, self.db_path)
+            with TabPane("Train", id="tab-train"):
+                yield TrainPane()
+            with TabPane("Evaluate", id="tab-evaluate"):
+                yield EvalPane()
+            with TabPane("Export", id="tab-export"):
+                yield ExportPane(base)
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#queries", DataTable)
-        table.add_columns("id", "split", "category", "question", "ground truth")
+        self.query_one("#queries", DataTable).add_columns("id", "split", "category", "question",
+                                                          "ground truth")
         self.refresh_data()
+
+    # ------------------------------------------------------------ reading the store
 
     def _store(self) -> Store:
         return Store(self.db_path)
 
     @work(thread=True, exclusive=True, group="refresh", exit_on_error=False)
     def refresh_data(self) -> None:
+        from deepdistill_tui.core.evaluate import comparison
+        from deepdistill_tui.core.grade import recent_grades, status_counts
+        from deepdistill_tui.core.models import detect_hardware
+        from deepdistill_tui.core.select import list_selections
+
         try:
             with self._store() as store:
-                ov = overview(store, self.recipe)
-                rows = store.conn.execute(
-                    "SELECT query_id, split, category, question, ground_truth FROM queries"
-                    " ORDER BY split, category, query_id LIMIT ? OFFSET ?",
-                    (PAGE, self.page * PAGE),
-                ).fetchall()
+                snapshot = {
+                    "overview": overview(store, self.recipe),
+                    "queries": store.conn.execute(
+                        "SELECT query_id, split, category, question, ground_truth FROM queries"
+                        " ORDER BY split, category, query_id LIMIT ? OFFSET ?",
+                        (PAGE, self.page * PAGE)).fetchall(),
+                    "status_counts": status_counts(store),
+                    "graded": recent_grades(store),
+                    "selections": list_selections(store),
+                    "evals": comparison(store, self.recipe),
+                }
         except DeepDistillError as exc:
             self.call_from_thread(self.notify, str(exc), severity="error", title="Store")
             return
-        hardware = detect_hardware().describe()
-        self.call_from_thread(self._show, ov, rows, hardware)
+        self.hardware = self.hardware or detect_hardware().describe()
+        self.call_from_thread(self._show, snapshot)
 
-    def _show(self, ov: Overview, rows: list[tuple[Any, ...]], hardware: str) -> None:
-        self.query_one("#overview", Static).update(render_overview(self.recipe, ov, hardware))
+    def _show(self, snap: dict[str, Any]) -> None:
+        ov: Overview = snap["overview"]
+        self.query_one("#overview", Static).update(render_overview(self.recipe, ov, self.hardware or ""))
         self.query_one("#ingest-report", Static).update(render_ingest(ov.last_ingest))
         table = self.query_one("#queries", DataTable)
         table.clear()
-        for qid, split, cat, question, truth in rows:
-            short = " ".join(question.split())
-            table.add_row(qid[:10], split, cat, short[:70], (truth or "")[:16])
+        for qid, split, cat, question, truth in snap["queries"]:
+            table.add_row(qid[:10], split, cat, " ".join(question.split())[:70], (truth or "")[:16])
+        self.query_one(GradePane).show(snap["status_counts"], snap["graded"])
+        names = [s["name"] for s in snap["selections"]]
+        show_selections(self.query_one("#selections", DataTable), snap["selections"])
+        self.query_one(TrainPane).set_selections(names)
+        self.query_one(ExportPane).set_selections(names)
+        self.query_one(EvalPane).show(snap["evals"])
+        if snap["status_counts"]:
+            self.query_one(SelectPane).refresh_preview()
+
+    # ------------------------------------------------------------ running one stage at a time
+
+    def start_stage(self, stage: str, tab: str, fn: StageFn) -> None:
+        if self.running:
+            self.notify(f"{self.running} is running: stop it with x first", severity="warning")
+            return
+        self.running = stage
+        self.stop_event.clear()
+        self.query_one(TabbedContent).active = f"tab-{tab}"
+        self.run_stage_worker(stage, fn)
+
+    @work(thread=True, group="stage", exit_on_error=False)
+    def run_stage_worker(self, stage: str, fn: StageFn) -> None:
+        """Run one stage of the core in a thread: its events and its end come back as messages."""
+
+        def emit(event: dict[str, Any]) -> None:
+            self.post_message(ProgressEvent(event))
+
+        try:
+            with self._store() as store:
+                result = fn(store, emit)
+        except DeepDistillError as exc:
+            self.post_message(StageFailed(stage, str(exc)))
+            return
+        except Exception as exc:  # a bug must reach the user as a message, not kill the UI
+            self.post_message(StageFailed(stage, f"{type(exc).__name__}: {exc}"))
+            return
+        self.post_message(StageFinished(stage, result))
+
+    def on_progress_event(self, message: ProgressEvent) -> None:
+        kind = message.event["event"]
+        pane: Any = {"sample": SamplePane, "grade": GradePane, "train": TrainPane,
+                     "eval": EvalPane}.get(kind.split("_")[0])
+        if pane is not None:
+            self.query_one(pane).handle(message.event)
+
+    def on_stage_finished(self, message: StageFinished) -> None:
+        self.running = None
+        if message.stage == "export":
+            self.query_one(ExportPane).done(message.result)
+        if message.stage == "grade":
+            self.query_one(SelectPane).invalidate()
+        self.notify(f"{message.stage} finished", title="Done")
+        self._after_stage()
+
+    def on_stage_failed(self, message: StageFailed) -> None:
+        self.running = None
+        self.notify(message.error, title=f"{message.stage} failed", severity="error", timeout=10)
+        self._after_stage()
+
+    def _after_stage(self) -> None:
+        if self.quitting:
+            self.exit()
+            return
+        self.refresh_data()
+
+    # ------------------------------------------------------------ actions
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = f"tab-{tab}"
+        if tab == "analyze":
+            self.compute_stats()
 
     def action_refresh(self) -> None:
         self.refresh_data()
@@ -191,54 +247,89 @@ class DeepDistillApp(App[None]):
         self.refresh_data()
 
     def action_ingest(self) -> None:
-        self.notify("Ingesting the recipe's sources…")
-        self.run_ingest()
-
-    def run_ingest(self) -> None:
         from deepdistill_tui.core.pipeline import parse_stages, run_stage
 
-        self.run_stage_worker("ingest", lambda store, emit: run_stage(
+        self.start_stage("ingest", "data", lambda store, emit: run_stage(
             store, parse_stages("ingest")[0], self.recipe, emit))
 
     def action_sample(self) -> None:
         from deepdistill_tui.core.sample import sample
 
-        self.stop_event.clear()
-        self.query_one(TabbedContent).active = "tab-sample"
-        self.run_stage_worker("sample", lambda store, emit: {"teachers": [
+        self.start_stage("sample", "sample", lambda store, emit: {"teachers": [
             r.as_dict() for r in sample(store, self.recipe, emit=emit, stop=self.stop_event)]})
-
-    def action_stop(self) -> None:
-        self.stop_event.set()
-        self.notify("Stopping after the item in flight…")
 
     def action_grade(self) -> None:
         from deepdistill_tui.core.grade import grade_store
 
-        self.stop_event.clear()
-        self.query_one(TabbedContent).active = "tab-grade"
-        self.run_stage_worker("grade", lambda store, emit: grade_store(
+        self.start_stage("grade", "grade", lambda store, emit: grade_store(
             store, self.recipe, emit=emit, stop=self.stop_event))
 
-    @work(thread=True, exclusive=True, group="stage", exit_on_error=False)
-    def run_stage_worker(self, stage: str,
-                         fn: Callable[[Store, Callable[[dict[str, Any]], None]], dict[str, Any]]) -> None:
-        """Run one stage of the core in a thread: its events and its end come back as messages."""
+    def action_save_selection(self) -> None:
+        from deepdistill_tui.core.select import run_selection
 
-        def emit(event: dict[str, Any]) -> None:
-            self.post_message(ProgressEvent(event))
-
+        pane = self.query_one(SelectPane)
         try:
-            with self._store() as store:
-                result = fn(store, emit)
+            recipe, name = pane.rule(), pane.selection_name()
         except DeepDistillError as exc:
-            self.post_message(StageFailed(stage, str(exc)))
+            self.notify(str(exc), title="Select", severity="error")
             return
-        self.post_message(StageFinished(stage, result))
+        if not name:
+            self.notify("give the selection a name", title="Select", severity="error")
+            return
+
+        def save(store: Store, emit: Emit) -> dict[str, Any]:
+            with store.recorded_run("select", recipe.name, recipe.to_json(), {"name": name}) as run:
+                run["result"] = [{"name": s.name, "members": len(s.members)}
+                                 for s in run_selection(store, recipe, name)]
+            return {"selections": run["result"]}
+
+        self.start_stage("select", "select", save)
+
+    def action_train(self) -> None:
+        from deepdistill_tui.core.train import train
+
+        selection = self.query_one(TrainPane).selection()
+        if not selection:
+            self.notify("no selection to train on: save one in the Select tab", severity="warning")
+            self.query_one(TabbedContent).active = "tab-select"
+            return
+        self.start_stage("train", "train", lambda store, emit: train(
+            store, self.recipe, selection, emit=emit, stop=self.stop_event))
+
+    def action_evaluate(self) -> None:
+        from deepdistill_tui.core.evaluate import comparison, evaluate, latest_trained_run
+
+        def run(store: Store, emit: Emit) -> dict[str, Any]:
+            evaluate(store, self.recipe, "base", emit=emit, stop=self.stop_event)
+            trained = latest_trained_run(store, self.recipe)
+            if trained:
+                evaluate(store, self.recipe, trained, emit=emit, stop=self.stop_event)
+            return {"evals": comparison(store, self.recipe)}
+
+        self.start_stage("eval", "evaluate", run)
+
+    def action_export(self) -> None:
+        from deepdistill_tui.core.export import export
+
+        pane = self.query_one(ExportPane)
+        (selection, fmt), path = pane.choice(), pane.target()
+        if not selection or not path:
+            self.notify("choose a selection and an output path", title="Export", severity="warning")
+            self.query_one(TabbedContent).active = "tab-export"
+            return
+        self.start_stage("export", "export", lambda store, emit: {
+            "records": export(store, self.recipe, selection, fmt, path), "selection": selection,
+            "path": path})
+
+    def action_stop(self) -> None:
+        if not self.running:
+            self.notify("nothing is running")
+            return
+        self.stop_event.set()
+        self.notify(f"Stopping {self.running} after the item in flight…")
 
     def action_analyze(self) -> None:
-        self.query_one(TabbedContent).active = "tab-analyze"
-        self.compute_stats()
+        self.action_tab("analyze")
 
     @work(thread=True, exclusive=True, group="stats", exit_on_error=False)
     def compute_stats(self) -> None:
@@ -246,7 +337,7 @@ class DeepDistillApp(App[None]):
 
         try:
             with self._store() as store:
-                stats = compute_stats(store, self.recipe, lengths=False)
+                stats = compute_stats(store, self.recipe, lengths=True)
         except DeepDistillError as exc:
             self.call_from_thread(self.notify, str(exc), severity="warning", title="Analyze")
             return
@@ -258,43 +349,29 @@ class DeepDistillApp(App[None]):
     def action_next_teacher(self) -> None:
         self.query_one(AnalyzeView).next_teacher()
 
-    def on_progress_event(self, message: ProgressEvent) -> None:
-        event = message.event
-        if event["event"].startswith("grade_"):
-            self._show_grade_event(event)
+    def action_help(self) -> None:
+        keys = [(key.replace("question_mark", "?"), desc) for key, _, _, desc in ACTIONS]
+        keys.append(("1-9", "Tabs: " + ", ".join(TABS)))
+        self.push_screen(HelpScreen(keys))
+
+    async def action_quit(self) -> None:
+        if not self.running:
+            self.exit()
             return
-        status = self.query_one("#sample-status", Static)
-        bar = self.query_one("#sample-progress", ProgressBar)
-        log = self.query_one("#sample-log", Log)
-        kind = event["event"]
-        if kind == "sample_started":
-            bar.update(total=max(event["queries_total"], 1), progress=0)
-            status.update(f"[b]{event['teacher']}[/]: {event['queries_total']} queries, "
-                          f"{event['passes_total']} passes to generate")
-        elif kind == "sample_progress":
-            bar.update(progress=event["queries_done"])
-            status.update(f"[b]{event['teacher']}[/]: {event['queries_done']}/{event['queries_total']}"
-                          f" queries · {event['tokens_per_s']:.0f} tok/s")
-            log.write_line(" ".join(event["last_response"].split())[:200])
-        elif kind in ("sample_failed", "sample_waiting"):
-            self.notify(event.get("error") or event.get("message", ""), severity="warning")
 
-    def _show_grade_event(self, event: dict[str, Any]) -> None:
-        bar = self.query_one("#grade-progress", ProgressBar)
-        status = self.query_one("#grade-status", Static)
-        if event["event"] == "grade_started":
-            bar.update(total=max(event["total"], 1), progress=0)
-            status.update(f"Grading {event['total']} samples…")
-        elif event["event"] == "grade_progress":
-            bar.update(total=max(event["total"], 1), progress=event["done"])
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(event.get("by_status", {}).items()))
-            status.update(f"{event['done']}/{event['total']} graded · {event.get('passed', 0)} passed"
-                          f" · {counts}")
+        def answered(quit_: bool | None) -> None:
+            if quit_:
+                self.quitting = True
+                self.stop_event.set()  # the stage ends at its next safe point; _after_stage exits
+                self.notify(f"Stopping {self.running}, then quitting…")
 
-    def on_stage_finished(self, message: StageFinished) -> None:
-        self.notify(f"{message.stage} finished", title="Done")
-        self.refresh_data()
+        self.push_screen(ConfirmQuit(self.running), answered)
 
-    def on_stage_failed(self, message: StageFailed) -> None:
-        self.notify(message.error, title=f"{message.stage} failed", severity="error", timeout=10)
-        self.refresh_data()
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for _key, action, _label, desc in ACTIONS:
+            if action not in ("quit", "help"):
+                yield SystemCommand(desc.split(" (")[0], desc, getattr(self, f"action_{action}"))
+        for tab in TABS:
+            yield SystemCommand(f"Go to {tab.title()}", f"Show the {tab} tab",
+                                lambda tab=tab: self.action_tab(tab))

@@ -1,0 +1,39 @@
+"""The Sample tab: live progress per teacher and the latest responses as they arrive."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Log, ProgressBar, Static
+
+
+class SamplePane(Vertical):
+    DEFAULT_CSS = """
+    SamplePane #sample-status { padding: 1 2; height: auto; }
+    SamplePane #sample-progress { margin: 0 2; }
+    SamplePane #sample-log { height: 1fr; border: round $primary; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("Press [b]s[/] to sample the teachers, [b]x[/] to stop.", id="sample-status")
+        yield ProgressBar(id="sample-progress", show_eta=True)
+        yield Log(id="sample-log", max_lines=500)
+
+    def handle(self, event: dict[str, Any]) -> None:
+        status = self.query_one("#sample-status", Static)
+        bar = self.query_one("#sample-progress", ProgressBar)
+        kind = event["event"]
+        if kind == "sample_started":
+            bar.update(total=max(event["queries_total"], 1), progress=0)
+            status.update(f"[b]{event['teacher']}[/]: {event['queries_total']} queries, "
+                          f"{event['passes_total']} passes to generate")
+        elif kind == "sample_progress":
+            bar.update(progress=event["queries_done"])
+            status.update(f"[b]{event['teacher']}[/]: {event['queries_done']}/{event['queries_total']}"
+                          f" queries · {event['tokens_per_s']:.0f} tok/s")
+            line = " ".join(event["last_response"].split())[:200]
+            self.query_one("#sample-log", Log).write_line(f"{event['teacher']}: {line}")
+        elif kind in ("sample_failed", "sample_waiting"):
+            self.app.notify(event.get("error") or event.get("message", ""), severity="warning")

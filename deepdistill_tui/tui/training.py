@@ -1,0 +1,93 @@
+"""The Train tab: start SFT of the student on a saved selection, watch the loss curve, learning rate,
+progress with ETA and the run's log tail; stop it, and start it again to resume from its checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Label, Log, ProgressBar, Select, Sparkline, Static
+
+
+class TrainPane(Vertical):
+    DEFAULT_CSS = """
+    TrainPane #train-top { height: 3; padding: 0 1; }
+    TrainPane #train-selection { width: 40; }
+    TrainPane #train-status { padding: 0 2; height: auto; }
+    TrainPane #train-progress { margin: 0 2; }
+    TrainPane #loss-curve { height: 5; margin: 0 2; }
+    TrainPane #train-log { height: 1fr; border: round $primary; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.losses: list[float] = []
+        self.log_path: Path | None = None
+        self.log_offset = 0
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="train-top"):
+            yield Label("selection ")
+            yield Select[str]([], id="train-selection", prompt="(save a selection first)")
+        yield Static("Press [b]T[/] to train the student on the selection; [b]x[/] stops, [b]T[/] again "
+                     "resumes from the last checkpoint.", id="train-status")
+        yield ProgressBar(id="train-progress", show_eta=True)
+        yield Label("loss")
+        yield Sparkline([], id="loss-curve")
+        yield Log(id="train-log", max_lines=400)
+
+    def on_mount(self) -> None:
+        self.set_interval(1.0, self.tail_log)
+
+    def selection(self) -> str | None:
+        value = self.query_one("#train-selection", Select).value
+        return value if isinstance(value, str) else None
+
+    def set_selections(self, names: list[str]) -> None:
+        box = self.query_one("#train-selection", Select)
+        current = self.selection()
+        box.set_options([(n, n) for n in names])
+        if names:
+            box.value = current if current in names else names[0]
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        status = self.query_one("#train-status", Static)
+        bar = self.query_one("#train-progress", ProgressBar)
+        if kind == "train_run":
+            self.losses = []
+            self.log_path, self.log_offset = Path(event["run_dir"]) / "train.log", 0
+            status.update(f"run {event['run_id']} · {event['run_dir']}")
+        elif kind == "train_started":
+            resume = f", resuming from {Path(event['resume_from']).name}" if event["resume_from"] else ""
+            status.update(f"backend [b]{event['backend']}[/], {event['examples']} examples{resume}; "
+                          "loading the student…")
+        elif kind == "train_step":
+            self.losses.append(float(event["loss"]))
+            self.query_one("#loss-curve", Sparkline).data = list(self.losses)
+            bar.update(total=max(event["max_steps"] or 1, 1), progress=event["step"])
+            tps = f" · {event['tokens_per_s']:.0f} tok/s" if event.get("tokens_per_s") else ""
+            status.update(f"step {event['step']}/{event['max_steps']} · loss [b]{event['loss']:.4f}[/]"
+                          f" · lr {event['learning_rate'] or 0:.2e}{tps}")
+        elif kind == "train_checkpoint":
+            self.query_one("#train-log", Log).write_line(f"checkpoint at step {event['step']}")
+        elif kind == "train_exported":
+            self.query_one("#train-log", Log).write_line(f"exported {event.get('gguf') or event['merged']}")
+        elif kind == "train_finished":
+            status.update(f"finished: {event['steps']} steps, loss {event['first_loss']:.4f} → "
+                          f"{event['last_loss']:.4f} · adapter {event['output']}")
+
+    def tail_log(self) -> None:
+        """New lines of the run's log (the trainer's stderr), read where the last read stopped."""
+        if self.log_path is None or not self.log_path.is_file():
+            return
+        with self.log_path.open("rb") as f:
+            f.seek(self.log_offset)
+            chunk = f.read(65536)
+        self.log_offset += len(chunk)
+        log = self.query_one("#train-log", Log)
+        for line in chunk.decode(errors="replace").replace("\r", "\n").splitlines():
+            if line.strip():
+                log.write_line(line[:300])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from textual.widgets import DataTable, Static
@@ -11,11 +12,10 @@ from deepdistill_tui.tui.app import DeepDistillApp
 
 
 async def wait_until(pilot, predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    waited = 0.0
+    deadline = time.monotonic() + timeout
     while not predicate():
-        assert waited < timeout, "condition not met in time"
+        assert time.monotonic() < deadline, "condition not met in time"
         await pilot.pause(0.1)
-        waited += 0.1
 
 
 async def test_overview_then_ingest_fills_the_data_tab(tmp_path: Path) -> None:
@@ -93,3 +93,30 @@ async def test_grade_then_analyze_tabs(tmp_path: Path) -> None:
         await pilot.press("t")
         await pilot.pause(0.2)
         assert "· 1.5b" in str(view.render()) or "· 7b" in str(view.render())
+
+
+async def test_grading_real_samples_from_the_app(tmp_path: Path) -> None:
+    """Grading spawns worker processes while Textual captures stderr: it must work from the app."""
+    from deepdistill_tui.core.ingest import ingest
+    from deepdistill_tui.core.store import Store
+
+    recipe = load_recipe("tiny")
+    db = tmp_path / "g.db"
+    with Store(db) as s:
+        ingest(s, recipe.data)
+        rows = s.conn.execute("SELECT query_id, ground_truth FROM queries WHERE category = 'math'"
+                              " AND split = 'train' LIMIT 3").fetchall()
+        with s.write() as conn:
+            conn.execute("INSERT INTO teachers (teacher_id, name, backend, model, params, created_at)"
+                         " VALUES ('t', 'gemma3-270m', 'llama_cpp', 'm', '{}', 0)")
+            conn.executemany(
+                "INSERT INTO samples (query_id, teacher_id, pass_index, response, answer, created_at)"
+                " VALUES (?, 't', 0, ?, ?, 0)",
+                [(q, f"<think>sum</think> \\boxed{{{truth}}}", f"\\boxed{{{truth}}}") for q, truth in rows])
+    app = DeepDistillApp(recipe, db)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("g")
+        await wait_until(pilot, lambda: app.running is None and bool(app._notifications), 60)
+        assert [n.title for n in app._notifications] == ["Done"], [n.message for n in app._notifications]
+    with Store(db) as s:
+        assert s.conn.execute("SELECT count(*), sum(passed) FROM grades").fetchone() == (3, 3)

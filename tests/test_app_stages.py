@@ -171,3 +171,43 @@ async def test_train_tab_shows_the_loss_curve_and_finishes(tmp_path: Path) -> No
         assert len(app.query_one("#loss-curve", Sparkline).data or []) == 4
     with Store(db) as s:
         assert s.scalar("SELECT status FROM runs WHERE command = 'train'") == "ok"
+
+
+def reduced_tiny() -> Recipe:
+    """The tiny recipe on a dozen training queries, a few training steps and six eval problems."""
+    data = load_recipe("tiny").model_dump()
+    data["sampling"]["query_limit"] = 12
+    data["training"].update({"max_steps": 6, "save_steps": 6, "gguf": None})
+    data["eval"].update({"limit": 6, "k": 1})
+    return Recipe.model_validate(data)
+
+
+@pytest.mark.slow
+async def test_tiny_recipe_end_to_end_through_the_app(tmp_path: Path) -> None:
+    """Ingest, sample, grade, save a selection, train and evaluate, all by keys, to the eval table."""
+    app = DeepDistillApp(reduced_tiny(), tmp_path / "e2e.db")
+
+    async def stage(key: str, name: str, timeout: float) -> None:
+        done = len([n for n in app._notifications if n.title == "Done"])
+        await pilot.press(key)
+        await wait_until(pilot, lambda: app.running is None and (
+            len([n for n in app._notifications if n.title == "Done"]) > done
+            or any(n.severity == "error" for n in app._notifications)), timeout)
+        errors = [n.message for n in app._notifications if n.severity == "error"]
+        assert not errors, f"{name}: {errors}"
+
+    async with app.run_test(size=(120, 40)) as pilot:
+        await stage("i", "ingest", 60)
+        await stage("s", "sample", 400)
+        await stage("g", "grade", 300)
+        await pilot.press("6")
+        await wait_until(pilot, lambda: "would keep" in str(app.query_one("#preview", Static).render()), 60)
+        await stage("ctrl+s", "select", 60)
+        await pilot.press("7")
+        await wait_until(pilot, lambda: app.query_one("TrainPane").selection() == "tiny")  # type: ignore[attr-defined]
+        await stage("T", "train", 400)
+        await stage("e", "eval", 400)
+        table = app.query_one("#evals", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2, 30)
+        models = [table.get_row_at(i)[0] for i in range(2)]
+        assert models[0] == "base" and models[1].startswith("2")  # the trained run's id

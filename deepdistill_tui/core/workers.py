@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +42,25 @@ class _Worker:
     item: tuple[int, Any] | None = None
 
 
+@contextlib.contextmanager
+def _real_stderr() -> Iterator[None]:
+    """multiprocessing hands sys.stderr's descriptor to the processes it starts; a UI that captures
+    stderr (Textual does, while the app runs) leaves an object without a usable one, and the start
+    fails with "bad value(s) in fds_to_keep". The process's real stderr stands in while starting."""
+    try:
+        usable = sys.stderr.fileno() >= 0
+    except (AttributeError, OSError, ValueError):
+        usable = False
+    if usable or sys.__stderr__ is None:
+        yield
+        return
+    captured, sys.stderr = sys.stderr, sys.__stderr__
+    try:
+        yield
+    finally:
+        sys.stderr = captured
+
+
 class DeadlinePool:
     """map(fn, items) over ``n`` spawned processes; an item slower than ``deadline_s`` gives TIMED_OUT.
 
@@ -58,7 +78,8 @@ class DeadlinePool:
     def _start(self) -> _Worker:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(target=_serve, args=(child, self.fn), daemon=True)
-        proc.start()
+        with _real_stderr():
+            proc.start()
         child.close()
         return _Worker(proc, parent)
 

@@ -43,13 +43,13 @@ TABS = ("overview", "data", "sample", "grade", "analyze", "select", "train", "ev
 # (key, action, footer label, description): the footer, the help screen and the command palette
 # all read this one table.
 ACTIONS: list[tuple[str, str, str, str]] = [
-    ("i", "ingest", "Ingest", "Ingest the recipe's sources (dedup, decontamination, filters)"),
+    ("i", "ingest", "Ingest", "Ingest the recipe's sources (dedup, decontamination)"),
     ("s", "sample", "Sample", "Sample the missing passes of every teacher"),
     ("g", "grade", "Grade", "Grade every ungraded sample"),
     ("a", "analyze", "Analyze", "Compute pass-rate and CV histograms"),
     ("ctrl+s", "save_selection", "Save sel.", "Save the Select tab's rule as a named selection"),
     ("T", "train", "Train", "Train (or resume) the student on the chosen selection"),
-    ("e", "evaluate", "Eval", "Evaluate the base and the latest trained student (pass@1)"),
+    ("e", "evaluate", "Eval", "Evaluate base and latest trained student (pass@1)"),
     ("o", "export", "Export", "Export the chosen selection as a dataset"),
     ("x", "stop", "Stop", "Stop the running stage after the item in flight"),
     ("c", "next_category", "Category", "Analyze: show the next category"),
@@ -60,8 +60,8 @@ ACTIONS: list[tuple[str, str, str, str]] = [
     ("question_mark", "help", "Help", "Show the keys"),
     ("q", "quit", "Quit", "Quit (asks first when work is running)"),
 ]
-SHOWN = {"ingest", "sample", "grade", "save_selection", "train", "evaluate", "export", "stop", "help",
-         "quit"}
+# The footer fits 80 columns; every other key is one ? away.
+SHOWN = {"sample", "grade", "train", "evaluate", "stop", "help", "quit"}
 
 
 def _terminal_theme() -> str:

@@ -188,13 +188,10 @@ async def test_tiny_recipe_end_to_end_through_the_app(tmp_path: Path) -> None:
     app = DeepDistillApp(reduced_tiny(), tmp_path / "e2e.db")
 
     async def stage(key: str, name: str, timeout: float) -> None:
-        done = len([n for n in app._notifications if n.title == "Done"])
+        before = len(app.history)
         await pilot.press(key)
-        await wait_until(pilot, lambda: app.running is None and (
-            len([n for n in app._notifications if n.title == "Done"]) > done
-            or any(n.severity == "error" for n in app._notifications)), timeout)
-        errors = [n.message for n in app._notifications if n.severity == "error"]
-        assert not errors, f"{name}: {errors}"
+        await wait_until(pilot, lambda: len(app.history) > before, timeout)
+        assert app.history[-1] == (name, None), app.history[-1]
 
     async with app.run_test(size=(120, 40)) as pilot:
         await stage("i", "ingest", 60)

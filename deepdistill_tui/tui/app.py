@@ -89,6 +89,7 @@ class DeepDistillApp(App[None]):
         self.page = 0
         self.stop_event = threading.Event()
         self.running: str | None = None
+        self.history: list[tuple[str, str | None]] = []  # (stage, error or None), oldest first
         self.quitting = False
         self.hardware = hardware
         self.sub_title = f"{recipe.name} · {self.db_path}"
@@ -210,6 +211,7 @@ class DeepDistillApp(App[None]):
 
     def on_stage_finished(self, message: StageFinished) -> None:
         self.running = None
+        self.history.append((message.stage, None))
         if message.stage == "export":
             self.query_one(ExportPane).done(message.result)
         if message.stage == "grade":
@@ -219,6 +221,7 @@ class DeepDistillApp(App[None]):
 
     def on_stage_failed(self, message: StageFailed) -> None:
         self.running = None
+        self.history.append((message.stage, message.error))
         self.notify(message.error, title=f"{message.stage} failed", severity="error", timeout=10)
         self._after_stage()
 

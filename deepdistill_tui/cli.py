@@ -33,9 +33,12 @@ def _console(stderr: bool = False) -> Any:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from deepdistill_tui.core.recipe import load_recipe
+    from deepdistill_tui.core.recipe import load_recipe, with_endpoints
 
-    return load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe)
+    if getattr(args, "endpoint", None):
+        recipe = with_endpoints(recipe, args.endpoint)
+    return recipe
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -493,12 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", metavar="NAME", help="only this teacher")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N training queries")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--endpoint", action="append", metavar="NAME=URL",
+                   help="serve teacher NAME from this OpenAI-compatible URL (repeatable)")
     p.set_defaults(handler=cmd_sample)
 
     p = sub.add_parser("grade", parents=[common, with_recipe],
                        help="a verify_score for every ungraded sample")
     p.add_argument("--workers", type=int, metavar="N", help="grading processes (default: all cores)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--endpoint", action="append", metavar="NAME=URL",
+                   help="the judge teacher NAME's OpenAI-compatible URL (repeatable)")
     p.set_defaults(handler=cmd_grade)
 
     p = sub.add_parser("grade-file", help="grade JSONL records from anywhere (no database)")
@@ -554,6 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take pass thresholds from this recipe (default: the paper's)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_import_am)
+
+    from deepdistill_tui.cli_cluster import add_parsers
+
+    add_parsers(sub, common, with_recipe)
 
     p = sub.add_parser("recipes", help="list the shipped recipes, or --show one resolved")
     p.add_argument("--show", metavar="NAME|PATH")

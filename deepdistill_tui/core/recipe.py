@@ -303,6 +303,9 @@ class TrainingConfig(_Model):
     # merge) so that it can be the next round's teacher through the same sampler.
     merge: bool = False
     gguf: Literal["f32", "f16", "q8_0"] | None = None
+    global_batch: int | None = Field(default=None, ge=1)
+    """Sequences per optimizer step across all devices (the paper: 64). On a cluster the accumulation
+    is derived from it: global = nodes x GPUs x micro_batch x grad_accum."""
 
     @model_validator(mode="after")
     def _gguf_needs_a_gguf_student(self) -> TrainingConfig:
@@ -328,6 +331,17 @@ class EvalConfig(_Model):
     benchmarks: list[str] = []
 
 
+class ServedTeacher(_Model):
+    """What a cluster needs to know to serve a teacher: its size (for the tensor-parallel degree)."""
+
+    params_b: float = Field(gt=0)
+    """Parameters, in billions."""
+    weight_bytes: float = Field(default=2, gt=0)
+    """Bytes per weight as served: 2 for bf16, 1 for FP8 (DeepSeek-R1's release)."""
+    model: str | None = None
+    """The weights to serve (a Hub id or a path); default: the teacher's ``served_model``."""
+
+
 class ClusterConfig(_Model):
     scheduler: Literal["slurm"] = "slurm"
     nodes: int = Field(ge=1)
@@ -338,6 +352,11 @@ class ClusterConfig(_Model):
     distributed: Literal["deepspeed_zero3", "fsdp"] = "deepspeed_zero3"
     sampling_shards: int = Field(default=64, ge=1)
     grading_shards: int = Field(default=32, ge=1)
+    teachers: dict[str, ServedTeacher] = {}
+    student_params_b: float | None = Field(default=None, gt=0)
+    """The student's size in billions, for the GPU-hour estimate (default: read from its name)."""
+    tflops_per_gpu: float = Field(default=400, gt=0)
+    """Assumed sustained training throughput per GPU (bf16), for the GPU-hour estimate."""
 
 
 class Recipe(_Model):
@@ -396,6 +415,25 @@ class _NoAliasLoader(yaml.SafeLoader):
                 None, None, "YAML aliases are not allowed in recipes", event.start_mark
             )
         return super().compose_node(parent, index)
+
+
+def with_endpoints(recipe: Recipe, pairs: list[str]) -> Recipe:
+    """The recipe with teachers' ``base_url`` replaced from NAME=URL pairs (a cluster's servers get
+    their addresses when they start, not when the recipe is written)."""
+    data = recipe.model_dump(mode="json")
+    by_name = {t["name"]: t for t in data["teachers"]}
+    for pair in pairs:
+        name, sep, url = pair.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise RecipeError(f"--endpoint {pair!r}: expected NAME=http://HOST:PORT/v1")
+        if name not in by_name:
+            raise RecipeError(f"--endpoint {pair!r}: no teacher {name!r}; the recipe has "
+                              f"{', '.join(by_name)}")
+        if by_name[name]["backend"] != "openai":
+            raise RecipeError(f"--endpoint {pair!r}: teacher {name} uses {by_name[name]['backend']}, "
+                              "not an OpenAI-compatible server")
+        by_name[name]["base_url"] = url
+    return Recipe.model_validate(data)
 
 
 def recipes_dir() -> Path:

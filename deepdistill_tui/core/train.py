@@ -42,6 +42,22 @@ def training_rows(store: Any, recipe: Recipe, selection: str) -> list[dict[str, 
     return rows
 
 
+def file_rows(path: Path) -> list[dict[str, Any]]:
+    """The same prompt-completion rows from an exported JSONL file (how a cluster run gets its data:
+    nodes read a file on the shared filesystem, not the SQLite store)."""
+    rows = []
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            try:
+                messages = json.loads(line)["messages"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DeepDistillError(f"{path}:{n}: not an exported record with `messages`") from None
+            rows.append({"prompt": messages[:1], "completion": messages[1:]})
+    if not rows:
+        raise DeepDistillError(f"{path} has no records to train on")
+    return rows
+
+
 # ---------------------------------------------------------------- backend
 
 
@@ -102,10 +118,25 @@ def _unsloth_targets(cfg: TrainingConfig) -> list[str]:
 # ---------------------------------------------------------------- the worker
 
 
-def sft_config(cfg: TrainingConfig, run_dir: Path, backend: str, seed: int) -> Any:
+def sft_config(cfg: TrainingConfig, run_dir: Path, backend: str, seed: int,
+               dist: dict[str, Any] | None = None) -> Any:
+    """TRL's config from the recipe; ``dist`` carries a cluster run's engine settings (a DeepSpeed
+    config file, or FSDP) and, under torchrun on CPU, the gloo backend."""
     from trl import SFTConfig
 
+    dist = dist or {}
+    extra: dict[str, Any] = {}
+    if dist.get("deepspeed"):
+        extra["deepspeed"] = dist["deepspeed"]
+    if dist.get("fsdp"):
+        extra["fsdp"] = dist["fsdp"]
+        extra["fsdp_config"] = dist.get("fsdp_config", {})
+    if world_size() > 1 and backend.endswith("cpu"):
+        extra["ddp_backend"] = "gloo"
+    if dist.get("gradient_checkpointing"):
+        extra["gradient_checkpointing"] = True
     return SFTConfig(
+        **extra,
         output_dir=str(run_dir / "checkpoints"),
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
@@ -180,9 +211,31 @@ def _plain_loss_trainer() -> Any:
     return PlainLossSFTTrainer
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or the only process): the one that reports and writes results."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def smoke_sized(recipe: Recipe, dist: dict[str, Any]) -> tuple[Recipe, dict[str, Any], int]:
+    """``--smoke`` shrinks sizes only: a few short steps, micro-batch 1, no accumulation, a frequent
+    checkpoint, 32 rows. Where there is no CUDA, DeepSpeed and FSDP (GPU engines) give way to plain
+    DDP over gloo; everything else, the code path included, is the full run's."""
+    training = recipe.training.model_copy(update={
+        "max_steps": 4, "save_steps": 2, "max_length": min(recipe.training.max_length, 128),
+        "micro_batch": 1, "grad_accum": 1, "packing": False})
+    if not cuda_available():
+        dist = {k: v for k, v in dist.items() if k not in ("deepspeed", "fsdp", "fsdp_config")}
+    return recipe.model_copy(update={"training": training}), dist, 32
+
+
 def last_checkpoint(run_dir: Path) -> str | None:
     """The newest *complete* checkpoint. A kill during a save leaves a directory without
-    trainer_state.json (the Trainer writes it last): such a directory is skipped and removed."""
+    trainer_state.json (the Trainer writes it last): such a directory is skipped, and removed by the
+    main process (the other ranks of a cluster run only skip it)."""
     ckpt = run_dir / "checkpoints"
     found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
                    if p.name.split("-")[-1].isdigit() else -1, reverse=True) if ckpt.is_dir() else []
@@ -191,43 +244,96 @@ def last_checkpoint(run_dir: Path) -> str | None:
             json.loads((path / "trainer_state.json").read_text())
             return str(path)
         except (OSError, json.JSONDecodeError):
-            shutil.rmtree(path, ignore_errors=True)
+            if is_main_process():
+                shutil.rmtree(path, ignore_errors=True)
     return None
 
 
-def run_training(run_dir: Path, emit: Emit) -> dict[str, Any]:
+def run_training(run_dir: Path, emit: Emit, smoke: bool = False, engine: str | None = None) -> dict[str, Any]:
+    """Train from RUN_DIR/config.json: data from the store's selection (``db`` + ``selection``, a local
+    run) or from an exported file (``data_file``, a cluster run, relative to RUN_DIR)."""
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from deepdistill_tui.core.store import Store
-
     config = json.loads((run_dir / "config.json").read_text())
     recipe = Recipe.model_validate(config["recipe"])
-    with Store(config["db"]) as store:
-        rows = training_rows(store, recipe, config["selection"])
+    dist = _engine_settings(config.get("distributed", {}), run_dir, engine)
+    limit = None
+    if smoke:
+        recipe, dist, limit = smoke_sized(recipe, dist)
+    rows = _config_rows(config, recipe, run_dir)[:limit]
     backend = choose_backend(recipe.training)
     resume = last_checkpoint(run_dir)
-    emit({"event": "train_started", "backend": backend, "examples": len(rows), "resume_from": resume})
-    model, tok, peft = load_model(recipe, backend)
-    args = sft_config(recipe.training, run_dir, backend, recipe.seed)
+    emit({"event": "train_started", "backend": backend, "examples": len(rows), "resume_from": resume,
+          "world_size": world_size(), "engine": _engine(dist)})
+    # The arguments come first: with a ZeRO-3 config they make from_pretrained load every weight
+    # already partitioned across ranks, instead of a whole copy per process.
+    args = sft_config(recipe.training, run_dir, backend, recipe.seed, dist)
     args.include_num_input_tokens_seen = True
+    model, tok, peft = load_model(recipe, backend)
     trainer_cls = SFTTrainer if _fused_head_available() else _plain_loss_trainer()
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tok, peft_config=peft,
                           callbacks=[_event_callback(emit, time.monotonic())])
+    if resume and world_size() > 1 and backend.endswith("cpu"):
+        _accept_indexed_cpu_locations()
     result = trainer.train(resume_from_checkpoint=resume)
     final = run_dir / ("adapter" if peft is not None or backend == "unsloth" else "model")
-    trainer.save_model(str(final))
-    tok.save_pretrained(str(final))
+    trainer.save_model(str(final))  # every rank takes part (sharded weights are gathered), rank 0 writes
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"backend": backend, "output": str(final), "steps": trainer.state.global_step,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "train_loss": result.training_loss, "resumed_from": resume}
+    if not is_main_process():
+        return summary
+    tok.save_pretrained(str(final))
     del trainer, model  # the merge loads the student again, in float32
     summary.update(export_outputs(recipe, run_dir, final, emit))
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     emit({"event": "train_finished", **summary})
     return summary
+
+
+def _accept_indexed_cpu_locations() -> None:
+    """Resuming multi-process CPU training, the Trainer loads the optimizer state with map_location
+    set to its device, ``cpu:0``, a location torch.load has no restorer for. Tensors bound for
+    ``cpu:N`` are already where they belong, so a restorer that takes them as they are suffices."""
+    import torch
+
+    def restore(storage: Any, location: str) -> Any:
+        return storage if location.startswith("cpu:") else None
+
+    torch.serialization.register_package(99, lambda _obj: None, restore)
+
+
+def _config_rows(config: dict[str, Any], recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
+    if config.get("data_file"):
+        return file_rows(run_dir / config["data_file"])
+    from deepdistill_tui.core.store import Store
+
+    with Store(config["db"]) as store:
+        return training_rows(store, recipe, config["selection"])
+
+
+def _engine_settings(dist: dict[str, Any], run_dir: Path, engine: str | None) -> dict[str, Any]:
+    """The config's engine settings, with ``--engine`` overriding (fsdp: accelerate's config supplies
+    the sharding, so the DeepSpeed file is dropped; ddp: neither). Relative paths are from RUN_DIR."""
+    dist = dict(dist)
+    if engine in ("fsdp", "ddp"):
+        dist.pop("deepspeed", None)
+    if engine == "ddp":
+        dist.pop("fsdp", None)
+    if dist.get("deepspeed") and not Path(dist["deepspeed"]).is_absolute():
+        dist["deepspeed"] = str((run_dir / dist["deepspeed"]).resolve())
+    return dist
+
+
+def _engine(dist: dict[str, Any]) -> str:
+    if dist.get("deepspeed"):
+        return "deepspeed"
+    if dist.get("fsdp"):
+        return "fsdp"
+    return "ddp" if world_size() > 1 else "single"
 
 
 def export_outputs(recipe: Recipe, run_dir: Path, final: Path, emit: Emit) -> dict[str, str]:
@@ -250,17 +356,27 @@ def export_outputs(recipe: Recipe, run_dir: Path, final: Path, emit: Emit) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_dir = Path((argv or sys.argv[1:])[0])
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m deepdistill_tui.core.train",
+                                 description="Train from RUN_DIR/config.json (also under torchrun).")
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--smoke", action="store_true", help="shrink sizes only: a few short steps")
+    ap.add_argument("--engine", choices=("deepspeed", "fsdp", "ddp"),
+                    help="override the config's engine (fsdp when launched by accelerate with FSDP)")
+    opts = ap.parse_args(argv)
     # Events own the original stdout; everything the libraries print goes to stderr (the run's log).
     events: TextIO = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    main_process = is_main_process()
 
     def emit(event: dict[str, Any]) -> None:
-        events.write(json.dumps(event, default=str) + "\n")
+        if main_process:  # one report per run, not one per rank
+            events.write(json.dumps(event, default=str) + "\n")
 
     try:
-        run_training(run_dir, emit)
+        run_training(opts.run_dir, emit, smoke=opts.smoke, engine=opts.engine)
     except DeepDistillError as exc:
         emit({"event": "train_failed", "error": str(exc)})
         return 2

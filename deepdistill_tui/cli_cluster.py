@@ -1,0 +1,82 @@
+"""The command line for scaling out: shard, merge and cluster-export."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from deepdistill_tui.cli import _store
+    from deepdistill_tui.core.shards import write_shards
+
+    with _store(args) as store:
+        report = write_shards(store, args.shards, Path(args.out))
+    queries = sum(r["queries"] for r in report)
+    print(f"wrote {len(report)} shards of {queries} training queries to {args.out}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from deepdistill_tui.cli import _store
+    from deepdistill_tui.core.shards import merge_shards
+
+    with _store(args) as store:
+        added = merge_shards(store, [Path(p) for p in args.shards])
+    print("merged " + ", ".join(f"{n} {table}" for table, n in added.items()) + f" into {args.db}")
+    return 0
+
+
+def cmd_cluster_export(args: argparse.Namespace) -> int:
+    from deepdistill_tui.cli import _console, _load
+    from deepdistill_tui.core.cluster import plan_bundle, write_bundle
+    from deepdistill_tui.core.store import Store
+
+    recipe = _load(args)
+    store: Any = None
+    if args.db:
+        if not Path(args.db).is_file():
+            from deepdistill_tui.core.errors import DeepDistillError
+
+            raise DeepDistillError(f"--db {args.db} does not exist")
+        store = Store(args.db)
+    try:
+        bundle = plan_bundle(recipe, store, args.from_run)
+    finally:
+        if store is not None:
+            store.close()
+    files = write_bundle(bundle, Path(args.out))
+    console = _console()
+    console.print(f"wrote {len(files)} files to {args.out}; the plan and the commands are in "
+                  f"{Path(args.out) / 'README.md'}")
+    for st in bundle.stages:
+        hours = f", ~{st.gpu_hours:,.0f} GPU-hours" if st.gpu_hours else ""
+        console.print(f"  {st.name}: {st.steps:,} optimizer steps at global batch "
+                      f"{st.batch.global_batch} ({st.batch.nodes}x{st.batch.gpus_per_node} GPUs x "
+                      f"micro {st.batch.micro_batch} x accum {st.batch.grad_accum}){hours}")
+    for ch in bundle.changes:
+        console.print(f"  changed {ch.key}: {ch.pilot!r} -> {ch.bundle!r} ({ch.why})")
+    return 0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser, with_recipe: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("shard", parents=[common],
+                       help="split the training queries into shard databases for array jobs")
+    p.add_argument("--shards", type=int, required=True, metavar="N")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(handler=cmd_shard)
+
+    p = sub.add_parser("merge", parents=[common],
+                       help="fold shard databases' samples and grades into the store")
+    p.add_argument("shards", nargs="+", metavar="SHARD.db")
+    p.set_defaults(handler=cmd_merge)
+
+    p = sub.add_parser("cluster-export", parents=[with_recipe],
+                       help="write a bundle that runs the recipe on Slurm, vLLM/SGLang and torchrun")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--db", metavar="PATH",
+                   help="a store whose selections size the plan (and, with --from-run, the pilot's)")
+    p.add_argument("--from-run", metavar="RUN_ID",
+                   help="carry a pilot train run's data rules and hyperparameters up")
+    p.set_defaults(handler=cmd_cluster_export)

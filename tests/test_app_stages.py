@@ -78,6 +78,18 @@ async def test_export_tab_writes_the_chosen_selection(tmp_path: Path) -> None:
     assert len(lines) == members
 
 
+async def test_export_tab_writes_the_cluster_bundle(tmp_path: Path) -> None:
+    app = DeepDistillApp(load_recipe("full-32b"), tmp_path / "c.db")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("9")
+        app.query_one("#bundle-path", Input).value = str(tmp_path / "bundle")
+        await pilot.press("b")
+        status = app.query_one("#export-status", Static)
+        await wait_until(pilot, lambda: "wrote the bundle" in str(status.render()))
+        assert "stage2" in str(status.render())
+    assert (tmp_path / "bundle" / "train" / "train.sbatch").is_file()
+
+
 async def test_help_lists_every_key_and_the_palette_every_action(tmp_path: Path) -> None:
     app = DeepDistillApp(load_recipe("tiny"), tmp_path / "h.db")
     async with app.run_test(size=(80, 24)) as pilot:

@@ -51,6 +51,7 @@ ACTIONS: list[tuple[str, str, str, str]] = [
     ("T", "train", "Train", "Train (or resume) the student on the chosen selection"),
     ("e", "evaluate", "Eval", "Evaluate base and latest trained student (pass@1)"),
     ("o", "export", "Export", "Export the chosen selection as a dataset"),
+    ("b", "cluster_export", "Bundle", "Write the cluster bundle (vLLM, Slurm, torchrun)"),
     ("x", "stop", "Stop", "Stop the running stage after the item in flight"),
     ("c", "next_category", "Category", "Analyze: show the next category"),
     ("t", "next_teacher", "Teacher", "Analyze: show the next teacher"),
@@ -117,7 +118,7 @@ class DeepDistillApp(App[None]):
             with TabPane("Evaluate", id="tab-evaluate"):
                 yield EvalPane()
             with TabPane("Export", id="tab-export"):
-                yield ExportPane(base)
+                yield ExportPane(base, self.recipe.name)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -323,6 +324,19 @@ class DeepDistillApp(App[None]):
         self.start_stage("export", "export", lambda store, emit: {
             "records": export(store, self.recipe, selection, fmt, path), "selection": selection,
             "path": path})
+
+    def action_cluster_export(self) -> None:
+        from deepdistill_tui.core.cluster import plan_bundle, write_bundle
+
+        out = Path(self.query_one(ExportPane).bundle_target())
+
+        def run(store: Store, emit: Emit) -> dict[str, Any]:
+            bundle = plan_bundle(self.recipe, store)
+            files = write_bundle(bundle, out)
+            return {"bundle": str(out), "files": len(files),
+                    "stages": [{"name": st.name, "steps": st.steps} for st in bundle.stages]}
+
+        self.start_stage("export", "export", run)
 
     def action_stop(self) -> None:
         if not self.running:

@@ -21,9 +21,10 @@ class ExportPane(Vertical):
     ExportPane #export-status { padding: 1 2; height: auto; }
     """
 
-    def __init__(self, base: Path, **kwargs: Any) -> None:
+    def __init__(self, base: Path, recipe_name: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.base = base
+        self.recipe_name = recipe_name
 
     def compose(self) -> ComposeResult:
         with Grid(id="export-form"):
@@ -34,7 +35,11 @@ class ExportPane(Vertical):
                               allow_blank=False)
             yield Label("to")
             yield Input("", id="export-path", placeholder="output path")
-        yield Static("Press [b]o[/] to export.", id="export-status")
+            yield Label("bundle")
+            yield Input(str(self.base / "bundles" / self.recipe_name), id="bundle-path",
+                        placeholder="cluster bundle folder")
+        yield Static("Press [b]o[/] to export the selection, [b]b[/] to write the cluster bundle (recipes "
+                     "with a `cluster` section).", id="export-status")
 
     def set_selections(self, names: list[str]) -> None:
         box = self.query_one("#export-selection", Select)
@@ -60,6 +65,13 @@ class ExportPane(Vertical):
     def target(self) -> str:
         return self.query_one("#export-path", Input).value.strip()
 
+    def bundle_target(self) -> str:
+        return self.query_one("#bundle-path", Input).value.strip()
+
     def done(self, result: dict[str, Any]) -> None:
-        self.query_one("#export-status", Static).update(
-            f"wrote [b]{result['records']}[/] records of {result['selection']} to {result['path']}")
+        if "bundle" in result:
+            plan = "; ".join(f"{s['name']}: {s['steps']:,} steps" for s in result["stages"])
+            text = f"wrote the bundle ({result['files']} files) to [b]{result['bundle']}[/]: {plan}"
+        else:
+            text = f"wrote [b]{result['records']}[/] records of {result['selection']} to {result['path']}"
+        self.query_one("#export-status", Static).update(text)

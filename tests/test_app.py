@@ -18,6 +18,16 @@ async def wait_until(pilot, predicate, timeout: float = 20.0) -> None:  # type: 
         await pilot.pause(0.1)
 
 
+def ingested_app(recipe, db: Path) -> DeepDistillApp:  # type: ignore[no-untyped-def]
+    """The app over a store that already holds the recipe's queries."""
+    from deepdistill_tui.core.ingest import ingest
+    from deepdistill_tui.core.store import Store
+
+    with Store(db) as s:
+        ingest(s, recipe.data)
+    return DeepDistillApp(recipe, db)
+
+
 async def test_overview_then_ingest_fills_the_data_tab(tmp_path: Path) -> None:
     app = DeepDistillApp(load_recipe("tiny"), tmp_path / "app.db")
     async with app.run_test(size=(100, 32)) as pilot:
@@ -43,7 +53,6 @@ async def test_bad_store_is_a_notification_not_a_crash(tmp_path: Path) -> None:
 
 
 async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> None:
-    from deepdistill_tui.core.ingest import ingest
     from deepdistill_tui.core.recipe import Recipe
     from deepdistill_tui.core.store import Store
 
@@ -53,9 +62,7 @@ async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> 
         t["sampling"]["max_tokens"] = 12
     recipe = Recipe.model_validate(data)
     db = tmp_path / "app.db"
-    with Store(db) as s:
-        ingest(s, recipe.data)
-    app = DeepDistillApp(recipe, db)
+    app = ingested_app(recipe, db)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("s")
         await wait_until(pilot, lambda: any(n.title == "Done" for n in app._notifications), 120)

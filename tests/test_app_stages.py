@@ -16,7 +16,7 @@ from deepdistill_tui.core.store import Store
 from deepdistill_tui.core.synthetic import write_am_files
 from deepdistill_tui.tui.app import ACTIONS, DeepDistillApp
 from deepdistill_tui.tui.screens import ConfirmQuit, HelpScreen
-from tests.test_app import wait_until
+from tests.test_app import ingested_app, wait_until
 
 
 def am_store(tmp_path: Path, n: int = 60) -> Path:
@@ -126,13 +126,9 @@ def slow_sampling_recipe() -> Recipe:
 
 
 async def test_keys_answer_while_sampling_and_quit_asks_then_stops_cleanly(tmp_path: Path) -> None:
-    from deepdistill_tui.core.ingest import ingest
-
     recipe = slow_sampling_recipe()
     db = tmp_path / "q.db"
-    with Store(db) as s:
-        ingest(s, recipe.data)
-    app = DeepDistillApp(recipe, db)
+    app = ingested_app(recipe, db)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("s")
         log = app.query_one("#sample-log")

@@ -12,7 +12,6 @@ parallel degrees, steps and GPU-hours, and what changes when a pilot run is carr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -240,13 +239,12 @@ def _set(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def pilot_recipe(store: Any, run_id: str) -> Recipe:
-    row = store.conn.execute("SELECT command, recipe, status FROM runs WHERE run_id = ?",
-                             (run_id,)).fetchone()
-    if row is None:
+    run = store.run(run_id)
+    if run is None:
         raise DeepDistillError(f"--from-run {run_id}: no such run in {store.path}")
-    if row[0] != "train":
-        raise DeepDistillError(f"--from-run {run_id}: a {row[0]} run; a pilot is a train run")
-    return Recipe.model_validate(json.loads(row[1]))
+    if run["command"] != "train":
+        raise DeepDistillError(f"--from-run {run_id}: a {run['command']} run; a pilot is a train run")
+    return Recipe.model_validate(run["recipe"])
 
 
 # ---------------------------------------------------------------- the bundle

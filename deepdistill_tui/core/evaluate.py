@@ -39,13 +39,12 @@ def eval_queries(store: Store, recipe: Recipe) -> list[tuple[str, str, str, str 
 
 
 def trained_adapter(store: Store, run_id: str) -> str:
-    row = store.conn.execute("SELECT status, result FROM runs WHERE run_id = ? AND command = 'train'",
-                             (run_id,)).fetchone()
-    if row is None:
+    run = store.run(run_id)
+    if run is None or run["command"] != "train":
         raise DeepDistillError(f"no training run {run_id!r}")
-    if row[0] != "ok":
-        raise DeepDistillError(f"training run {run_id} is {row[0]}, not finished")
-    return str(json.loads(row[1])["output"])
+    if run["status"] != "ok":
+        raise DeepDistillError(f"training run {run_id} is {run['status']}, not finished")
+    return str(run["result"]["output"])
 
 
 def latest_trained_run(store: Store, recipe: Recipe) -> str | None:

@@ -257,6 +257,16 @@ class Store:
             raise
         self.finish_run(run_id, "ok", handle["result"])
 
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """One runs row: command, status, the recipe it ran with and its result (both parsed)."""
+        row = self.conn.execute("SELECT command, status, recipe, result FROM runs WHERE run_id = ?",
+                                (run_id,)).fetchone()
+        if row is None:
+            return None
+        return {"run_id": run_id, "command": row[0], "status": row[1],
+                "recipe": json.loads(row[2]) if row[2] else None,
+                "result": json.loads(row[3]) if row[3] else None}
+
     def last_run(self, command: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT run_id, status, result, started_at, finished_at FROM runs"

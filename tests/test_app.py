@@ -93,6 +93,7 @@ async def test_grade_then_analyze_tabs(tmp_path: Path) -> None:
         await pilot.pause(0.2)
         first = str(view.render())
         assert "pass rate" in first and "code" in first and "· r1" in first
+        assert "response length (" in first and "p50" in first
         assert "CV of r1's scores" in first
         await pilot.press("c")
         await pilot.pause(0.2)
@@ -125,5 +126,12 @@ async def test_grading_real_samples_from_the_app(tmp_path: Path) -> None:
         await pilot.press("g")
         await wait_until(pilot, lambda: app.running is None and bool(app._notifications), 60)
         assert [n.title for n in app._notifications] == ["Done"], [n.message for n in app._notifications]
+        await pilot.press("4")  # the inspector shows the highlighted sample in full
+        table = app.query_one("#graded", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 3)
+        table.focus()
+        await pilot.press("down")
+        inspector = str(app.query_one("#inspector", Static).render())
+        assert "Question" in inspector and "Verdict passed" in inspector and "\\boxed" in inspector
     with Store(db) as s:
         assert s.conn.execute("SELECT count(*), sum(passed) FROM grades").fetchone() == (3, 3)

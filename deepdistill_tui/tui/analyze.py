@@ -20,6 +20,15 @@ def _bars(rows: list[tuple[str, int]], label: str) -> str:
     return "\n".join(lines)
 
 
+def _lengths(length: dict[str, Any] | None) -> str:
+    """Response length percentiles (tokens when the teacher reported them, else characters)."""
+    if not length or not length.get("sampled"):
+        return ""
+    unit = "tokens" if "tokens" in length else "chars"
+    cuts = "  ".join(f"{p} {v:,}" for p, v in length[unit].items())
+    return f"response length ({unit}, {length['sampled']} sampled): {cuts}\n"
+
+
 class AnalyzeView(Static):
     """Histograms of one (category, teacher); `next_category` / `next_teacher` move through them."""
 
@@ -57,7 +66,7 @@ class AnalyzeView(Static):
                 f"{'-' if mean is None else f'{mean:.3f}'}, {e['ungraded']} ungraded, "
                 f"{e['missing_passes']} passes missing\n")
         rows = [(f"{h['pass_rate']:.2f}", h["queries"]) for h in e["pass_rate_histogram"]]
-        parts = [head, _bars(rows, "pass rate")]
+        parts = [head + _lengths(e.get("length")), _bars(rows, "pass rate")]
         if name == self.stats["training_teacher"]:
             cv = e["cv_histogram"]
             labels = [f"{lo:g}-{hi:g}" if hi is not None else f">{lo:g}"

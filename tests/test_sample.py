@@ -172,6 +172,33 @@ def test_openai_backend_against_a_real_local_server(ingested: Store, llama_serve
     assert teacher == ("openai", f"{llama_server}#smollm2")
 
 
+def test_a_cluster_shard_samples_through_the_endpoint_given_on_the_command_line(
+        ingested: Store, llama_server: str, tmp_path: Path) -> None:
+    """What a bundle's array task runs: `sample` on a shard database, the recipe naming no live
+    server, the address coming from --endpoint (as the serve job publishes it)."""
+    import yaml
+
+    from deepdistill_tui.core.shards import write_shards
+
+    recipe_file = tmp_path / "recipe.yaml"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    recipe_file.write_text(yaml.safe_dump(openai_recipe(dead).model_dump(mode="json")))
+    [first, *_] = write_shards(ingested, 4, tmp_path / "shards")
+    cmd = [sys.executable, "-m", "deepdistill_tui", "sample", "--recipe", str(recipe_file), "--db",
+           first["path"], "--teacher", "served", "--limit", "1", "--endpoint", f"served={llama_server}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with Store(first["path"]) as shard:
+        assert shard.count("samples") == 4
+        assert shard.scalar("SELECT model FROM teachers") == f"{llama_server}#smollm2"
+        shard_teacher = shard.scalar("SELECT teacher_id FROM teachers")
+    # The same served model behind another address is the same teacher: shards merge as one.
+    from deepdistill_tui.core.sample import teacher_identity
+
+    moved = openai_recipe("http://10.0.0.7:8001/v1").teacher("served")
+    assert teacher_identity(moved, None)[0] == shard_teacher
+
+
 def test_endpoint_down_fails_that_teacher_and_others_go_on(ingested: Store) -> None:
     recipe = openai_recipe(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)
     reports = {r.teacher: r for r in sample(ingested, recipe, limit=1)}

@@ -70,10 +70,15 @@ def teacher_params(teacher: Teacher) -> dict[str, Any]:
 
 
 def teacher_identity(teacher: Teacher, model_path: Path | None) -> tuple[str, str, str | None]:
-    """(teacher_id, model, model_sha256): the id hashes the model file and the sampling setup."""
+    """(teacher_id, model, model_sha256): the id hashes the weights and the sampling setup.
+
+    A GGUF file is known by its content; a served model by its name, not by the server's address,
+    which changes every time a cluster job starts it on another node (shards sampled behind different
+    hosts must merge as one teacher). Only a server with no model name is known by its address."""
     sha = file_sha256(model_path) if model_path else None
     model = str(model_path) if model_path else f"{teacher.base_url}#{teacher.served_model or teacher.name}"
-    blob = json.dumps({"model": sha or model, **teacher_params(teacher)}, sort_keys=True)
+    weights = sha or (f"served:{teacher.served_model}" if teacher.served_model else model)
+    blob = json.dumps({"model": weights, **teacher_params(teacher)}, sort_keys=True)
     return f"{teacher.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}", model, sha
 
 

@@ -40,7 +40,8 @@ async def test_overview_then_ingest_fills_the_data_tab(tmp_path: Path) -> None:
         assert table.row_count == 103
         await wait_until(pilot, lambda: "queries          103" in str(overview.render()))
         report = app.query_one("#ingest-report", Static)
-        assert "kept 103" in str(report.render())
+        text = str(report.render())
+        assert "kept 103" in text and "data/demo/math.jsonl (jsonl, math)" in text
 
 
 async def test_bad_store_is_a_notification_not_a_crash(tmp_path: Path) -> None:
@@ -68,6 +69,8 @@ async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> 
         await wait_until(pilot, lambda: any(n.title == "Done" for n in app._notifications), 120)
         status = str(app.query_one("#sample-status", Static).render())
         assert "1/1 queries" in status
+        per_teacher = str(app.query_one("#teachers", Static).render())
+        assert all(f"{t.name}" in per_teacher for t in recipe.teachers), per_teacher
     with Store(db) as s:
         assert s.count("samples") == 2 * 4
 

@@ -160,7 +160,7 @@ class DeepDistillApp(App[None]):
     def _show(self, snap: dict[str, Any]) -> None:
         ov: Overview = snap["overview"]
         self.query_one("#overview", Static).update(render_overview(self.recipe, ov, self.hardware or ""))
-        self.query_one("#ingest-report", Static).update(render_ingest(ov.last_ingest))
+        self.query_one("#ingest-report", Static).update(render_ingest(self.recipe, ov.last_ingest))
         table = self.query_one("#queries", DataTable)
         table.clear()
         for qid, split, cat, question, truth in snap["queries"]:

@@ -33,12 +33,15 @@ def render_overview(recipe: Recipe, ov: Overview, hardware: str) -> str:
     )
 
 
-def render_ingest(last: dict[str, Any] | None) -> str:
+def render_ingest(recipe: Recipe, last: dict[str, Any] | None) -> str:
+    sources = "\n".join(f"  {s.path} ({s.format}, {s.category or 'category per record'})"
+                        for s in recipe.data.sources)
+    head = f"[b]Sources[/]\n{sources}\n"
     if not last or not last.get("result"):
-        return "No ingest yet. Press [b]i[/] to read the recipe's sources."
+        return head + "No ingest yet. Press [b]i[/] to read them."
     rep = last["result"].get("ingest")
     if not rep:
-        return f"Last ingest: {last['status']}"
+        return head + f"Last ingest: {last['status']}"
     removed = "  ".join(f"{k} {v}" for k, v in rep["removed"].items())
-    return (f"Last ingest ({last['status']}): read {rep['read']}, kept {rep['kept']}, "
-            f"new {rep['inserted']}\nremoved: {removed}")
+    return head + (f"Last ingest ({last['status']}): read {rep['read']}, kept {rep['kept']}, "
+                   f"new {rep['inserted']}\nremoved: {removed}")

@@ -11,13 +11,19 @@ from textual.widgets import Log, ProgressBar, Static
 
 class SamplePane(Vertical):
     DEFAULT_CSS = """
-    SamplePane #sample-status { padding: 1 2; height: auto; }
+    SamplePane #sample-status { padding: 1 2 0 2; height: auto; }
+    SamplePane #teachers { padding: 0 2 1 2; height: auto; }
     SamplePane #sample-progress { margin: 0 2; }
     SamplePane #sample-log { height: 1fr; border: round $primary; }
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.teachers: dict[str, str] = {}  # teacher -> its progress line, in the order they ran
+
     def compose(self) -> ComposeResult:
         yield Static("Press [b]s[/] to sample the teachers, [b]x[/] to stop.", id="sample-status")
+        yield Static("", id="teachers")
         yield ProgressBar(id="sample-progress", show_eta=True)
         yield Log(id="sample-log", max_lines=500)
 
@@ -29,11 +35,24 @@ class SamplePane(Vertical):
             bar.update(total=max(event["queries_total"], 1), progress=0)
             status.update(f"[b]{event['teacher']}[/]: {event['queries_total']} queries, "
                           f"{event['passes_total']} passes to generate")
+            self._teacher(event["teacher"], f"0/{event['queries_total']} queries, "
+                                            f"{event['passes_total']} passes to generate")
         elif kind == "sample_progress":
             bar.update(progress=event["queries_done"])
-            status.update(f"[b]{event['teacher']}[/]: {event['queries_done']}/{event['queries_total']}"
-                          f" queries · {event['tokens_per_s']:.0f} tok/s")
-            line = " ".join(event["last_response"].split())[:200]
-            self.query_one("#sample-log", Log).write_line(f"{event['teacher']}: {line}")
-        elif kind in ("sample_failed", "sample_waiting"):
-            self.app.notify(event.get("error") or event.get("message", ""), severity="warning")
+            line = (f"{event['queries_done']}/{event['queries_total']} queries · "
+                    f"{event['tokens_per_s']:.0f} tok/s")
+            status.update(f"[b]{event['teacher']}[/]: {line}")
+            self._teacher(event["teacher"], line)
+            text = " ".join(event["last_response"].split())[:200]
+            self.query_one("#sample-log", Log).write_line(f"{event['teacher']}: {text}")
+        elif kind == "sample_failed":
+            self._teacher(event["teacher"], f"[red]failed[/]: {event['error'][:120]}")
+            self.app.notify(event["error"], severity="warning")
+        elif kind == "sample_waiting":
+            self.app.notify(event.get("message", ""), severity="warning")
+
+    def _teacher(self, name: str, line: str) -> None:
+        """One line per teacher, so earlier teachers' totals stay in view while the next one runs."""
+        self.teachers[name] = line
+        self.query_one("#teachers", Static).update(
+            "\n".join(f"[b]{t:<16}[/] {text}" for t, text in self.teachers.items()))

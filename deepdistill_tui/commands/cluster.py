@@ -1,4 +1,4 @@
-"""The command line for scaling out: shard, merge and cluster-export."""
+"""shard, merge and cluster-export: scaling out to a cluster."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from deepdistill_tui.cli import _store
+    from deepdistill_tui.commands.common import open_store
     from deepdistill_tui.core.shards import write_shards
 
-    with _store(args) as store:
+    with open_store(args) as store:
         report = write_shards(store, args.shards, Path(args.out))
     queries = sum(r["queries"] for r in report)
     print(f"wrote {len(report)} shards of {queries} training queries to {args.out}")
@@ -19,21 +19,21 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from deepdistill_tui.cli import _store
+    from deepdistill_tui.commands.common import open_store
     from deepdistill_tui.core.shards import merge_shards
 
-    with _store(args) as store:
+    with open_store(args) as store:
         added = merge_shards(store, [Path(p) for p in args.shards])
     print("merged " + ", ".join(f"{n} {table}" for table, n in added.items()) + f" into {args.db}")
     return 0
 
 
 def cmd_cluster_export(args: argparse.Namespace) -> int:
-    from deepdistill_tui.cli import _console, _load
+    from deepdistill_tui.commands.common import console_for, load_recipe_arg
     from deepdistill_tui.core.cluster import plan_bundle, write_bundle
     from deepdistill_tui.core.store import Store
 
-    recipe = _load(args)
+    recipe = load_recipe_arg(args)
     store: Any = None
     if args.db:
         if not Path(args.db).is_file():
@@ -47,7 +47,7 @@ def cmd_cluster_export(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     files = write_bundle(bundle, Path(args.out))
-    console = _console()
+    console = console_for()
     console.print(f"wrote {len(files)} files to {args.out}; the plan and the commands are in "
                   f"{Path(args.out) / 'README.md'}")
     for st in bundle.stages:

@@ -1,0 +1,113 @@
+"""stats, select, selections and export."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from typing import Any
+
+from deepdistill_tui.commands.common import console_for, load_recipe_arg, open_store, print_json, report_table
+
+
+def _bar(count: int, most: int, width: int = 30) -> str:
+    return "█" * (round(width * count / most) if most else 0)
+
+
+def _histogram_table(title: str, label: str, rows: list[tuple[str, int]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False)
+    table.add_column(label, justify="right")
+    table.add_column("queries", justify="right")
+    table.add_column("")
+    most = max((n for _, n in rows), default=0)
+    for key, n in rows:
+        table.add_row(key, str(n), _bar(n, most))
+    return table
+
+
+def _cv_labels(edges: list[float | None]) -> list[str]:
+    return [f"{lo:g}-{hi:g}" if hi is not None else f">{lo:g}"
+            for lo, hi in itertools.pairwise(edges) if lo is not None]
+
+
+def _print_stats(console: Any, stats: dict[str, Any]) -> None:
+    for cat, teachers in sorted(stats["categories"].items()):
+        for name, e in teachers.items():
+            mean = e["mean_verify_score"]
+            title = (f"{cat} · {name}: {e['queries']} queries, {e['responses']} graded responses, "
+                     f"mean score {'-' if mean is None else round(mean, 3)}, {e['ungraded']} ungraded, "
+                     f"{e['missing_passes']} passes missing")
+            rows = [(f"{h['pass_rate']:.2f}", h["queries"]) for h in e["pass_rate_histogram"]]
+            console.print(_histogram_table(title, "pass rate", rows))
+            if name == stats["training_teacher"]:
+                cv = e["cv_histogram"]
+                title = f"{cat} · {name}: CV ({cv['zero']} at 0, {cv['undefined']} undefined: all wrong)"
+                rows = list(zip(_cv_labels(cv["edges"]), cv["counts"], strict=True))
+                console.print(_histogram_table(title, "CV", rows))
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.stats import compute_stats, per_query
+
+    recipe = load_recipe_arg(args)
+    with open_store(args) as store:
+        stats = compute_stats(store, recipe)
+        if args.per_query:
+            stats["per_query"] = per_query(store, recipe)
+    if args.json:
+        print_json(stats)
+    else:
+        _print_stats(console_for(), stats)
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.select import run_selection
+
+    recipe = load_recipe_arg(args)
+    with open_store(args) as store, store.recorded_run("select", recipe.name, recipe.to_json(),
+                                                   {"name": args.name}) as run:
+        result: list[dict[str, Any]] = [
+            {"name": s.name, "members": len(s.members), "tokens": s.n_tokens, "counts": s.counts}
+            for s in run_selection(store, recipe, args.name)]
+        run["result"] = result
+    if args.json:
+        print_json(result)
+        return 0
+    console = console_for()
+    for r in result:
+        rows: list[tuple[str, Any]] = [(f"queries: {b}", n) for b, n in r["counts"]["queries"].items()]
+        rows += [("responses kept", r["members"]), ("tokens (approx.)", r["tokens"])]
+        rows += [(f"  {c}", n) for c, n in sorted(r["counts"]["by_category"].items())]
+        console.print(report_table(f"Selection {r['name']}", rows))
+    return 0
+
+
+def cmd_selections(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from deepdistill_tui.core.select import list_selections
+
+    with open_store(args) as store:
+        rows = list_selections(store)
+    if args.json:
+        print_json(rows)
+        return 0
+    table = Table("name", "stage", "responses", "tokens", "seed", "queries by branch")
+    for r in rows:
+        branches = ", ".join(f"{k} {v}" for k, v in r["counts"]["queries"].items())
+        table.add_row(r["name"], str(r["rule"]["stage"]), str(r["members"]), str(r["tokens"]),
+                      str(r["seed"]), branches)
+    console_for().print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.export import export
+
+    recipe = load_recipe_arg(args)
+    with open_store(args) as store:
+        n = export(store, recipe, args.selection, args.format, args.out)
+    print(f"wrote {n} records to {args.out} ({args.format})")
+    return 0

@@ -129,6 +129,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (recipe_name, model, split)
     ) WITHOUT ROWID;
     """,
+    # The app's grade inspector shows the latest grades; without this it scans every grade to find them.
+    """
+    CREATE INDEX grades_created ON grades(created_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deepdistill_tui.commands.common import console_for, load_recipe_arg, open_store, print_json, report_table
+from deepdistill_tui.cli.common import console_for, load_recipe_arg, open_store, print_json, report_table
 from deepdistill_tui.core.errors import DeepDistillError
 
 

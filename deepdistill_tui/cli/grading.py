@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from deepdistill_tui.commands.common import console_for, load_recipe_arg, open_store, print_json, report_table
+from deepdistill_tui.cli.common import console_for, load_recipe_arg, open_store, print_json, report_table
 
 
 def _grade_progress(console: Any) -> tuple[Any, Any]:

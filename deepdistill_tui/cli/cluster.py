@@ -8,7 +8,7 @@ from typing import Any
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from deepdistill_tui.commands.common import open_store
+    from deepdistill_tui.cli.common import open_store
     from deepdistill_tui.core.shards import write_shards
 
     with open_store(args) as store:
@@ -19,7 +19,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from deepdistill_tui.commands.common import open_store
+    from deepdistill_tui.cli.common import open_store
     from deepdistill_tui.core.shards import merge_shards
 
     with open_store(args) as store:
@@ -29,7 +29,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_export(args: argparse.Namespace) -> int:
-    from deepdistill_tui.commands.common import console_for, load_recipe_arg
+    from deepdistill_tui.cli.common import console_for, load_recipe_arg
     from deepdistill_tui.core.cluster import plan_bundle, write_bundle
     from deepdistill_tui.core.store import Store
 

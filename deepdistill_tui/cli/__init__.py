@@ -16,13 +16,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from deepdistill_tui import __version__
-from deepdistill_tui.commands.cluster import add_parsers as add_cluster_parsers
-from deepdistill_tui.commands.data import cmd_import_am, cmd_ingest, cmd_recipes
-from deepdistill_tui.commands.grading import cmd_grade, cmd_grade_file
-from deepdistill_tui.commands.pipeline import cmd_app, cmd_run
-from deepdistill_tui.commands.sampling import cmd_sample
-from deepdistill_tui.commands.selection import cmd_export, cmd_select, cmd_selections, cmd_stats
-from deepdistill_tui.commands.training import cmd_eval, cmd_train
+from deepdistill_tui.cli.cluster import add_parsers as add_cluster_parsers
+from deepdistill_tui.cli.data import cmd_import_am, cmd_ingest, cmd_recipes
+from deepdistill_tui.cli.grading import cmd_grade, cmd_grade_file
+from deepdistill_tui.cli.pipeline import cmd_app, cmd_run
+from deepdistill_tui.cli.sampling import cmd_sample
+from deepdistill_tui.cli.selection import cmd_export, cmd_select, cmd_selections, cmd_stats
+from deepdistill_tui.cli.training import cmd_eval, cmd_train
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.store import DEFAULT_DB
 

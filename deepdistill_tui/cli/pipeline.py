@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deepdistill_tui.commands.common import console_for, load_recipe_arg, open_store
-from deepdistill_tui.commands.data import print_import, print_ingest
-from deepdistill_tui.commands.training import print_evals
+from deepdistill_tui.cli.common import console_for, load_recipe_arg, open_store
+from deepdistill_tui.cli.data import print_import, print_ingest
+from deepdistill_tui.cli.training import print_evals
 
 
 def _progress_text(event: dict[str, Any]) -> str | None:

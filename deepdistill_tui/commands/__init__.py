@@ -1,1 +1,0 @@
-"""The headless command line, one module per pipeline stage; `deepdistill_tui.cli` builds the parser."""

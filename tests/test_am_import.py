@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from deepdistill_tui.core.am_import import import_am
+from deepdistill_tui.core.am_import import am_query_id, import_am
 from deepdistill_tui.core.errors import InputError
 from deepdistill_tui.core.store import Store
 from deepdistill_tui.core.synthetic import write_am_files
-from deepdistill_tui.core.text import query_id
 from tests.conftest import data_counts
 
 
@@ -50,13 +49,42 @@ def test_record_fields(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "math_r1_3pass.jsonl"
     path.write_text(json.dumps(rec) + "\n")
     import_am(store, [path])
-    qid = query_id("What is 2+2?")
+    qid = am_query_id("math", "What is 2+2?")
     q = store.conn.execute("SELECT ground_truth, source, test_cases, origin FROM queries").fetchone()
     assert q == ("4", "src", '{"x": 1}', "am-import")
     s = store.conn.execute("SELECT query_id, teacher_id, pass_index, answer FROM samples").fetchone()
     assert s == (qid, "am-r1", 2, "\\boxed{4}")
     g = store.conn.execute("SELECT verify_score, passed, detail FROM grades").fetchone()
     assert g[0] == 1.0 and g[1] == 1 and json.loads(g[2])["ppl"] == 2.5
+    assert store.scalar("SELECT ppl FROM samples") == 2.5
+    assert store.conn.execute("SELECT teacher, pass_rate FROM released_pass_rates").fetchall() == [
+        ("r1", 1.0)]
+
+
+def _am(question: str, score: float = 1.0, answer: str = "<think>t</think>4") -> str:
+    return json.dumps({"question": question, "answer": answer, "verify_score": score}) + "\n"
+
+
+def test_identity_is_exact_text_within_a_category(store: Store, tmp_path: Path) -> None:
+    """Case differences and the same text in two categories are distinct queries; a question twice
+    in one file keeps its first record and is reported, never written over."""
+    math = tmp_path / "math_r1_1pass.jsonl"
+    math.write_text(_am("What is 2+2?") + _am("what is 2+2?", 0.0) + _am("What is 2+2?", 0.0, "dup"))
+    science = tmp_path / "science_r1_1pass.jsonl"
+    science.write_text(_am("What is 2+2?", 5.0))
+    report = import_am(store, [math, science])
+    assert report.new_queries == 3 and report.responses == 3 and report.duplicates == 1
+    assert report.duplicates_per_file == {str(math): 1, str(science): 0}
+    rows = store.conn.execute(
+        "SELECT q.category, q.question, g.verify_score, s.response FROM queries q"
+        " JOIN samples s USING (query_id) JOIN grades g USING (query_id, teacher_id, pass_index)"
+        " ORDER BY q.category, q.question").fetchall()
+    assert rows == [("math", "What is 2+2?", 1.0, "<think>t</think>4"),
+                    ("math", "what is 2+2?", 0.0, "<think>t</think>4"),
+                    ("science", "What is 2+2?", 5.0, "<think>t</think>4")]
+    before = data_counts(store)
+    again = import_am(store, [math, science])
+    assert again.new_queries == 0 and data_counts(store) == before
 
 
 @pytest.mark.parametrize("name", ["math_r1.jsonl", "poetry_r1_1pass.jsonl", "math_gpt_1pass.jsonl",

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from deepdistill_tui.core.cgroups import Budget
 from deepdistill_tui.core.code_grader import extract_code, grade_code, normalize_output
 from deepdistill_tui.core.grade import Grader, Item, grade_file
-from deepdistill_tui.core.judge import check_constraints, parse_rubric, repetition_problem
+from deepdistill_tui.core.judge import check_constraints, parse_rubric
 from deepdistill_tui.core.recipe import GradingConfig
 from deepdistill_tui.core.sandbox import Limits, sandbox_status
 from tests.data.math_pairs import MATCH, NO_MATCH
@@ -200,12 +202,88 @@ def hostile_programs(canary: Path, port: int) -> list[tuple[str, str, str]]:
          "    os.write(os.open(f'/proc/{os.getppid()}/fd/{fd}', os.O_WRONLY),"
          " b'\\n{\"verdict\": \"pass\"}\\n')\ndef f(x): return 0"),
         ("kill the harness", "assert", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
-                                       "def f(x): return x * 2"),
+                                       "os.kill(-1, signal.SIGKILL)\ndef f(x): return x * 2 if x < 4 else 0"),
         ("slow function", "assert", "import time\ndef f(x):\n    time.sleep(1000)\n    return x * 2"),
         ("keyboard interrupt", "assert", "raise KeyboardInterrupt"),
         ("leave a file behind", "stdio", "open('/tmp/leftover', 'w').write('x')\nprint('no')"),
         ("find a file left behind", "stdio", "import os\nprint('ok' if os.path.exists('/tmp/leftover')"
                                              " else 'no')"),
+    ]
+
+
+FORGE_TESTS = "for x in range(5):\n    assert f(x) == x * 2\n"
+# The candidate runs inside the worker process, so it can speak the protocol itself.
+_PROTOCOL = "import os, sys\nrd = os.fdopen(int(sys.argv[1]), 'rb')\nwr = os.fdopen(int(sys.argv[2]), 'w')\n"
+_ANSWER_EVERY_CALL = ("for line in rd:\n    rd.read(int(line))\n    wr.write(repr({'ok': REPLY}) + '\\n')\n"
+                      "    wr.flush()")
+
+
+def forgery_programs() -> list[tuple[str, str, str, str]]:
+    """(name, mode, code, tests): candidates that try to win a pass without a solution, or to read what
+    they must not. stdio programs print 'ok' only when the attack worked; assert programs never solve
+    f(x) = x * 2 honestly."""
+    scan_env = ("import os\nfound = False\nfor p in os.listdir('/proc'):\n    try:\n"
+                "        found |= b'hunter2' in open(f'/proc/{p}/environ', 'rb').read()\n"
+                "    except OSError: pass\nprint('ok' if found else 'no')")
+    scan_mem = ("import os, re\nfound = False\nfor p in os.listdir('/proc'):\n"
+                "    if not p.isdigit() or p == str(os.getpid()): continue\n"
+                "    try:\n        maps = open(f'/proc/{p}/maps').read().splitlines()\n"
+                "        mem = open(f'/proc/{p}/mem', 'rb')\n    except OSError: continue\n"
+                "    for line in maps:\n        a, b = (int(v, 16) for v in line.split()[0].split('-'))\n"
+                "        try:\n            mem.seek(a)\n"
+                "            found |= b'hunter2' in mem.read(min(b - a, 1 << 24))\n"
+                "        except (OSError, ValueError, OverflowError): pass\nprint('ok' if found else 'no')")
+    return [
+        ("protocol: module injection", "assert",
+         _PROTOCOL + "wr.write(repr({'names': {'f': 'module:os', 'json': 'module:antigravity',"
+         " 'check': 'module:candidate'}}) + '\\n')\nwr.flush()\nos._exit(0)", FORGE_TESTS),
+        ("protocol: code as a reply", "assert",
+         _PROTOCOL + "wr.write(repr({'names': {'f': 'callable'}}) + '\\n')\nwr.flush()\n"
+         + _ANSWER_EVERY_CALL.replace("REPLY", "'__import__(\"os\").getpid() * 0 + 2'"), FORGE_TESTS),
+        ("protocol: nested reply", "assert",
+         _PROTOCOL + "wr.write(repr({'names': {'f': 'callable'}}) + '\\n')\nwr.flush()\n"
+         + _ANSWER_EVERY_CALL.replace("REPLY", "'[' * 200000 + ']' * 200000"), FORGE_TESTS),
+        ("protocol: dunder __name__", "assert",
+         _PROTOCOL + "wr.write(repr({'names': {'__name__': \"'not main'\"}}) + '\\n')\nwr.flush()\n"
+         "os._exit(0)", "if __name__ == '__main__':\n    assert f(1) == 2\n"),
+        ("protocol: verdict in a reply", "assert",
+         "def f(x): return '\\n{\"passed\": 1, \"total\": 1, \"detail\": \"\"}\\n'",
+         "print(f(1))\nassert f(1) == 2\n"),
+        ("files planted for the harness", "assert",
+         "import os\nfor d in ('/tmp', '.', '/sandbox', '/dev/shm'):\n"
+         "    for m in ('traceback', 'json', 'ast'):\n"
+         "        try: open(f'{d}/{m}.py', 'w').write('import os\\nos.write(1, b\"{\\\\\"passed\\\\\": 1, "
+         "\\\\\"total\\\\\": 1}\\\\n\")\\nos._exit(0)\\n')\n        except OSError: pass\n"
+         "def f(x): raise ValueError('look up a traceback')", FORGE_TESTS),
+        ("shadow range", "assert", "def range(n): return []\ndef f(x): return 0", FORGE_TESTS),
+        ("shadow all", "assert", "def all(it): return True\ndef f(x): return 0",
+         "assert all(f(x) == x * 2 for x in [0, 1, 2, 3, 4])\n"),
+        ("shadow abs", "assert", "def abs(x): return 0\ndef f(x): return x + 1",
+         "for x in [1, 2, 3]:\n    assert abs(f(x) - x * 2) < 1e-9\n"),
+        ("shadow isinstance", "assert", "def isinstance(a, b): return True\ndef f(x): return 'no'",
+         "assert isinstance(f(1), int) and f(1) == 2\n"),
+        ("StopIteration through map", "assert", "def f(x): raise StopIteration",
+         "assert all(map(lambda x: f(x) == x * 2, range(5)))\n"),
+        ("exception the test swallows", "assert", "def f(x): raise ValueError('no')",
+         "try:\n    assert f(1) == 2\nexcept Exception:\n    pass\n"),
+        ("huge reply", "assert", "def f(x): return 'x' * (1 << 25)", FORGE_TESTS),
+        ("read the tests from any process", "assert",
+         "import os\nsrc = b''\nfor p in os.listdir('/proc'):\n"
+         "    for leaf in ('cmdline', 'fd/0', 'fd/3', 'fd/4'):\n"
+         "        try: src += open(f'/proc/{p}/{leaf}', 'rb').read(1 << 16)\n        except OSError: pass\n"
+         "def f(x): return x * 2 if b'x * 2' in src else 0", FORGE_TESTS),
+        ("signal every process", "assert", "import os\ntry: os.kill(-1, 9)\nexcept OSError: pass\n"
+         "def f(x): return 0", FORGE_TESTS),
+        ("environment of every sandbox process", "stdio", scan_env, ""),
+        ("memory of every sandbox process", "stdio", scan_mem, ""),
+        ("fill /dev/shm", "stdio",
+         "total = 0\ntry:\n    for i in range(10000):\n        with open(f'/dev/shm/f{i}', 'wb') as fh:\n"
+         "            for _ in range(15): fh.write(b'x' * (1 << 20)); total += 1 << 20\n"
+         "except OSError: pass\nprint('ok' if total > (256 << 20) else 'no')", ""),
+        ("write outside /tmp", "stdio",
+         "wrote = []\nfor p in ('/x', '/dev/x', '/sandbox/x', '/usr/x', '/proc/x', '/etc/x'):\n"
+         "    try: open(p, 'w').write('x'); wrote.append(p)\n    except OSError: pass\n"
+         "print('ok' if wrote else 'no')", ""),
     ]
 
 
@@ -227,12 +305,14 @@ def test_hostile_programs_fail_and_leave_the_host_untouched(tmp_path: Path,
     listener = Listener()
     limits = Limits(wall_s=3, cpu_s=3, memory_mb=256)
     try:
-        programs = hostile_programs(canary, listener.port)
-        assert len(programs) >= 30
-        for name, mode, code in programs:
+        programs = [(name, mode, code, FORGE_TESTS)
+                    for name, mode, code in hostile_programs(canary, listener.port)]
+        programs += forgery_programs()
+        assert len(programs) >= 50
+        for name, mode, code, assert_tests in programs:
             tests: dict[str, Any] = (
                 {"stdin_stdout": [{"input": "", "output": "ok\n"}]} if mode == "stdio"
-                else {"assert": "for x in range(5):\n    assert f(x) == x * 2\n"})
+                else {"assert": assert_tests})
             t0 = time.perf_counter()
             r = grade_code(None, f"```python\n{code}\n```", tests, limits)
             elapsed = time.perf_counter() - t0
@@ -240,12 +320,61 @@ def test_hostile_programs_fail_and_leave_the_host_untouched(tmp_path: Path,
             assert elapsed < limits.wall_s + 5, (name, elapsed)
             assert canary.read_text() == "untouched", name
             assert "hunter2" not in r.detail and "root:" not in r.detail, (name, r.detail)
+        # The harness outlives a candidate's attempts on it, so an honest answer after one still passes.
+        killer = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\ndef f(x): return x * 2"
+        assert grade_code(None, f"```python\n{killer}\n```", {"assert": FORGE_TESTS}, limits).score == 1.0
         time.sleep(1)
         assert listener.connections == 0
         assert _sandbox_uids_alive() == []
         assert canary.read_text() == "untouched"
     finally:
         listener.close()
+
+
+@needs_sandbox
+@pytest.mark.skipif(Budget.detect() is None,
+                    reason="no writable cgroup here: memory is bounded per process (processes x memory_mb)")
+def test_memory_is_one_budget_for_the_whole_sandbox() -> None:
+    """Four forked children, each under the per-process limit, together past the sandbox's budget: the
+    cgroup stops them, so the program never gets to say it held it all."""
+    code = ("import os\nkids = []\nfor _ in range(4):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        b = bytearray(200 << 20)\n        for i in range(0, len(b), 4096): b[i] = 1\n"
+            "        os._exit(0)\n    kids.append(pid)\n"
+            "ok = sum(os.waitpid(k, 0)[1] == 0 for k in kids)\nprint('ok' if ok == 4 else 'no', ok)")
+    limits = Limits(wall_s=20, cpu_s=20, memory_mb=256)
+    r = grade_code(None, f"```python\n{code}\n```", {"stdin_stdout": [{"input": "", "output": "ok 4"}]},
+                   limits)
+    assert r.score == 0.0, r
+    # The same program inside the budget runs: the cap is the budget, not a ban on forking.
+    small = code.replace("200 << 20", "8 << 20")
+    r = grade_code(None, f"```python\n{small}\n```", {"stdin_stdout": [{"input": "", "output": "ok 4"}]},
+                   limits)
+    assert r.score == 1.0, r
+
+
+def test_sandbox_leaves_nothing_behind() -> None:
+    """A grading process leaves no files folder and no cgroup behind once it exits, and a dead one's
+    leftovers (kill -9) are removed by the next process that sandboxes."""
+    if not sandbox_status()[0]:
+        pytest.skip(f"no sandbox here: {sandbox_status()[1]}")
+    script = ("import os, sys\nfrom deepdistill_tui.core.code_grader import grade_code\n"
+              "from deepdistill_tui.core.sandbox import Limits\n"
+              "r = grade_code(None, '```python\\ndef f(x): return x * 2\\n```', {'assert': TESTS},"
+              " Limits(wall_s=5))\nprint(os.getpid(), r.score, flush=True)\n"
+              "if sys.argv[1] == 'kill': os.kill(os.getpid(), 9)\n").replace("TESTS", repr(FORGE_TESTS))
+    budget = Budget.detect()
+    for how in ("exit", "kill"):
+        out = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True,
+                             timeout=60).stdout.split()
+        pid, score = out[0], float(out[1])
+        assert score == 1.0
+        if how == "kill":
+            sandbox_status.cache_clear()
+            sandbox_status()  # the next sandboxing process cleans up after the dead one
+        mine = f"ddt-sandbox-{pid}-"
+        assert not [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(mine)], how
+        for parent in budget.parents if budget else ():
+            assert not [p for p in parent.iterdir() if p.name.startswith(mine)], how
 
 
 def test_sandbox_unavailable_fails_closed(tmp_path: Path) -> None:
@@ -268,8 +397,6 @@ def test_sandbox_unavailable_fails_closed(tmp_path: Path) -> None:
 
 
 def test_filters_and_judge_parsing() -> None:
-    assert repetition_problem(" ".join(["a b c d e f g h i j k l m n o p q r s t"] * 25))
-    assert repetition_problem("an ordinary answer " * 5) is None
     assert parse_rubric("coherence: 4\ncorrectness: 2\nhelpfulness: 3", "other") == 9 / 12
     assert parse_rubric("score: 5", "science") == 5
     assert parse_rubric("I like it", "other") is None

@@ -22,6 +22,7 @@ def print_ingest(console: Any, report: dict[str, Any]) -> None:
 def print_import(console: Any, report: dict[str, Any]) -> None:
     rows: list[tuple[str, Any]] = [(path, n) for path, n in report["per_file"].items()]
     rows += [("responses", report["responses"]), ("new queries", report["new_queries"]),
+             ("duplicates skipped (first record kept)", report["duplicates"]),
              ("responses/s", report["responses_per_s"])]
     console.print(report_table("Import (AM format)", rows))
 

@@ -4,10 +4,17 @@ Each file holds one pass of one teacher over one category: ``{category}_{teacher
 records become rows of the same tables that sampling and grading fill (queries, teachers, samples, grades),
 so statistics and selection treat released data and locally sampled data alike. Files stream line by line
 in bounded memory; the whole import is one transaction, so a bad line anywhere leaves the store unchanged.
+
+Identity: exactly the same question text in the same category is one query (``am_query_id``); anything
+else, a difference of case or the same text in another category's file, is another query. A question met
+twice in one file (one teacher's one pass) keeps its first record; the others are counted and reported,
+never written over it. The release's own pass rates (``pass_rate_r1``, ...) land in
+``released_pass_rates`` beside the ones computed from the grades, and its ``ppl`` in ``samples.ppl``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -20,7 +27,7 @@ from deepdistill_tui.core.errors import InputError
 from deepdistill_tui.core.readers import DEFAULT_MAX_LINE_BYTES, iter_jsonl
 from deepdistill_tui.core.recipe import CATEGORIES, PAPER_PASS_THRESHOLDS
 from deepdistill_tui.core.store import Store
-from deepdistill_tui.core.text import query_id, split_response
+from deepdistill_tui.core.text import split_response
 
 AM_DATASET = "AM-DeepSeek-Distilled-40M"
 AM_TEACHERS = ("1.5b", "7b", "r1")
@@ -41,12 +48,15 @@ class ImportReport:
     files: int = 0
     responses: int = 0
     new_queries: int = 0
+    duplicates: int = 0
     per_file: dict[str, int] = field(default_factory=dict)
+    duplicates_per_file: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"files": self.files, "responses": self.responses, "new_queries": self.new_queries,
-                "per_file": self.per_file, "seconds": round(self.seconds, 3),
+                "duplicates": self.duplicates, "per_file": self.per_file,
+                "duplicates_per_file": self.duplicates_per_file, "seconds": round(self.seconds, 3),
                 "responses_per_s": round(self.responses / self.seconds) if self.seconds else None}
 
 
@@ -65,6 +75,14 @@ def am_teacher_id(teacher: str) -> str:
     return f"am-{teacher}"
 
 
+def am_query_id(category: str, question: str) -> str:
+    """128 bits of sha256 over the category and the exact question text (no normalisation)."""
+    return hashlib.sha256(f"{category}\x00{question}".encode()).hexdigest()[:32]
+
+
+RELEASED_RATES = {"pass_rate_r1": "r1", "pass_rate_7b": "7b", "pass_rate_1.5b": "1.5b"}
+
+
 def _text(rec: dict[str, Any], key: str, where: str, required: bool = False) -> str | None:
     value = rec.get(key)
     if value is None or value == "":
@@ -80,47 +98,60 @@ def _text(rec: dict[str, Any], key: str, where: str, required: bool = False) -> 
     raise InputError(f"{where}: field {key!r} has unexpected type {type(value).__name__}")
 
 
-def _score(rec: dict[str, Any], where: str) -> float:
-    value = rec.get("verify_score")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{where}: field 'verify_score' must be a number, got {value!r:.40}")
+def _number(rec: dict[str, Any], key: str, where: str, required: bool = True) -> float | None:
+    value = rec.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+            or value in (float("inf"), float("-inf")):
+        raise InputError(f"{where}: field {key!r} must be a finite number, got {value!r:.40}")
     return float(value)
 
 
 _Q = ("INSERT INTO queries (query_id, question, category, split, ground_truth, test_cases, constraints,"
       " source, origin, created_at) VALUES (?, ?, ?, 'train', ?, ?, ?, ?, 'am-import', ?)"
       " ON CONFLICT(query_id) DO NOTHING")
-_S = ("INSERT INTO samples (query_id, teacher_id, pass_index, response, reasoning, answer, created_at)"
-      " VALUES (?, ?, ?, ?, ?, ?, ?)"
-      " ON CONFLICT(query_id, teacher_id, pass_index) DO UPDATE SET response = excluded.response,"
-      " reasoning = excluded.reasoning, answer = excluded.answer")
+_S = ("INSERT INTO samples (query_id, teacher_id, pass_index, response, reasoning, answer, ppl, created_at)"
+      " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(query_id, teacher_id, pass_index) DO NOTHING")
 _G = ("INSERT INTO grades (query_id, teacher_id, pass_index, verify_score, passed, status, grader,"
       " grader_version, detail, created_at) VALUES (?, ?, ?, ?, ?, 'ok', 'am-import', ?, ?, ?)"
-      " ON CONFLICT(query_id, teacher_id, pass_index) DO UPDATE SET"
-      " verify_score = excluded.verify_score, passed = excluded.passed, detail = excluded.detail")
+      " ON CONFLICT(query_id, teacher_id, pass_index) DO NOTHING")
+_R = ("INSERT INTO released_pass_rates (query_id, teacher, pass_rate) VALUES (?, ?, ?)"
+      " ON CONFLICT(query_id, teacher) DO NOTHING")
 _T = ("INSERT INTO teachers (teacher_id, name, backend, model, params, created_at)"
       " VALUES (?, ?, 'am_import', ?, ?, ?) ON CONFLICT(teacher_id) DO NOTHING")
 
 
-def _rows(f: AmFile, rec: dict[str, Any], where: str, now: float,
-          thresholds: dict[str, float]) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
+@dataclass(frozen=True)
+class _Rows:
+    query: tuple[Any, ...]
+    sample: tuple[Any, ...]
+    grade: tuple[Any, ...]
+    released: list[tuple[str, str, float]]
+
+
+def _rows(f: AmFile, rec: dict[str, Any], where: str, now: float, thresholds: dict[str, float]) -> _Rows:
     question = _text(rec, "question", where, required=True)
     response = _text(rec, "answer", where, required=True)
     assert question is not None and response is not None
     category = f.category
-    qid = query_id(question)
+    qid = am_query_id(category, question)
     tid = am_teacher_id(f.teacher)
-    score = _score(rec, where)
+    score = _number(rec, "verify_score", where)
+    assert score is not None
+    ppl = _number(rec, "ppl", where, required=False)
     reasoning, answer = split_response(response)
-    detail = {k: rec[k] for k in ("ppl", "pass_rate_r1", "pass_rate_7b", "pass_rate_1.5b",
-                                  "model_name", "answer_source") if rec.get(k) is not None}
-    q_row = (qid, question, category, _text(rec, "ground_truth", where),
-             _text(rec, "test_case", where), _text(rec, "instruction_constrain", where),
-             _text(rec, "question_source", where), now)
-    s_row = (qid, tid, f.pass_index, response, reasoning, answer, now)
-    g_row = (qid, tid, f.pass_index, score, int(score > thresholds[category]), AM_DATASET,
-             json.dumps(detail), now)
-    return q_row, s_row, g_row
+    detail = {k: rec[k] for k in ("ppl", *RELEASED_RATES, "model_name", "answer_source")
+              if rec.get(k) is not None}
+    released = [(qid, teacher, rate) for key, teacher in RELEASED_RATES.items()
+                if (rate := _number(rec, key, where, required=False)) is not None]
+    return _Rows(
+        (qid, question, category, _text(rec, "ground_truth", where), _text(rec, "test_case", where),
+         _text(rec, "instruction_constrain", where), _text(rec, "question_source", where), now),
+        (qid, tid, f.pass_index, response, reasoning, answer, ppl, now),
+        (qid, tid, f.pass_index, score, int(score > thresholds[category]), AM_DATASET,
+         json.dumps(detail), now),
+        released)
 
 
 def import_am(store: Store, paths: Iterable[str | Path], *,
@@ -140,22 +171,25 @@ def import_am(store: Store, paths: Iterable[str | Path], *,
             model = f"{AM_DATASET}/{f.teacher}"
             conn.execute(_T, (am_teacher_id(f.teacher), f.teacher, model,
                               json.dumps({"dataset": AM_DATASET, "teacher": f.teacher}), now))
-            n, new_queries = _import_file(conn, f, now, thresholds, seen, max_line_bytes)
+            n, new_queries, dups = _import_file(conn, f, now, thresholds, seen, max_line_bytes)
             report.per_file[str(f.path)] = n
+            report.duplicates_per_file[str(f.path)] = dups
             report.responses += n
             report.new_queries += new_queries
+            report.duplicates += dups
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _import_file(conn: Any, f: AmFile, now: float, thresholds: dict[str, float], seen: set[str],
-                 max_line_bytes: int) -> tuple[int, int]:
-    """Stream one file into the open transaction: (responses, queries new to the store)."""
+                 max_line_bytes: int) -> tuple[int, int, int]:
+    """Stream one file into the open transaction: (responses, queries new to the store, duplicates)."""
     qs: list[tuple[Any, ...]] = []
     ss: list[tuple[Any, ...]] = []
     gs: list[tuple[Any, ...]] = []
-    n = 0
-    new_queries = 0
+    rs: list[tuple[Any, ...]] = []
+    in_file: set[str] = set()
+    n = new_queries = duplicates = 0
 
     def flush() -> None:
         nonlocal new_queries
@@ -164,19 +198,25 @@ def _import_file(conn: Any, f: AmFile, now: float, thresholds: dict[str, float],
         new_queries += conn.total_changes - before
         conn.executemany(_S, ss)
         conn.executemany(_G, gs)
-        qs.clear()
-        ss.clear()
-        gs.clear()
+        conn.executemany(_R, rs)
+        for batch in (qs, ss, gs, rs):
+            batch.clear()
 
     for lineno, rec in iter_jsonl(f.path, max_line_bytes):
-        q_row, s_row, g_row = _rows(f, rec, f"{f.path}:{lineno}", now, thresholds)
-        if q_row[0] not in seen:
-            seen.add(q_row[0])
-            qs.append(q_row)
-        ss.append(s_row)
-        gs.append(g_row)
+        rows = _rows(f, rec, f"{f.path}:{lineno}", now, thresholds)
+        qid = rows.query[0]
+        if qid in in_file:
+            duplicates += 1  # the first record of this question in this file stands
+            continue
+        in_file.add(qid)
+        if qid not in seen:
+            seen.add(qid)
+            qs.append(rows.query)
+            rs.extend(rows.released)
+        ss.append(rows.sample)
+        gs.append(rows.grade)
         n += 1
         if len(ss) >= BATCH:
             flush()
     flush()
-    return n, new_queries
+    return n, new_queries, duplicates

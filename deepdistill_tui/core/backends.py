@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import Teacher
+from deepdistill_tui.core.text import think_prefill
 
 COMPLETION_STOP = "\nQ:"
 
@@ -31,6 +32,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str
     seconds: float
+    prefill: str = ""  # prompt text that opened the response (R1's "<think>\n"); see text.think_prefill
 
 
 class Backend(Protocol):
@@ -163,8 +165,8 @@ class LlamaCppBackend:
         if n > self.max_seqs:
             raise ValueError(f"{n} passes, backend sized for {self.max_seqs}")
         t0 = time.perf_counter()
-        prompt = self.llm.tokenize(self.prompt_text(question).encode("utf-8"), add_bos=True,
-                                   special=True)
+        text = self.prompt_text(question)
+        prompt = self.llm.tokenize(text.encode("utf-8"), add_bos=not self._has_bos(text), special=True)
         if len(prompt) + s.max_tokens > self.teacher.n_ctx:
             raise PromptTooLong(f"teacher {self.teacher.name}: prompt of {len(prompt)} tokens plus "
                                 f"max_tokens {s.max_tokens} exceeds n_ctx {self.teacher.n_ctx}")
@@ -180,7 +182,41 @@ class LlamaCppBackend:
             for smp in samplers:
                 self.C.llama_sampler_free(smp)
         seconds = time.perf_counter() - t0
-        return [Completion(text, len(prompt), ntok, reason, seconds) for text, ntok, reason in outs]
+        prefill = think_prefill(text)
+        return [Completion(out, len(prompt), ntok, reason, seconds, prefill) for out, ntok, reason in outs]
+
+    def response_logprobs(self, question: str, response: str) -> list[float]:
+        """Log-probability of each token of ``response`` after this teacher's prompt for ``question``
+        (the perplexity filter's score). The response is cut to fit the context."""
+        import numpy as np
+
+        text = self.prompt_text(question)
+        prompt = self.llm.tokenize(text.encode("utf-8"), add_bos=not self._has_bos(text), special=True)
+        target = self.llm.tokenize(response.encode("utf-8"), add_bos=False, special=False)
+        target = target[: max(0, self.teacher.n_ctx - len(prompt))]
+        if not target:
+            return []
+        n_vocab = self.C.llama_vocab_n_tokens(self.vocab)
+
+        def logprob(index: int, token: int) -> float:
+            logits = np.ctypeslib.as_array(self.C.llama_get_logits_ith(self.ctx, index), shape=(n_vocab,))
+            top = float(logits.max())
+            return float(logits[token]) - top - float(np.log(np.exp(logits - top).sum()))
+
+        self.C.llama_memory_clear(self.C.llama_get_memory(self.ctx), True)
+        self._prefill(prompt)
+        out = [logprob(-1, target[0])]
+        feed = target[:-1]  # token i's logits predict token i + 1
+        for start in range(0, len(feed), self.n_batch):
+            chunk = feed[start : start + self.n_batch]
+            self._decode([(t, len(prompt) + start + i, 0, True) for i, t in enumerate(chunk)])
+            out += [logprob(i, target[start + i + 1]) for i in range(len(chunk))]
+        return out
+
+    def _has_bos(self, prompt: str) -> bool:
+        """Chat templates that write the BOS token themselves must not get a second one."""
+        bos = self.llm.token_bos()
+        return bos >= 0 and prompt.startswith(self.llm._model.token_get_text(bos))
 
     def _run_sequences(self, samplers: list[Any], n_prompt: int) -> list[tuple[str, int, str]]:
         C, s = self.C, self.teacher.sampling

@@ -11,7 +11,13 @@ second process and only ever sees plain data from it; the verdict is the harness
 from __future__ import annotations
 
 import json
+import os
 import re
+import selectors
+import socket
+import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -78,29 +84,145 @@ def run_stdio(code: str, cases: list[dict[str, str]], limits: Limits) -> CodeRes
     return CodeResult(passed / len(cases), status, "; ".join(notes)[:2000] or "all cases passed")
 
 
-def run_assert(code: str, tests: str, limits: Limits) -> CodeResult:
-    files = {"candidate.py": code, **_harness_files()}
-    res = sandbox.run([sandbox.SANDBOX_PYTHON, "-I", "-S", "/sandbox/harness.py"], files,
-                      stdin=tests.encode("utf-8"), limits=limits)
-    if res.timed_out:
+class HarnessServer:
+    """A sandbox running sandboxed/harness.py as a server: one fresh forked child per candidate."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        host_end, box_end = socket.socketpair()
+        try:
+            self.box = sandbox.Box([sandbox.SANDBOX_PYTHON, "-I", "-S", "/sandbox/harness.py",
+                                    str(box_end.fileno())],
+                                   {"harness.py": _sandboxed_file("harness.py")}, limits, workdir="/sandbox",
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, pass_fds=(box_end.fileno(),))
+        except BaseException:
+            host_end.close()
+            raise
+        finally:
+            box_end.close()
+        self.sock = host_end
+
+    def alive(self) -> bool:
+        return self.box.proc.poll() is None
+
+    def submit(self, tests: bytes, fds: list[int]) -> None:
+        """Hand a job over: the tests and [from candidate, to candidate, verdict] pipe ends."""
+        socket.send_fds(self.sock, [b"%d\n" % len(tests)], fds)
+        self.sock.sendall(tests)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.box.close()
+
+
+class HarnessPool:
+    """Idle harness servers for the threads of one grader; each serves one job at a time. A server
+    whose job ran past its deadline is killed, never reused."""
+
+    def __init__(self) -> None:
+        self._idle: list[HarnessServer] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, limits: Limits) -> HarnessServer:
+        with self._lock:
+            while self._idle:
+                server = self._idle.pop()
+                if server.alive() and server.limits == limits:
+                    return server
+                server.close()
+        return HarnessServer(limits)
+
+    def release(self, server: HarnessServer) -> None:
+        with self._lock:
+            self._idle.append(server)
+
+    def close(self) -> None:
+        with self._lock:
+            servers, self._idle = self._idle, []
+        for server in servers:
+            server.close()
+
+
+def run_assert(code: str, tests: str, limits: Limits, pool: HarnessPool | None = None) -> CodeResult:
+    """The candidate in a fresh sandbox, the tests in a harness server's fresh child, two pipes
+    between them and a third for the verdict."""
+    own_pool = pool is None
+    pool = pool or HarnessPool()
+    to_cand_r, to_cand_w = os.pipe()
+    to_harness_r, to_harness_w = os.pipe()
+    verdict_r, verdict_w = os.pipe()
+    ours = [to_cand_r, to_cand_w, to_harness_r, to_harness_w, verdict_w]
+    candidate: sandbox.Box | None = None
+    server: HarnessServer | None = None
+    verdict: bytes | None = None
+    start = time.perf_counter()
+    try:
+        candidate = sandbox.Box(
+            [sandbox.SANDBOX_PYTHON, "-I", "-S", "/sandbox/worker.py", str(to_cand_r), str(to_harness_w)],
+            {"candidate.py": code, "worker.py": _sandboxed_file("worker.py")}, limits,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(to_cand_r, to_harness_w))
+        server = pool.acquire(limits)
+        server.submit(tests.encode("utf-8"), [to_harness_r, to_cand_w, verdict_w])
+        # Each pipe end now lives in its sandbox alone: one left open here would keep a dead peer's
+        # pipe from reporting end-of-file. Close each exactly once: other threads reuse the numbers.
+        while ours:
+            os.close(ours.pop())
+        verdict = _read_until(verdict_r, start + limits.wall_s, limits.output_bytes)
+    finally:
+        for fd in [*ours, verdict_r]:
+            os.close(fd)
+        if candidate is not None:
+            candidate.close()
+        if server is not None:
+            if verdict is not None and not own_pool:
+                pool.release(server)
+            else:
+                server.close()  # past its deadline (its child may still run), or a one-off
+    if verdict is None:
         return CodeResult(0.0, "timeout", f"no verdict within {limits.wall_s:g} s")
-    lines = res.stdout.decode("utf-8", errors="replace").strip().splitlines()
+    return _verdict(verdict)
+
+
+def _read_until(fd: int, deadline: float, cap: int) -> bytes | None:
+    """Everything written to ``fd`` until its writer closes it; None past the deadline."""
+    out = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0 or not sel.select(timeout=remaining):
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk or len(out) > cap:
+                return bytes(out)
+            out += chunk
+
+
+def _verdict(output: bytes) -> CodeResult:
+    lines = output.decode("utf-8", errors="replace").strip().splitlines()
     try:
         verdict = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
         verdict = None
-    if not isinstance(verdict, dict) or verdict.get("verdict") not in ("pass", "fail"):
-        return CodeResult(0.0, "error", f"no verdict from the harness (exit {res.exit_code})")
-    passed = verdict["verdict"] == "pass"
-    return CodeResult(1.0 if passed else 0.0, "ok", str(verdict.get("detail") or "passed")[:2000])
+    if (not isinstance(verdict, dict) or not isinstance(verdict.get("passed"), int)
+            or not isinstance(verdict.get("total"), int)):
+        return CodeResult(0.0, "error", "no verdict from the harness")
+    passed, total = verdict["passed"], verdict["total"]
+    detail = str(verdict.get("detail") or "")[:2000]
+    if total <= 0:
+        return CodeResult(None, "error", detail or "the tests define no test")
+    return CodeResult(passed / total, "ok", detail or f"{passed}/{total} tests passed")
 
 
-@lru_cache(maxsize=1)
-def _harness_files() -> dict[str, str]:
-    return {name: (_SANDBOXED / name).read_text() for name in ("harness.py", "worker.py")}
+@lru_cache(maxsize=4)
+def _sandboxed_file(name: str) -> str:
+    return (_SANDBOXED / name).read_text()
 
 
-def grade_code(answer: str | None, response: str, test_cases: Any, limits: Limits) -> CodeResult:
+def grade_code(answer: str | None, response: str, test_cases: Any, limits: Limits,
+               pool: HarnessPool | None = None) -> CodeResult:
     if isinstance(test_cases, str):
         test_cases = json.loads(test_cases)
     if not isinstance(test_cases, dict):
@@ -110,7 +232,7 @@ def grade_code(answer: str | None, response: str, test_cases: Any, limits: Limit
         return CodeResult(0.0, "wrong_format", "no fenced code block")
     try:
         if isinstance(test_cases.get("assert"), str):
-            return run_assert(code, test_cases["assert"], limits)
+            return run_assert(code, test_cases["assert"], limits, pool)
         cases = test_cases.get("stdin_stdout")
         if isinstance(cases, list) and cases:
             return run_stdio(code, cases, limits)

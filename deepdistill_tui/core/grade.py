@@ -23,14 +23,13 @@ from typing import Any
 
 from deepdistill_tui import __version__
 from deepdistill_tui.core.backends import Backend
-from deepdistill_tui.core.code_grader import grade_code
+from deepdistill_tui.core.code_grader import HarnessPool, grade_code
 from deepdistill_tui.core.errors import InputError
 from deepdistill_tui.core.judge import (
     Verdict,
     check_constraints,
     format_problem,
     llm_judge,
-    repetition_problem,
 )
 from deepdistill_tui.core.math_grader import MathItem, verify_math
 from deepdistill_tui.core.readers import iter_jsonl
@@ -93,11 +92,18 @@ class Grader:
         self._judge_factory = judge
         self._judge: Backend | None = None
         self._math_pool: DeadlinePool | None = None
+        # Harness servers die with the thread that started them (bwrap's --die-with-parent), so the
+        # code threads live as long as the grader, and so do the servers they start.
+        self._code_threads: ThreadPoolExecutor | None = None
+        self._harnesses = HarnessPool()
         self.versions = _versions()
         self.limits = Limits(wall_s=cfg.code_timeout_s, cpu_s=max(1, int(cfg.code_timeout_s)),
                              memory_mb=cfg.code_memory_mb)
 
     def close(self) -> None:
+        self._harnesses.close()
+        if self._code_threads:
+            self._code_threads.shutdown()
         if self._math_pool:
             self._math_pool.close()
         if self._judge:
@@ -116,9 +122,9 @@ class Grader:
     def grade(self, items: Iterable[Item]) -> Iterator[tuple[Item, Grade]]:
         math, code, rest = [], [], []
         for item in items:
-            problem = repetition_problem(item.response)
-            if problem is None and self.cfg.require_reasoning:
-                problem = format_problem(item.reasoning, item.answer)
+            # The paper's other filters (perplexity, frequent n-grams) remove responses from selection
+            # and leave the grade alone: see core/quality.py.
+            problem = format_problem(item.reasoning, item.answer) if self.cfg.require_reasoning else None
             if problem is not None:
                 yield item, self._grade(item, "filter", Verdict(0.0, "wrong_format", problem), 0.0)
             elif item.category == "math":
@@ -159,13 +165,14 @@ class Grader:
     def _grade_code(self, items: list[Item]) -> Iterator[tuple[Item, Grade]]:
         def one(item: Item) -> tuple[Item, Grade]:
             t0 = time.perf_counter()
-            r = grade_code(item.answer, item.response, item.test_cases, self.limits)
+            r = grade_code(item.answer, item.response, item.test_cases, self.limits, self._harnesses)
             return item, self._grade(item, "code", Verdict(r.score, r.status, r.detail),
                                      time.perf_counter() - t0)
 
-        # Each grade is a sandboxed subprocess: threads only wait on them.
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            yield from pool.map(one, items)
+        # Each grade runs in sandboxed subprocesses: threads only wait on them.
+        if self._code_threads is None:
+            self._code_threads = ThreadPoolExecutor(max_workers=self.workers)
+        yield from self._code_threads.map(one, items)
 
     def _grade_other(self, item: Item) -> tuple[str, Verdict]:
         text = item.answer or item.response
@@ -259,8 +266,21 @@ def grade_store(store: Store, recipe: Recipe, *, emit: Emit = _noop,
             elapsed = time.perf_counter() - start
             emit({"event": "grade_progress", "done": done, "total": len(items), "passed": passed,
                   "by_status": dict(statuses), "per_s": done / elapsed if elapsed else 0.0})
-    return {"graded": done, "passed": passed, "by_status": dict(statuses),
-            "seconds": round(time.perf_counter() - start, 2)}
+    result = {"graded": done, "passed": passed, "by_status": dict(statuses),
+              "seconds": round(time.perf_counter() - start, 2)}
+    if recipe.selection.quality.perplexity_model and recipe.selection.quality.max_perplexity:
+        result["perplexity"] = _score_training_teacher(store, recipe, emit, stop)
+    return result
+
+
+def _score_training_teacher(store: Store, recipe: Recipe, emit: Emit,
+                            stop: threading.Event | None) -> dict[str, Any]:
+    from deepdistill_tui.core.quality import score_perplexity
+    from deepdistill_tui.core.stats import resolve_teachers
+
+    name = recipe.selection.training_teacher
+    tid = resolve_teachers(store, [name]).get(name)
+    return score_perplexity(store, recipe, tid, emit=emit, stop=stop) if tid else {"scored": 0}
 
 
 # ---------------------------------------------------------------- grade-file

@@ -1,18 +1,14 @@
 """Judges for what code cannot check exactly: LLM rubrics (science, other), IF constraints, and the
-format and repetition filters that apply to every response (PAPER.md section 3)."""
+format filter that applies to every response (PAPER.md section 3)."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from deepdistill_tui.core.backends import Backend
-
-REPEAT_NGRAM = 20
-REPEAT_MAX = 20
 
 OTHER_RUBRIC = (
     "You are grading an assistant's answer. Rate it on three criteria, each an integer from 0 to 4:\n"
@@ -40,18 +36,6 @@ def format_problem(reasoning: str | None, answer: str | None) -> str | None:
         return "no reasoning (<think>...</think>)"
     if not answer:
         return "no final answer after the reasoning"
-    return None
-
-
-def repetition_problem(text: str) -> str | None:
-    """A 20-token n-gram (whitespace tokens) repeated more than 20 times: a degenerate loop."""
-    toks = text.split()
-    if len(toks) < REPEAT_NGRAM * (REPEAT_MAX + 1):
-        return None
-    counts = Counter(tuple(toks[i : i + REPEAT_NGRAM]) for i in range(len(toks) - REPEAT_NGRAM + 1))
-    gram, n = counts.most_common(1)[0]
-    if n > REPEAT_MAX:
-        return f"a {REPEAT_NGRAM}-token sequence repeats {n} times: {' '.join(gram)[:60]!r}"
     return None
 
 

@@ -247,6 +247,21 @@ class StageTwo(_Model):
     threshold: float = Field(default=0.99, ge=0)
 
 
+class QualityFilters(_Model):
+    """The paper's response filters (PAPER.md section 3). They remove responses from selection (and so
+    from export) and never change a grade: pass rates and CV still see every response."""
+
+    max_perplexity: float | None = Field(default=20.0, gt=0, allow_inf_nan=False)
+    """Drop responses whose perplexity is above this (None: off). Imported data carries its own `ppl`;
+    own samples are scored by ``perplexity_model``, or have none and are kept."""
+    perplexity_model: str | None = None
+    """A llama_cpp teacher of this recipe that scores the training teacher's responses (grade stage)."""
+    ngram: int = Field(default=20, ge=2, le=200)
+    max_ngram_count: int | None = Field(default=20, ge=1)
+    """Drop responses holding a whitespace-token n-gram that occurs more than this many times across
+    the training teacher's responses (None: off)."""
+
+
 class SelectionConfig(_Model):
     training_teacher: str
     difficulty_teachers: list[str] = []
@@ -258,6 +273,7 @@ class SelectionConfig(_Model):
     1 sample (the paper's worked examples: [0.9, 0.1, 0.7, 0.3, 0.5] -> 0.63). The paper uses both."""
     difficulty_band: DifficultyBand | None = None
     stage2: StageTwo = StageTwo()
+    quality: QualityFilters = QualityFilters()
     seed: int = 0
 
 
@@ -384,9 +400,14 @@ class Recipe(_Model):
             wanted.append(self.selection.difficulty_band.teacher)
         if self.grading.judge_teacher:
             wanted.append(self.grading.judge_teacher)
+        scorer = self.selection.quality.perplexity_model
+        if scorer:
+            wanted.append(scorer)
         missing = [n for n in wanted if n not in known]
         if missing:
             raise ValueError(f"unknown teacher(s) {missing}; recipe defines {sorted(known)}")
+        if scorer and self.teacher(scorer).backend != "llama_cpp":
+            raise ValueError(f"selection.quality.perplexity_model {scorer!r} must be a llama_cpp teacher")
         return self
 
     def teacher(self, name: str) -> Teacher:

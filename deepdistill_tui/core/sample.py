@@ -129,8 +129,8 @@ def pending(store: Store, teacher_id: str, passes: int, limit: int | None) -> li
 
 _INSERT = (
     "INSERT INTO samples (query_id, teacher_id, pass_index, response, reasoning, answer, prompt_tokens,"
-    " completion_tokens, finish_reason, seconds, seed, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " completion_tokens, finish_reason, seconds, seed, prefill, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(query_id, teacher_id, pass_index) DO NOTHING"
 )
 
@@ -140,9 +140,10 @@ def store_passes(store: Store, job: Job, teacher_id: str, seeds: list[int],
     now = time.time()
     rows = []
     for p, seed, c in zip(job.missing, seeds, outs, strict=True):
-        reasoning, answer = split_response(c.text)
+        reasoning, answer = split_response(c.text, c.prefill)
         rows.append((job.query_id, teacher_id, p, c.text, reasoning, answer, c.prompt_tokens,
-                     c.completion_tokens, c.finish_reason, round(c.seconds, 4), seed, now))
+                     c.completion_tokens, c.finish_reason, round(c.seconds, 4), seed, c.prefill or None,
+                     now))
     with store.write() as conn:
         conn.executemany(_INSERT, rows)
 

@@ -6,6 +6,8 @@ Stage I, per training query, over the training teacher's graded responses:
   3. CV > CV_t of the category ("challenging")               -> keep every passing response
   4. otherwise ("easy"): keep the passing responses with the category's easy-keep probability
      (the paper: 0.5 for other, 0 elsewhere)                 -> "easy_kept" / "easy_dropped"
+A response that the paper's quality filters remove (perplexity, frequent n-grams: core/quality.py) is
+never kept, though its score still counts toward its query's CV.
 Stage II: among challenging queries, the highest-CV ones (up to max_instances), one random response
 each whose score is above max(stage2 threshold, category threshold).
 
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.quality import Exclusions, exclusions
 from deepdistill_tui.core.recipe import CATEGORIES, Recipe
 from deepdistill_tui.core.stats import (
     QueryScores,
@@ -78,10 +81,12 @@ def _band_mask(store: Store, recipe: Recipe, qids: np.ndarray) -> np.ndarray:
     return (rate >= band.min_pass_rate) & (rate <= band.max_pass_rate)
 
 
-def stage_one(store: Store, recipe: Recipe, r: Responses, teacher_id: str, name: str) -> Selection:
+def stage_one(store: Store, recipe: Recipe, r: Responses, teacher_id: str, name: str,
+              excluded: Exclusions) -> Selection:
     cfg = recipe.selection
     sel = Selection(name, rule=rule_of(recipe, stage=1), seed=cfg.seed)
-    passing = r.score > thresholds_of(recipe, r.categories)
+    # CV is measured on every response; the quality filters only decide what may be kept.
+    passing = (r.score > thresholds_of(recipe, r.categories)) & ~excluded.any
     any_pass = r.group_sum(passing.astype(np.int64)) > 0
     gq, gc = r.group_qids, r.group_categories
     in_band = _band_mask(store, recipe, gq)
@@ -98,17 +103,18 @@ def stage_one(store: Store, recipe: Recipe, r: Responses, teacher_id: str, name:
         "easy_kept": easy_kept, "easy_dropped": easy & ~easy_kept,
     }
     sel.counts = {"queries": {b: int(m.sum()) for b, m in branch.items()},
-                  "responses_kept": int(keep_row.sum()),
+                  "responses_kept": int(keep_row.sum()), "quality_filters": excluded.counts(),
                   "by_category": _count_by_category(r.categories[keep_row])}
     sel.members = [(q, teacher_id, int(p), 1) for q, p in
                    zip(r.query_ids[keep_row].tolist(), r.pass_index[keep_row].tolist(), strict=True)]
     return sel
 
 
-def stage_two(recipe: Recipe, r: Responses, teacher_id: str, name: str) -> Selection:
+def stage_two(recipe: Recipe, r: Responses, teacher_id: str, name: str, excluded: Exclusions) -> Selection:
     cfg = recipe.selection
     sel = Selection(name, rule=rule_of(recipe, stage=2), seed=cfg.seed)
-    eligible = r.score > np.maximum(thresholds_of(recipe, r.categories), cfg.stage2.threshold)
+    eligible = (r.score > np.maximum(thresholds_of(recipe, r.categories), cfg.stage2.threshold)) \
+        & ~excluded.any
     n_eligible = r.group_sum(eligible.astype(np.int64))
     cv = _group_cv(r, cfg.cv_ddof)
     cv_t = category_values(cfg.cv_threshold, r.group_categories, 0.05)
@@ -157,10 +163,27 @@ def compute_selection(store: Store, recipe: Recipe, name: str,
     """Stage I as NAME (and Stage II as NAME-stage2 when enabled), in memory; nothing is stored.
     ``loaded`` reuses responses already read, so that a rule can be re-evaluated as it is edited."""
     tid, r = loaded or training_responses(store, recipe)
-    out = [stage_one(store, recipe, r, tid, name)]
+    excluded = _exclusions(store, recipe, tid, r)
+    out = [stage_one(store, recipe, r, tid, name, excluded)]
     if recipe.selection.stage2.enabled:
-        out.append(stage_two(recipe, r, tid, f"{name}-stage2"))
+        out.append(stage_two(recipe, r, tid, f"{name}-stage2", excluded))
     return out
+
+
+_EXCLUSIONS: dict[int, tuple[Responses, Any, Exclusions]] = {}
+
+
+def _exclusions(store: Store, recipe: Recipe, teacher_id: str, r: Responses) -> Exclusions:
+    """The quality filters for these responses, kept while the app re-evaluates edited rules (the
+    n-gram count reads every response's text)."""
+    cfg = recipe.selection.quality
+    hit = _EXCLUSIONS.get(id(r))
+    if hit is not None and hit[0] is r and hit[1] == cfg:
+        return hit[2]
+    found = exclusions(store, cfg, teacher_id, r)
+    _EXCLUSIONS.clear()
+    _EXCLUSIONS[id(r)] = (r, cfg, found)
+    return found
 
 
 def run_selection(store: Store, recipe: Recipe, name: str) -> list[Selection]:

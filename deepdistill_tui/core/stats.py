@@ -273,8 +273,37 @@ def compute_stats(store: Store, recipe: Recipe, *, lengths: bool = True) -> dict
             per.setdefault(cat, {})[name] = entry
     return {"recipe": recipe.name, "passes": passes,
             "training_teacher": recipe.selection.training_teacher,
+            "quality_filters": _quality_counts(store, recipe, teachers[recipe.selection.training_teacher]),
+            "released_pass_rates": released_comparison(store, recipe, teachers),
             "thresholds": {c: recipe.grading.threshold(c) for c in CATEGORIES},
             "teachers": teachers, "categories": per}
+
+
+def _quality_counts(store: Store, recipe: Recipe, teacher_id: str) -> dict[str, int]:
+    """How many of the training teacher's responses the paper's quality filters keep out of selection."""
+    from deepdistill_tui.core.quality import exclusions
+
+    return exclusions(store, recipe.selection.quality, teacher_id,
+                      load_responses(store, teacher_id)).counts()
+
+
+def released_comparison(store: Store, recipe: Recipe, teachers: dict[str, str]) -> dict[str, Any]:
+    """For imported AM data: the release's own pass rates beside the ones computed from its grades
+    (same queries), per teacher: the mean of each and the mean absolute difference."""
+    out: dict[str, Any] = {}
+    for name, tid in teachers.items():
+        if not tid.startswith("am-"):
+            continue
+        s = query_scores(store, recipe, tid)
+        ours = dict(zip(s.query_ids.tolist(), s.pass_rate.tolist(), strict=True))
+        theirs = dict(store.conn.execute(
+            "SELECT query_id, pass_rate FROM released_pass_rates WHERE teacher = ?", (tid[3:],)))
+        both = [q for q in ours if q in theirs]
+        if both:
+            a, b = np.array([ours[q] for q in both]), np.array([theirs[q] for q in both])
+            out[name] = {"queries": len(both), "computed_mean": float(a.mean()),
+                         "released_mean": float(b.mean()), "mean_abs_diff": float(np.abs(a - b).mean())}
+    return out
 
 
 def per_query(store: Store, recipe: Recipe) -> list[dict[str, Any]]:

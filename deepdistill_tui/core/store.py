@@ -133,6 +133,18 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX grades_created ON grades(created_at);
     """,
+    # R1 templates open the reasoning in the prompt (the prefill); the paper's perplexity filter needs
+    # each response's perplexity; released data carries its own pass rates, kept for comparison.
+    """
+    ALTER TABLE samples ADD COLUMN prefill TEXT;
+    ALTER TABLE samples ADD COLUMN ppl REAL;
+    CREATE TABLE released_pass_rates (
+        query_id  TEXT NOT NULL,
+        teacher   TEXT NOT NULL,
+        pass_rate REAL NOT NULL,
+        PRIMARY KEY (query_id, teacher)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

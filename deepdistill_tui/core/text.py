@@ -56,19 +56,36 @@ _THINK = re.compile(r"<think>(.*?)</think>", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 
-def split_response(text: str) -> tuple[str | None, str | None]:
+def split_response(text: str, prefill: str = "") -> tuple[str | None, str | None]:
     """(reasoning, final answer) of a response in the <think>...</think> answer format.
 
     The answer is what follows the reasoning, unwrapped from <answer> tags when present. A response
     without a closed think block has no reasoning; one that ends inside its reasoning has no answer.
+    DeepSeek-R1 chat templates end the prompt with ``<think>\n`` (the prefill), so the completion holds
+    only the closing tag: with no opening tag, everything before ``</think>`` is the reasoning.
     """
+    text = prefill + text if prefill and not text.lstrip().startswith("<think>") else text
     m = _THINK.search(text)
     if m is None:
+        if "</think>" in text:
+            head, rest = text.split("</think>", 1)
+            return _answer_parts(head, rest)
         if "<think>" in text:
             return text.split("<think>", 1)[1].strip(), None
         return None, text.strip() or None
-    reasoning = m.group(1).strip()
-    rest = text[m.end():]
+    return _answer_parts(m.group(1), text[m.end():])
+
+
+def _answer_parts(reasoning: str, rest: str) -> tuple[str | None, str | None]:
     a = _ANSWER.search(rest)
     answer = (a.group(1) if a else rest).strip()
-    return reasoning or None, answer or None
+    return reasoning.strip() or None, answer or None
+
+
+_PREFILL = re.compile(r"<think>\s*$")
+
+
+def think_prefill(prompt: str) -> str:
+    """The part of a rendered prompt that opens the reasoning for the model (R1's ``<think>\n``)."""
+    m = _PREFILL.search(prompt)
+    return m.group(0) if m else ""

@@ -1,19 +1,22 @@
-"""Process B: runs the untrusted candidate code and answers calls from the harness.
+"""Process B: runs the untrusted candidate code and answers calls from the harness in another sandbox.
 
-Protocol over two pipes (fds from argv): one line per message, a Python dict literal (repr). After
-executing the candidate code, B sends {"names": {name: "callable" | "module:NAME" | repr}}; then for
-each {"call": name, "args": repr} it sends {"ok": repr(result)} or {"exc": [type name, message]}.
-Values travel as Python literal text: whatever the candidate does, the harness receives plain data.
+Protocol over two pipes (fds from argv). After executing the candidate code, B sends one line,
+{"names": {name: "callable" | repr(value)}}; then for each request (a decimal length line, then
+marshal bytes of (name, args, kwargs)) it sends one line, {"ok": repr(result)} or {"exc": [type, message]}.
+Requests come from the harness and are marshal data; replies are text the harness parses as literals.
+No module is imported here: the candidate's process starts as fast as the interpreter can.
+Nothing here is trusted by the harness: the candidate runs in this process and can write anything to
+these pipes. The harness treats every byte as data (see harness.py).
 """
 
-import ast
+import marshal
 import os
 import sys
 
 
 def main() -> None:
     rfd, wfd = int(sys.argv[1]), int(sys.argv[2])
-    rd = os.fdopen(rfd, "r", encoding="utf-8")
+    rd = os.fdopen(rfd, "rb")
     wr = os.fdopen(wfd, "w", encoding="utf-8")
     with open("/sandbox/candidate.py", encoding="utf-8") as fh:
         source = fh.read()
@@ -26,19 +29,16 @@ def main() -> None:
         return
     names: dict = {}
     for key, value in list(namespace.items()):
-        if key.startswith("__"):
+        if key.startswith("__") or type(value).__name__ == "module":
             continue
-        if type(value).__name__ == "module":
-            names[key] = "module:" + value.__name__
-        else:
-            names[key] = "callable" if callable(value) else repr(value)[:100000]
+        names[key] = "callable" if callable(value) else repr(value)[:100000]
     wr.write(repr({"names": names}) + "\n")
     wr.flush()
     for line in rd:
-        msg = ast.literal_eval(line)
+        request = rd.read(int(line))
         try:
-            args, kwargs = ast.literal_eval(msg["args"])
-            result = namespace[msg["call"]](*args, **kwargs)
+            name, args, kwargs = marshal.loads(request)
+            result = namespace[name](*args, **kwargs)
             reply: dict = {"ok": repr(result)}
         except BaseException as exc:
             reply = {"exc": [type(exc).__name__, str(exc)[:500]]}

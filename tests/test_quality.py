@@ -1,0 +1,86 @@
+"""The paper's quality filters: frequent n-grams and perplexity keep responses out of selection, and
+never change a grade or a CV."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from deepdistill_tui.core.quality import ngram_flags, perplexity, score_perplexity
+from deepdistill_tui.core.recipe import Recipe, load_recipe
+from deepdistill_tui.core.select import run_selection
+from deepdistill_tui.core.stats import compute_stats
+from deepdistill_tui.core.store import Store
+from tests.test_select import put, recipe
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma"
+         " tau upsilon")
+
+
+def test_ngram_count_is_across_the_data_and_within_a_response() -> None:
+    twenty = WORDS  # exactly 20 tokens
+    filler = [f"answer number {i} is unlike the others" for i in range(30)]
+    looping = " ".join([twenty] * 21)  # one response, 21 occurrences
+    assert ngram_flags([looping, *filler], 20, 20).tolist() == [True] + [False] * 30
+    shared21 = [f"intro {i} {twenty} outro" for i in range(21)]
+    assert ngram_flags(shared21 + filler, 20, 20).tolist() == [True] * 21 + [False] * 30
+    shared20 = shared21[:20]  # exactly 20 occurrences is allowed: "more than 20" is dropped
+    assert not ngram_flags(shared20 + filler, 20, 20).any()
+    assert not ngram_flags(["short text", ""], 20, 20).any()
+
+
+def test_filtered_responses_leave_selection_but_not_the_cv(store: Store) -> None:
+    # q1 is challenging (scores 1, 0, 1, 1); its pass 0 has a perplexity of 50, pass 2 of 3.
+    put(store, {("q1", "r1"): [1, 0, 1, 1], ("q2", "r1"): [1, 0, 1, 0]})
+    with store.write() as conn:
+        conn.execute("UPDATE samples SET ppl = 50 WHERE query_id = 'q1' AND pass_index = 0")
+        conn.execute("UPDATE samples SET ppl = 3 WHERE query_id = 'q1' AND pass_index = 2")
+    r = recipe(training_teacher="r1", difficulty_teachers=[])
+    [sel] = run_selection(store, r, "s")
+    kept = sorted((q, p) for q, _, p, _ in sel.members)
+    assert kept == [("q1", 2), ("q1", 3), ("q2", 0), ("q2", 2)]
+    assert sel.counts["quality_filters"] == {"perplexity": 1, "ngram": 0, "removed": 1}
+    assert sel.counts["queries"]["challenging"] == 2  # q1's CV still counts all four scores
+    stats = compute_stats(store, r, lengths=False)
+    assert stats["quality_filters"]["perplexity"] == 1
+    off = recipe(training_teacher="r1", difficulty_teachers=[], quality={"max_perplexity": None})
+    [sel] = run_selection(store, off, "s")
+    assert len(sel.members) == 5
+
+
+def tiny_with_scorer(**quality: Any) -> Recipe:
+    data = load_recipe("tiny").model_dump()
+    data["selection"]["quality"] = {"perplexity_model": "smollm2-135m", **quality}
+    return Recipe.model_validate(data)
+
+
+def test_perplexity_through_llama_cpp(store: Store) -> None:
+    """SmolLM2 scores a fluent answer as far more likely than word salad; the grade stage's scorer
+    fills samples.ppl for the training teacher's responses."""
+    from deepdistill_tui.core.sample import open_backend
+
+    r = tiny_with_scorer()
+    backend, _ = open_backend(r.teacher("smollm2-135m"), passes=1)
+    try:
+        fluent = backend.response_logprobs("What is 2 + 3?", "2 + 3 = 5. The answer is 5.")  # type: ignore[attr-defined]
+        salad = backend.response_logprobs("What is 2 + 3?", "zebra quantum fjord 5 purple (( ]] teapot")  # type: ignore[attr-defined]
+    finally:
+        backend.close()
+    assert len(fluent) > 5 and all(lp <= 0 for lp in fluent)
+    p_fluent, p_salad = perplexity(fluent), perplexity(salad)
+    assert p_fluent is not None and p_salad is not None and p_fluent < p_salad / 5, (p_fluent, p_salad)
+    put(store, {("q1", "gemma3-270m"): [1, 0]})
+    result = score_perplexity(store, r, "id-gemma3-270m", emit=lambda e: None)
+    assert result["scored"] == 2
+    values = [v for (v,) in store.conn.execute("SELECT ppl FROM samples ORDER BY pass_index")]
+    assert all(v is not None and math.isfinite(v) and v >= 1 for v in values)
+    assert score_perplexity(store, r, "id-gemma3-270m", emit=lambda e: None)["scored"] == 0
+
+
+def test_scorer_must_be_a_llama_cpp_teacher() -> None:
+    data = load_recipe("tiny").model_dump()
+    data["selection"]["quality"] = {"perplexity_model": "nobody"}
+    with pytest.raises(ValueError, match="unknown teacher"):
+        Recipe.model_validate(data)

@@ -65,6 +65,16 @@ def humaneval() -> list[dict[str, Any]]:
     return list(read_problems().values())
 
 
+# A candidate that takes over the worker's protocol: it claims the entry point, the tests' helper and
+# builtins as its own callables, a dunder as a constant, and answers every call with StopIteration.
+FORGER = (
+    "import os, sys\nrd = os.fdopen(int(sys.argv[1]), 'rb')\nwr = os.fdopen(int(sys.argv[2]), 'w')\n"
+    "names = {n: 'callable' for n in ('ENTRY', 'check', 'candidate', 'range', 'abs', 'all', 'len')}\n"
+    "names['__name__'] = repr('forged')\nwr.write(repr({'names': names}) + '\\n')\nwr.flush()\n"
+    "for line in rd:\n    rd.read(int(line))\n"
+    "    wr.write(repr({'exc': ['StopIteration', '']}) + '\\n')\n    wr.flush()\n")
+
+
 @needs_sandbox
 def test_humaneval_canonical_pass_and_broken_fail_through_grade_file(tmp_path: Path) -> None:
     rows = []
@@ -72,7 +82,8 @@ def test_humaneval_canonical_pass_and_broken_fail_through_grade_file(tmp_path: P
         tests = {"assert": p["test"] + f"\ncheck({p['entry_point']})\n"}
         good = p["prompt"] + p["canonical_solution"]
         broken = p["prompt"] + "    return None\n"
-        for kind, code in (("good", good), ("broken", broken)):
+        forger = FORGER.replace("ENTRY", p["entry_point"])
+        for kind, code in (("good", good), ("broken", broken), ("forger", forger)):
             rows.append({"id": f"{p['task_id']}/{kind}", "category": "code",
                          "response": f"<think>Plan it.</think>Here it is.\n```python\n{code}\n```",
                          "test_cases": tests})
@@ -86,6 +97,9 @@ def test_humaneval_canonical_pass_and_broken_fail_through_grade_file(tmp_path: P
     assert len(good) == 164 and all(o["passed"] and o["verify_score"] == 1.0 for o in good), \
         [o["id"] for o in good if not o["passed"]]
     assert all(not o["passed"] for o in broken), [o["id"] for o in broken if o["passed"]]
+    forged = [o for o in out if o["id"].endswith("/forger")]
+    assert len(forged) == 164 and not any(o["passed"] or o["verify_score"] for o in forged), \
+        [o["id"] for o in forged if o["passed"]]
 
 
 def test_code_extraction_and_output_rule() -> None:
@@ -105,6 +119,60 @@ def test_stdio_score_is_share_of_cases() -> None:
                               {"input": "20\n", "output": "40\n"}, {"input": "5", "output": "10  \r\n"}]}
     r = grade_code(None, f"```python\n{code}```", cases, Limits(wall_s=5))
     assert r.score == 0.75 and r.status == "ok" and "case 2" in r.detail
+
+
+@needs_sandbox
+def test_assert_programs_score_per_test() -> None:
+    """MBPP-style top-level asserts and pytest-style test functions each count; one failing test costs
+    its share, not the whole grade."""
+    code = "```python\ndef f(x): return x * 2 if x < 3 else -1\n```"
+    mbpp = "assert f(1) == 2\nassert f(2) == 4\nassert f(3) == 6\nassert f(4) == 8\n"
+    r = grade_code(None, code, {"assert": mbpp}, Limits(wall_s=5))
+    assert r.score == 0.5 and "test 3" in r.detail and "test 4" in r.detail
+    pytest_style = "def test_small():\n    assert f(1) == 2\n\ndef test_big():\n    assert f(5) == 10\n"
+    r = grade_code(None, code, {"assert": pytest_style}, Limits(wall_s=5))
+    assert r.score == 0.5 and "test_big" in r.detail
+    eleven = "".join(f"assert f({i % 2}) == {i % 2 * 2}\n" for i in range(11))
+    assert grade_code(None, code, {"assert": eleven}, Limits(wall_s=5)).detail == "10/10 tests passed"
+
+
+@needs_sandbox
+@pytest.mark.parametrize(("shape", "score"), [
+    ({"inputs": ["1\n", "2\n", "5\n"], "outputs": ["2\n", "4\n", "10\n"]}, 1.0),  # APPS stdin/stdout
+    ({"inputs": [["1"], ["3"]], "outputs": [["2"], ["6"]]}, 1.0),  # lines as lists
+    ({"fn_name": "double", "inputs": [[1], [3], [4]], "outputs": [[2], [6], [0]]}, 2 / 3),  # TACO calls
+    ({"test_list": ["assert double(2) == 4", "assert double(0) == 1"], "test_setup_code": ""}, 0.5),
+    ({"test": "def check(c):\n    assert c(3) == 6\n", "entry_point": "double"}, 1.0),  # HumanEval
+    (["assert double(1) == 2", "assert double(2) == 4"], 1.0),
+    (json.dumps({"inputs": ["7\n"], "outputs": ["14\n"]}), 1.0),  # the release stores JSON text
+])
+def test_code_test_shapes_of_public_data(shape: Any, score: float) -> None:
+    code = "```python\nimport sys\ndef double(x): return int(x) * 2\n" \
+           "if __name__ == '__main__' and not sys.argv[1:]:\n    data = sys.stdin.read().split()\n" \
+           "    if data: print(double(data[0]))\n```"
+    r = grade_code(None, code, shape, Limits(wall_s=5))
+    assert r.status == "ok" and r.score == pytest.approx(score), r
+
+
+@pytest.mark.parametrize("shape", [{"inputs": [1], "outputs": []}, {"stdin_stdout": [{"in": "1"}]},
+                                   {"nothing": 1}, 42, {"fn_name": "a b", "inputs": [[1]], "outputs": [1]}])
+def test_unknown_code_test_shapes_are_reported(shape: Any) -> None:
+    r = grade_code(None, "```python\nprint(1)\n```", shape, Limits(wall_s=5))
+    assert r.status == "error" and r.score is None and r.detail
+
+
+def test_ifeval_instructions_and_bad_constraints() -> None:
+    ifeval = {"instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase",
+                                      "keywords:existence"],
+              "kwargs": [{}, {}, {"keywords": ["moon"]}]}
+    v = check_constraints("the moon is bright tonight", ifeval)
+    assert v.status == "ok" and v.score == 1.0
+    v = check_constraints("The moon, bright", json.dumps(ifeval))
+    assert v.status == "ok" and v.score == pytest.approx(1 / 3)
+    for bad in ("not json", {"instruction_id_list": ["no:such"], "kwargs": [{}]},
+                [{"type": "max_words", "value": "many"}], [{"kind": "x"}], 7):
+        v = check_constraints("text", bad)
+        assert v.status == "error" and v.score is None and v.detail
 
 
 # ----------------------------------------------------------------- hostile programs
@@ -397,9 +465,11 @@ def test_sandbox_unavailable_fails_closed(tmp_path: Path) -> None:
 
 
 def test_filters_and_judge_parsing() -> None:
-    assert parse_rubric("coherence: 4\ncorrectness: 2\nhelpfulness: 3", "other") == 9 / 12
-    assert parse_rubric("score: 5", "science") == 5
-    assert parse_rubric("I like it", "other") is None
+    assert parse_rubric('{"coherence": 4, "correctness": 2, "helpfulness": 3}', "other") == 9 / 12
+    assert parse_rubric('{"score": 5}', "science") == 5
+    for bad in ("I like it", '{"score": 6}', '{"coherence": 4, "correctness": 2}', "[1]",
+                '{"coherence": true, "correctness": 2, "helpfulness": 3}', '{"score": 2.5}'):
+        assert parse_rubric(bad, "science" if "score" in bad else "other") is None, bad
     v = check_constraints("hello world", [{"type": "max_words", "value": 3},
                                           {"type": "contains", "value": "moon"}])
     assert v.score == 0.5 and "contains" in v.detail
@@ -414,6 +484,20 @@ def test_format_filter_applies_when_required() -> None:
     assert got[1].passed
 
 
+def test_r1_answer_with_a_prefilled_think_grades_by_its_answer(tmp_path: Path) -> None:
+    """R1 completions hold `</think>` and no opening tag; with the format filter on, the reasoning
+    before the tag counts as reasoning and the answer after it is what Math-Verify checks."""
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [{"id": 1, "category": "math", "response": "2 plus 2 is 4.\n</think>\n\n\\boxed{4}",
+             "ground_truth": "4"},
+            {"id": 2, "category": "math", "response": "2 plus 2 is 5.\n</think>\n\n\\boxed{5}",
+             "ground_truth": "4"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    grade_file(src, dst, GradingConfig(require_reasoning=True))
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [(o["status"], o["passed"]) for o in out] == [("ok", True), ("ok", False)]
+
+
 def test_grade_file_bad_input_writes_nothing(tmp_path: Path) -> None:
     from deepdistill_tui.core.errors import InputError
 
@@ -426,21 +510,22 @@ def test_grade_file_bad_input_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_llm_judge_through_a_real_teacher_backend() -> None:
-    """The tiny recipe's judge is the bundled SmolLM2 through llama.cpp: whatever it answers, the grade
-    is either a rubric score in [0, 1] or an `error` quoting the reply, never a crash."""
+    """The tiny recipe's judge is the bundled SmolLM2 through llama.cpp. Its replies are constrained by
+    a grammar made from the rubric's JSON schema, so every one parses: no `error` grades (a 135M model
+    almost never wrote the rubric's format unconstrained)."""
     from deepdistill_tui.core.grade import judge_factory
     from deepdistill_tui.core.recipe import load_recipe
 
     recipe = load_recipe("tiny")
+    texts = ["Keep a regular schedule and avoid screens before bed.", "Bananas are blue.",
+             "Sleep is when you are asleep. " * 5, "1. Dark room. 2. No coffee after noon."]
     items = [Item(i, "other", "Give two tips for sleeping well.", text, None, text)
-             for i, text in enumerate(["Keep a regular schedule and avoid screens before bed.",
-                                       "Bananas are blue."])]
+             for i, text in enumerate(texts)]
+    items.append(Item(9, "science", "Why is the sky blue?", "Rayleigh scattering.", None,
+                      "Rayleigh scattering.", "Rayleigh scattering of sunlight by air molecules"))
     with Grader(recipe.grading, workers=1, judge=judge_factory(recipe)) as grader:
         grades = [g for _, g in grader.grade(items)]
     for g in grades:
-        assert g.grader == "judge"
-        if g.status == "ok":
-            assert g.verify_score is not None and 0 <= g.verify_score <= 1
-            assert g.detail.startswith("judge:")
-        else:
-            assert g.status == "error" and "rubric" in g.detail and g.verify_score is None
+        assert g.grader == "judge" and g.status == "ok", g.detail
+        assert g.verify_score is not None and 0 <= g.verify_score <= 5
+        assert g.detail.startswith("judge: {")

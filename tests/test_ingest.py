@@ -172,6 +172,27 @@ def test_split_response() -> None:
     assert split_response("<think>a</think> the answer is 4") == ("a", "the answer is 4")
     assert split_response("just 4") == (None, "just 4")
     assert split_response("<think>cut off") == ("cut off", None)
+    # DeepSeek-R1 templates prefill "<think>\n": the completion holds only the closing tag.
+    assert split_response("2 and 2 make 4.\n</think>\n\nThe answer is \\boxed{4}.") == (
+        "2 and 2 make 4.", "The answer is \\boxed{4}.")
+    assert split_response("2 and 2 make 4.</think>\\boxed{4}", "<think>\n") == (
+        "2 and 2 make 4.", "\\boxed{4}")
+    assert split_response("still thinking", "<think>\n") == ("still thinking", None)
+
+
+def test_think_prefill_of_an_r1_style_template() -> None:
+    """The prompt that an R1-style chat template renders ends by opening the reasoning: that is the
+    prefill the sampler records beside each completion."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from deepdistill_tui.core.text import think_prefill
+
+    template = ("{{ bos_token }}{% for m in messages %}<|User|>{{ m['content'] }}{% endfor %}"
+                "{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}")
+    prompt = Jinja2ChatFormatter(template, eos_token="<eos>", bos_token="<bos>")(
+        messages=[{"role": "user", "content": "What is 2+2?"}]).prompt
+    assert think_prefill(prompt) == "<think>\n"
+    assert think_prefill("<|im_start|>assistant\n") == ""
 
 
 def test_embedding_decontamination_catches_paraphrases(store: Store, tmp_path: Path) -> None:

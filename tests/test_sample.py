@@ -172,6 +172,20 @@ def test_openai_backend_against_a_real_local_server(ingested: Store, llama_serve
     assert teacher == ("openai", f"{llama_server}#smollm2")
 
 
+def test_judge_through_a_server_uses_structured_output(llama_server: str) -> None:
+    """The same rubric schema goes to an OpenAI-compatible server as `response_format`; llama.cpp's
+    server turns it into a grammar, so the reply parses."""
+    from deepdistill_tui.core.backends import OpenAIBackend
+    from deepdistill_tui.core.judge import llm_judge
+
+    backend = OpenAIBackend(openai_recipe(llama_server, sampling={"max_tokens": 64}).teacher("served"))
+    try:
+        v = llm_judge(backend, "other", "Give two tips for sleeping well.", "Keep a schedule.", None)
+    finally:
+        backend.close()
+    assert v.status == "ok" and v.score is not None and 0 <= v.score <= 1, v
+
+
 def test_a_cluster_shard_samples_through_the_endpoint_given_on_the_command_line(
         ingested: Store, llama_server: str, tmp_path: Path) -> None:
     """What a bundle's array task runs: `sample` on a shard database, the recipe naming no live

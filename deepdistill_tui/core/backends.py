@@ -36,7 +36,11 @@ class Completion:
 
 
 class Backend(Protocol):
-    def generate(self, question: str, seeds: list[int]) -> list[Completion]: ...
+    def generate(self, question: str, seeds: list[int],
+                 schema: dict[str, Any] | None = None) -> list[Completion]:
+        """One completion per seed; with ``schema``, every completion is JSON of that schema
+        (a llama.cpp grammar, or the server's structured output)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -125,9 +129,14 @@ class LlamaCppBackend:
             return str(self.formatter(messages=messages).prompt)
         return completion_prompt(self.teacher, question)
 
-    def _sampler(self, seed: int) -> Any:
+    def _sampler(self, seed: int, grammar: str | None = None) -> Any:
         C, s = self.C, self.teacher.sampling
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        if grammar is not None:  # first, so that every later stage sees only tokens the grammar allows
+            g = C.llama_sampler_init_grammar(self.vocab, grammar.encode("utf-8"), b"root")
+            if not g:
+                raise TeacherError(f"teacher {self.teacher.name}: llama.cpp rejected the grammar")
+            C.llama_sampler_chain_add(chain, g)
         if s.temperature == 0:
             C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
             return chain
@@ -160,8 +169,14 @@ class LlamaCppBackend:
             self._decode([(t, start + i, 0, last and i == len(chunk) - 1)
                           for i, t in enumerate(chunk)])
 
-    def generate(self, question: str, seeds: list[int]) -> list[Completion]:
+    def generate(self, question: str, seeds: list[int],
+                 schema: dict[str, Any] | None = None) -> list[Completion]:
         n, s = len(seeds), self.teacher.sampling
+        grammar = None
+        if schema is not None:
+            from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+            grammar = json_schema_to_gbnf(json.dumps(schema))
         if n > self.max_seqs:
             raise ValueError(f"{n} passes, backend sized for {self.max_seqs}")
         t0 = time.perf_counter()
@@ -175,7 +190,7 @@ class LlamaCppBackend:
         self._prefill(prompt)
         for seq in range(1, n):
             self.C.llama_memory_seq_cp(mem, 0, seq, -1, -1)
-        samplers = [self._sampler(seed) for seed in seeds]
+        samplers = [self._sampler(seed, grammar) for seed in seeds]
         try:
             outs = self._run_sequences(samplers, len(prompt))
         finally:
@@ -273,14 +288,18 @@ class OpenAIBackend:
         self.retries = retries
         self.backoff_s = backoff_s
         self.pool = ThreadPoolExecutor(max_workers=teacher.concurrency)
+        self.schema_style: str | None = None
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def _payload(self, question: str, seed: int) -> tuple[str, dict[str, Any]]:
+    def _payload(self, question: str, seed: int,
+                 schema: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         t, s = self.teacher, self.teacher.sampling
         body: dict[str, Any] = {"model": t.served_model or t.name, "max_tokens": s.max_tokens,
                                 "temperature": s.temperature, "top_p": s.top_p, "seed": seed}
+        if schema is not None:
+            body["response_format"] = self._response_format(schema)
         if s.top_k:
             body["top_k"] = s.top_k
         if t.template == "completion":
@@ -288,11 +307,19 @@ class OpenAIBackend:
                                     "stop": [COMPLETION_STOP]}
         return "/chat/completions", {**body, "messages": chat_messages(t, question)}
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """Structured output in the server's dialect: OpenAI's json_schema (vLLM, SGLang, llama.cpp),
+        or json_object with a schema (llama-cpp-python's server), learnt from the first refusal."""
+        if self.schema_style == "json_object":
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}}
+
+    def _post(self, path: str, body: dict[str, Any], retries: int | None = None) -> dict[str, Any]:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         last: Exception | None = None
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             try:
                 with urllib.request.urlopen(req, timeout=self.teacher.timeout_s) as resp:
                     return dict(json.loads(resp.read()))
@@ -302,15 +329,24 @@ class OpenAIBackend:
                     break  # a client error will not succeed on retry
             except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
                 last = exc
-            if attempt < self.retries:
+            if attempt < retries:
                 time.sleep(self.backoff_s * 2**attempt)
         raise TeacherError(f"teacher {self.teacher.name}: {self.url}{path} failed after "
-                           f"{self.retries + 1} attempts ({_reason(last)})")
+                           f"{retries + 1} attempts ({_reason(last)})")
 
-    def _one(self, question: str, seed: int) -> Completion:
+    def _one(self, question: str, seed: int, schema: dict[str, Any] | None = None) -> Completion:
         t0 = time.perf_counter()
-        path, body = self._payload(question, seed)
-        data = self._post(path, body)
+        path, body = self._payload(question, seed, schema)
+        if schema is not None and self.schema_style is None:
+            try:  # the first structured request finds out which dialect the server speaks
+                data = self._post(path, body, retries=0)
+                self.schema_style = "json_schema"
+            except TeacherError:
+                self.schema_style = "json_object"
+                path, body = self._payload(question, seed, schema)
+                data = self._post(path, body)
+        else:
+            data = self._post(path, body)
         try:
             choice = data["choices"][0]
             text = choice["text"] if path == "/completions" else choice["message"]["content"]
@@ -322,8 +358,9 @@ class OpenAIBackend:
             raise TeacherError(f"teacher {self.teacher.name}: malformed response from {self.url}{path} "
                                f"({str(data)[:80]!r})") from exc
 
-    def generate(self, question: str, seeds: list[int]) -> list[Completion]:
-        futures = [self.pool.submit(self._one, question, seed) for seed in seeds]
+    def generate(self, question: str, seeds: list[int],
+                 schema: dict[str, Any] | None = None) -> list[Completion]:
+        futures = [self.pool.submit(self._one, question, seed, schema) for seed in seeds]
         return [f.result() for f in futures]
 
 

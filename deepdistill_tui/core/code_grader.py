@@ -221,21 +221,96 @@ def _sandboxed_file(name: str) -> str:
     return (_SANDBOXED / name).read_text()
 
 
+@dataclass(frozen=True)
+class Tests:
+    """Test cases in one of the two forms the sandbox runs."""
+
+    stdio: list[dict[str, str]] | None = None
+    program: str | None = None
+
+
+def code_tests(test_cases: Any) -> Tests | str:
+    """Tests from any shape we know, or a sentence saying why not. Shapes: this project's
+    {"stdin_stdout": [...]} and {"assert": program}; APPS/TACO's {"inputs", "outputs"} (stdin/stdout,
+    or calls of "fn_name"); MBPP's {"test_list", "test_setup_code"}; HumanEval's {"test", "entry_point"};
+    a list of assert lines; a bare program. JSON text of any of them too."""
+    if isinstance(test_cases, str):
+        try:
+            test_cases = json.loads(test_cases)
+        except json.JSONDecodeError:
+            return Tests(program=test_cases) if test_cases.strip() else "empty test cases"
+    if isinstance(test_cases, str):
+        return Tests(program=test_cases)
+    if isinstance(test_cases, list) and test_cases and all(isinstance(t, str) for t in test_cases):
+        return Tests(program="\n".join(test_cases) + "\n")
+    if not isinstance(test_cases, dict):
+        return f"test cases in an unknown shape ({type(test_cases).__name__})"
+    tc = test_cases
+    if isinstance(tc.get("assert"), str):
+        return Tests(program=tc["assert"])
+    if "stdin_stdout" in tc:
+        return _stdio_cases(tc["stdin_stdout"])
+    if isinstance(tc.get("test_list"), list):
+        setup = tc.get("test_setup_code") or ""
+        return Tests(program=f"{setup}\n" + "\n".join(map(str, tc["test_list"])) + "\n")
+    if isinstance(tc.get("test"), str) and isinstance(tc.get("entry_point"), str):
+        return Tests(program=f"{tc['test']}\ncheck({tc['entry_point']})\n")
+    if isinstance(tc.get("inputs"), list) and isinstance(tc.get("outputs"), list):
+        if len(tc["inputs"]) != len(tc["outputs"]) or not tc["inputs"]:
+            return "inputs and outputs differ in length (or are empty)"
+        if tc.get("fn_name"):
+            return _call_cases(str(tc["fn_name"]), tc["inputs"], tc["outputs"])
+        return _stdio_cases([{"input": i, "output": o} for i, o in zip(tc["inputs"], tc["outputs"],
+                                                                        strict=True)])
+    return f"test cases in an unknown shape (keys: {', '.join(sorted(map(str, tc)))[:100]})"
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value) + "\n"  # APPS sometimes stores lines
+    return None
+
+
+def _stdio_cases(cases: Any) -> Tests | str:
+    if not isinstance(cases, list) or not cases:
+        return "stdin_stdout must be a non-empty list"
+    out = []
+    for i, case in enumerate(cases[:MAX_CASES]):
+        given = _text(case.get("input")) if isinstance(case, dict) else None
+        wanted = _text(case.get("output")) if isinstance(case, dict) else None
+        if given is None or wanted is None:
+            return f"stdin_stdout case {i} needs string 'input' and 'output'"
+        out.append({"input": given, "output": wanted})
+    return Tests(stdio=out)
+
+
+def _call_cases(fn: str, inputs: list[Any], outputs: list[Any]) -> Tests | str:
+    """One assert per case; TACO wraps a single expected value in a list, so either form matches."""
+    if not fn.isidentifier():
+        return f"fn_name {fn!r} is not a name"
+    lines = []
+    for args, want in list(zip(inputs, outputs, strict=True))[:MAX_CASES]:
+        args = args if isinstance(args, list) else [args]
+        lines.append(f"assert (lambda got, want: got == want or [got] == want)({fn}(*{args!r}), {want!r})")
+    return Tests(program="\n".join(lines) + "\n")
+
+
 def grade_code(answer: str | None, response: str, test_cases: Any, limits: Limits,
                pool: HarnessPool | None = None) -> CodeResult:
-    if isinstance(test_cases, str):
-        test_cases = json.loads(test_cases)
-    if not isinstance(test_cases, dict):
+    if test_cases is None:
         return CodeResult(None, "error", "no test cases")
+    tests = code_tests(test_cases)
+    if isinstance(tests, str):
+        return CodeResult(None, "error", tests)
     code = extract_code(answer, response)
     if code is None:
         return CodeResult(0.0, "wrong_format", "no fenced code block")
     try:
-        if isinstance(test_cases.get("assert"), str):
-            return run_assert(code, test_cases["assert"], limits, pool)
-        cases = test_cases.get("stdin_stdout")
-        if isinstance(cases, list) and cases:
-            return run_stdio(code, cases, limits)
+        if tests.program is not None:
+            return run_assert(code, tests.program, limits, pool)
+        assert tests.stdio is not None
+        return run_stdio(code, tests.stdio, limits)
     except SandboxUnavailable as exc:
         return CodeResult(None, "sandbox_unavailable", str(exc))
-    return CodeResult(None, "error", "test cases have neither 'assert' nor 'stdin_stdout'")

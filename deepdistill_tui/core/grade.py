@@ -23,7 +23,7 @@ from typing import Any
 
 from deepdistill_tui import __version__
 from deepdistill_tui.core.backends import Backend
-from deepdistill_tui.core.code_grader import HarnessPool, grade_code
+from deepdistill_tui.core.code_grader import HarnessPool, code_tests, grade_code
 from deepdistill_tui.core.errors import InputError
 from deepdistill_tui.core.judge import (
     Verdict,
@@ -177,7 +177,7 @@ class Grader:
     def _grade_other(self, item: Item) -> tuple[str, Verdict]:
         text = item.answer or item.response
         if item.category == "if" and item.constraints:
-            return "if", check_constraints(text, item.constraints)
+            return "if", check_constraints(text, item.constraints, item.question)
         if item.category not in ("science", "other", "if"):
             return "judge", Verdict(None, "error", f"unknown category {item.category!r}")
         if self._judge_factory is None:
@@ -295,6 +295,11 @@ def _file_item(rec: dict[str, Any], where: str) -> Item:
     if rec["category"] not in CATEGORIES:
         raise InputError(f"{where}: unknown category {rec['category']!r}; expected one of "
                          f"{', '.join(CATEGORIES)}")
+    if rec.get("test_cases") is not None and isinstance(problem := code_tests(rec["test_cases"]), str):
+        raise InputError(f"{where}: test_cases: {problem}")
+    if rec.get("constraints") is not None and not isinstance(rec["constraints"], list | dict):
+        raise InputError(f"{where}: constraints must be a list of {{type, value}} or IFEval's "
+                         "{instruction_id_list, kwargs}")
     reasoning, answer = split_response(rec["response"])
     gt = rec.get("ground_truth")
     return Item(rec["id"], rec["category"], str(rec.get("question", "")), rec["response"], reasoning,

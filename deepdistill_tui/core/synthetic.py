@@ -31,7 +31,8 @@ def write_am_files(out_dir: Path, n_queries: int, *, categories: tuple[str, ...]
     """Write CATEGORY_TEACHER_Kpass.jsonl files; queries are spread over the categories."""
     rng = random.Random(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    filler = "Let me check each step carefully. " * (answer_chars // 34 + 1)
+    opening = "Let me check each step carefully. "
+    text_rng = random.Random(seed + 1)  # apart from the scores' stream, which fixtures depend on
     handles = {}
     for cat in categories:
         for t in teachers:
@@ -48,7 +49,8 @@ def write_am_files(out_dir: Path, n_queries: int, *, categories: tuple[str, ...]
                     score = _score(rng, cat, p_pass)
                     rec = {
                         "question": question,
-                        "answer": f"<think>{filler[:answer_chars]}</think><answer>x = {i}</answer>",
+                        "answer": f"<think>{_reasoning(text_rng, opening, answer_chars)}</think>"
+                                  f"<answer>x = {i}</answer>",
                         "question_source": "synthetic", "answer_source": f"synthetic-{t}",
                         "category": cat, "ground_truth": str(i),
                         "test_case": None, "instruction_constrain": None,
@@ -60,3 +62,14 @@ def write_am_files(out_dir: Path, n_queries: int, *, categories: tuple[str, ...]
         for fh in handles.values():
             fh.close()
     return sorted(out_dir.glob("*pass.jsonl"))
+
+
+_VOCAB = ("add subtract both sides term value check step equation so then gives divide multiply "
+          "coefficient constant result verify again sum left right hence therefore first next").split()
+
+
+def _reasoning(rng: random.Random, opening: str, chars: int) -> str:
+    """Varied words after a fixed opening, so that responses share no long n-grams (the quality
+    filter would rightly drop a data set whose every response repeats one sentence)."""
+    words = rng.choices(_VOCAB, k=chars // 5 + 1)
+    return (opening + " ".join(words))[:chars]

@@ -1,11 +1,15 @@
-"""Batched passes vs a plain loop of create_chat_completion, same prompts and max_tokens, one run.
+"""Sampling throughput, three ways over the same prompts, seeds and max_tokens, side by side in one run:
 
-    python bench/bench_sample.py                  # N = 4 and 8 passes, 6 prompts, 128 tokens
-    python bench/bench_sample.py --prompts 3 --max-tokens 64
+- loop: llama-cpp-python's create_chat_completion, one answer at a time;
+- per-query batch: one query's N passes as one batch (the engine with N sequences, one query in flight);
+- continuous: up to S sequences of any queries in flight (S = 16 by default, the CPU setting).
 
-Both sides use the bundled SmolLM2-135M Q4_1 GGUF and all cores; only the generated tokens count.
-Answers that stop early (end of sequence) count as they are on both sides, so the figure is
-generated tokens per second of wall time.
+    python bench/bench_sample.py                  # N = 4 and 8 passes, 24 prompts, 128 tokens
+    python bench/bench_sample.py --prompts 6 --max-tokens 64 --sequences 32
+
+All use the bundled SmolLM2-135M Q4_1 GGUF and all cores; only generated tokens count, answers that
+stop early count as they are, so each figure is generated tokens per second of wall time. The last
+line is the ratio the sampler issue tracks: `continuous/loop N=4: X.XXx`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from deepdistill_tui.core.backends import LlamaCppBackend, chat_messages, default_threads
+from deepdistill_tui.core.backends import LlamaCppBackend, Request, chat_messages, default_threads
 from deepdistill_tui.core.models import fetch
 from deepdistill_tui.core.recipe import Teacher, load_recipe
 
@@ -24,6 +28,12 @@ PROMPTS = [
     "Solve for x: 3x + 7 = 22.",
     "List five uses of a paperclip.",
     "Explain what a prime number is to a child.",
+    "What is 128 - 39?",
+    "Name three planets and one fact about each.",
+    "Write a haiku about rain.",
+    "How many minutes are in 3.5 hours?",
+    "Give two tips for sleeping well.",
+    "What is the capital of Australia, and why is it not Sydney?",
 ]
 
 
@@ -44,13 +54,15 @@ def loop(teacher: Teacher, model: str, n: int, prompts: list[str]) -> tuple[int,
     return tokens, dt
 
 
-def batched(teacher: Teacher, model: str, n: int, prompts: list[str]) -> tuple[int, float]:
+def engine(teacher: Teacher, model: str, n: int, prompts: list[str], sequences: int) -> tuple[int, float]:
     from pathlib import Path
 
-    backend = LlamaCppBackend(teacher, Path(model), max_seqs=n)
+    backend = LlamaCppBackend(teacher, Path(model), max_seqs=sequences, passes=n)
+    requests = [Request(i, q, [1000 * i + p for p in range(n)]) for i, q in enumerate(prompts)]
     tokens, t0 = 0, time.perf_counter()
-    for q in prompts:
-        tokens += sum(c.completion_tokens for c in backend.generate(q, list(range(n))))
+    for _, outs in backend.generate_many(requests):
+        assert not isinstance(outs, Exception)
+        tokens += sum(c.completion_tokens for c in outs)
     dt = time.perf_counter() - t0
     backend.close()
     return tokens, dt
@@ -58,7 +70,8 @@ def batched(teacher: Teacher, model: str, n: int, prompts: list[str]) -> tuple[i
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=6)
+    ap.add_argument("--prompts", type=int, default=24)
+    ap.add_argument("--sequences", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--passes", type=int, nargs="+", default=[4, 8])
     args = ap.parse_args()
@@ -66,14 +79,23 @@ def main() -> None:
     teacher = base.model_copy(update={
         "sampling": base.sampling.model_copy(update={"max_tokens": args.max_tokens}), "n_ctx": 1024})
     model = str(fetch(teacher.model))  # type: ignore[arg-type]
-    prompts = PROMPTS[: args.prompts]
+    # More prompts than the list: the same questions asked again in other words (no prompt cache hit).
+    prompts = [q if i < len(PROMPTS) else f"Once more, in other words: {q}"
+               for i, q in enumerate(PROMPTS * (args.prompts // len(PROMPTS) + 1))][: args.prompts]
     print(f"model {model}\nthreads {default_threads()}, max_tokens {args.max_tokens}, "
           f"{len(prompts)} prompts")
+    ratios = {}
     for n in args.passes:
         lt, ls = loop(teacher, model, n, prompts)
-        bt, bs = batched(teacher, model, n, prompts)
-        print(f"N={n}: loop {lt} tok in {ls:.1f} s = {lt / ls:.0f} tok/s | batched {bt} tok in "
-              f"{bs:.1f} s = {bt / bs:.0f} tok/s | ratio {bt / bs / (lt / ls):.2f}x")
+        bt, bs = engine(teacher, model, n, prompts, sequences=n)
+        ct, cs = engine(teacher, model, n, prompts, sequences=max(n, args.sequences))
+        loop_rate = lt / ls
+        ratios[n] = ct / cs / loop_rate
+        print(f"N={n}: loop {lt} tok in {ls:.1f} s = {loop_rate:.0f} tok/s | per-query batch {bt} tok "
+              f"in {bs:.1f} s = {bt / bs:.0f} tok/s ({bt / bs / loop_rate:.2f}x) | continuous S="
+              f"{max(n, args.sequences)} {ct} tok in {cs:.1f} s = {ct / cs:.0f} tok/s ({ratios[n]:.2f}x)")
+    for n, ratio in ratios.items():
+        print(f"continuous/loop N={n}: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

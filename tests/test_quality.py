@@ -62,7 +62,7 @@ def test_perplexity_through_llama_cpp(store: Store) -> None:
     from deepdistill_tui.core.sample import open_backend
 
     r = tiny_with_scorer()
-    backend, _ = open_backend(r.teacher("smollm2-135m"), passes=1)
+    backend, _ = open_backend(r.teacher("smollm2-135m"), passes=1, sequences=1)
     try:
         fluent = backend.response_logprobs("What is 2 + 3?", "2 + 3 = 5. The answer is 5.")  # type: ignore[attr-defined]
         salad = backend.response_logprobs("What is 2 + 3?", "zebra quantum fjord 5 purple (( ]] teapot")  # type: ignore[attr-defined]

@@ -253,3 +253,51 @@ def test_second_sampler_waits_for_the_first(tmp_path: Path) -> None:
     assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0
     with Store(db) as s:
         assert s.count("samples") == 12
+
+
+# ----------------------------------------------------------------- continuous batching
+
+
+def test_the_store_is_the_same_whatever_the_sequences_in_flight(tmp_path: Path) -> None:
+    """One query at a time (4 sequences) or four at once (16): the same queries, passes and keys,
+    every query whole."""
+    results = []
+    for sequences in (4, 16):
+        with Store(tmp_path / f"s{sequences}.db") as s:
+            ingest(s, load_recipe("tiny").data)
+            recipe = tiny(**{"smollm2-135m": {"max_sequences": sequences}})
+            [report] = sample(s, recipe, teacher_name="smollm2-135m", limit=6)
+            assert report.error is None and report.queries == 6 and report.samples == 24
+            results.append(s.conn.execute(
+                "SELECT query_id, group_concat(pass_index) FROM (SELECT * FROM samples"
+                " ORDER BY query_id, pass_index) GROUP BY query_id").fetchall())
+    assert results[0] == results[1] and all(p == "0,1,2,3" for _, p in results[0])
+
+
+def test_queries_come_and_go_while_others_run() -> None:
+    """Eight sequences over queries of 2 passes: four queries in flight, new ones admitted as old ones
+    end, every query back exactly once with all its passes, short ones not held behind a long one."""
+    from deepdistill_tui.core.backends import LlamaCppBackend, Request
+
+    teacher = tiny(**{"smollm2-135m": {"sampling": {"max_tokens": 48, "temperature": 0.7}}}).teachers[0]
+    backend = LlamaCppBackend(teacher, fetch(teacher.model), max_seqs=8,  # type: ignore[arg-type]
+                              passes=2)
+    questions = ["Write a long story about a dragon and a knight."]
+    questions += [f"What is {i} + {i}? Answer with the number only." for i in range(7)]
+    seen_in_flight, order = [], []
+
+    def requests() -> Any:
+        for i, q in enumerate(questions):
+            seen_in_flight.append(backend.in_flight)
+            yield Request(i, q, [10 * i + p for p in range(2)])
+
+    try:
+        for req, outs in backend.generate_many(requests()):
+            assert not isinstance(outs, Exception)
+            assert len(outs) == 2 and all(1 <= c.completion_tokens <= 48 for c in outs)
+            order.append(req.key)
+    finally:
+        backend.close()
+    assert sorted(order) == list(range(8))
+    assert max(seen_in_flight) >= 6  # queries were admitted while others were running
+    assert order.index(0) > 0, order  # later, shorter queries finished while the story ran

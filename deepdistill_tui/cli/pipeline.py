@@ -8,6 +8,7 @@ from typing import Any
 from deepdistill_tui.cli.common import console_for, load_recipe_arg, open_store
 from deepdistill_tui.cli.data import print_import, print_ingest
 from deepdistill_tui.cli.training import print_evals
+from deepdistill_tui.core.sample import in_flight_text
 
 
 def _progress_text(event: dict[str, Any]) -> str | None:
@@ -15,7 +16,7 @@ def _progress_text(event: dict[str, Any]) -> str | None:
     kind = event["event"]
     if kind == "sample_progress":
         return (f"sampling {event['teacher']}: {event['queries_done']}/{event['queries_total']} queries,"
-                f" {event['tokens_per_s']:.0f} tok/s")
+                f" {event['tokens_per_s']:.0f} tok/s{in_flight_text(event)}")
     if kind == "grade_progress":
         return f"grading: {event['done']}/{event['total']}"
     if kind == "train_step":

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from deepdistill_tui.cli.common import console_for, load_recipe_arg, open_store, print_json, report_table
+from deepdistill_tui.core.sample import in_flight_text
 
 
 def _sample_progress(console: Any) -> tuple[Any, Any]:
@@ -23,7 +24,7 @@ def _sample_progress(console: Any) -> tuple[Any, Any]:
             tasks[name] = progress.add_task(name, total=event["queries_total"], rate="")
         elif kind == "sample_progress":
             progress.update(tasks[name], completed=event["queries_done"],
-                            rate=f"{event['tokens_per_s']:.0f} tok/s")
+                            rate=f"{event['tokens_per_s']:.0f} tok/s{in_flight_text(event)}")
         elif kind == "sample_failed":
             progress.console.print(f"[red]✘ {event['error']}[/]")
         elif kind == "sample_waiting":

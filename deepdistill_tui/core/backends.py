@@ -13,8 +13,9 @@ import os
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +24,8 @@ from deepdistill_tui.core.recipe import Teacher
 from deepdistill_tui.core.text import think_prefill
 
 COMPLETION_STOP = "\nQ:"
+RESPONSE_BYTES_PER_TOKEN = 64
+"""A token is a few bytes of text, a few dozen as JSON-escaped Unicode: past this, a reply is refused."""
 
 
 @dataclass
@@ -69,20 +72,60 @@ def default_threads() -> int:
 # ---------------------------------------------------------------- llama.cpp
 
 
+@dataclass
+class Request:
+    """One query's passes: answered together, returned together (one transaction in the store)."""
+
+    key: Any
+    question: str
+    seeds: list[int]
+
+
+@dataclass
+class _Query:
+    """A request inside the engine: its prompt, its sequences, its reservation of KV cells."""
+
+    request: Request
+    prompt: list[int]
+    prefill: str
+    seqs: list[int]
+    started: float
+    cursor: int = 0  # prompt tokens already decoded
+    reserved: int = 0  # KV cells held: the prompt while any sequence runs, max_tokens per running one
+    pieces: list[bytearray] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    running: set[int] = field(default_factory=set)
+
+
+def auto_sequences(passes: int) -> int:
+    """Sequences in flight when the recipe does not say: CPU ~16 (measured: little gain past it on 2
+    cores), a GPU 64; never fewer than one query's passes."""
+    from llama_cpp import llama_supports_gpu_offload
+
+    return max(passes, 64 if llama_supports_gpu_offload() else 16)
+
+
 class LlamaCppBackend:
-    def __init__(self, teacher: Teacher, model_path: Path, max_seqs: int,
+    """Continuous batching over one llama.cpp context: up to ``max_seqs`` sequences of any queries in
+    flight. A query's passes share its prompt's KV cells (the prompt tokens belong to all of its
+    sequence ids); when a sequence ends its cells are freed, and the next query is admitted as soon as
+    its prompt and passes fit. Every decode call carries one token per running sequence plus prompt
+    chunks of admitted queries, so the batch stays full while queries come and go."""
+
+    def __init__(self, teacher: Teacher, model_path: Path, max_seqs: int, passes: int = 1,
                  threads: int | None = None) -> None:
         import llama_cpp
         from llama_cpp import llama_chat_format
 
         self.C = llama_cpp
         self.teacher = teacher
-        self.max_seqs = max_seqs
+        self.max_seqs = max(max_seqs, 1)
         self.threads = threads or teacher.threads or default_threads()
         s = teacher.sampling
         try:
             # The high-level object gives us the tokenizer and the GGUF chat template; its own small
-            # context is unused. Our context holds max_seqs sequences that share the prompt's cells.
+            # context is unused. Our context holds the sequences in flight.
             self.llm = llama_cpp.Llama(str(model_path), n_ctx=256, n_threads=self.threads,
                                        verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
@@ -91,11 +134,14 @@ class LlamaCppBackend:
         if teacher.n_ctx > self.n_ctx_train:
             raise TeacherError(f"teacher {teacher.name}: n_ctx {teacher.n_ctx} is larger than the "
                                f"model's training context {self.n_ctx_train}")
+        # Room for the prompts of as many queries as fit by sequences, plus every sequence's answer.
+        queries = max(1, self.max_seqs // max(1, passes))
+        self.cells = queries * max(0, teacher.n_ctx - s.max_tokens) + self.max_seqs * s.max_tokens
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = teacher.n_ctx + (max_seqs - 1) * s.max_tokens
-        params.n_batch = max(512, max_seqs)
+        params.n_ctx = self.cells + 256  # slack: llama.cpp rounds and pads
+        params.n_batch = max(512, self.max_seqs)
         params.n_ubatch = params.n_batch
-        params.n_seq_max = max_seqs
+        params.n_seq_max = self.max_seqs
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = self.threads
         self.ctx = llama_cpp.llama_init_from_model(self.llm._model.model, params)
@@ -103,9 +149,10 @@ class LlamaCppBackend:
             raise TeacherError(f"teacher {teacher.name}: llama.cpp could not create a context of "
                                f"{params.n_ctx} tokens (out of memory?)")
         self.n_batch = params.n_batch
-        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, max_seqs)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, self.max_seqs)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
         self.formatter = None
+        self.in_flight = 0
         template = self.llm.metadata.get("tokenizer.chat_template")
         if teacher.template == "chat":
             if not template:
@@ -147,14 +194,15 @@ class LlamaCppBackend:
         C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
 
-    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
-        """Decode (token, position, sequence, wants_logits) entries in one batch."""
+    def _decode(self, entries: list[tuple[int, int, tuple[int, ...], bool]]) -> None:
+        """Decode (token, position, sequence ids, wants_logits) entries in one batch."""
         b = self.batch
-        for i, (tok, pos, seq, logits) in enumerate(entries):
+        for i, (tok, pos, seqs, logits) in enumerate(entries):
             b.token[i] = tok
             b.pos[i] = pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
+            b.n_seq_id[i] = len(seqs)
+            for j, seq in enumerate(seqs):
+                b.seq_id[i][j] = seq
             b.logits[i] = logits
         b.n_tokens = len(entries)
         rc = self.C.llama_decode(self.ctx, b)
@@ -162,43 +210,151 @@ class LlamaCppBackend:
             raise TeacherError(f"teacher {self.teacher.name}: llama_decode failed ({rc}): the "
                                "context is too small for the prompt and max_tokens")
 
-    def _prefill(self, tokens: list[int]) -> None:
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
-            last = start + len(chunk) == len(tokens)
-            self._decode([(t, start + i, 0, last and i == len(chunk) - 1)
-                          for i, t in enumerate(chunk)])
+    def _tokens(self, question: str) -> tuple[list[int], str]:
+        text = self.prompt_text(question)
+        prompt = self.llm.tokenize(text.encode("utf-8"), add_bos=not self._has_bos(text), special=True)
+        if len(prompt) + self.teacher.sampling.max_tokens > self.teacher.n_ctx:
+            raise PromptTooLong(f"teacher {self.teacher.name}: prompt of {len(prompt)} tokens plus "
+                                f"max_tokens {self.teacher.sampling.max_tokens} exceeds n_ctx "
+                                f"{self.teacher.n_ctx}")
+        return prompt, think_prefill(text)
 
     def generate(self, question: str, seeds: list[int],
                  schema: dict[str, Any] | None = None) -> list[Completion]:
-        n, s = len(seeds), self.teacher.sampling
+        if len(seeds) > self.max_seqs:  # more passes than sequences: a few at a time
+            return [c for i in range(0, len(seeds), self.max_seqs)
+                    for c in self.generate(question, seeds[i : i + self.max_seqs], schema)]
+        [(_, out)] = list(self.generate_many([Request(None, question, seeds)], schema))
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def generate_many(self, requests: Iterable[Request], schema: dict[str, Any] | None = None,
+                      ) -> Iterator[tuple[Request, list[Completion] | PromptTooLong]]:
+        """Each request's completions as soon as its last pass ends (not in request order). A prompt
+        too long for the context comes back as its PromptTooLong, and the others go on."""
         grammar = None
         if schema is not None:
             from llama_cpp.llama_grammar import json_schema_to_gbnf
 
             grammar = json_schema_to_gbnf(json.dumps(schema))
-        if n > self.max_seqs:
-            raise ValueError(f"{n} passes, backend sized for {self.max_seqs}")
-        t0 = time.perf_counter()
-        text = self.prompt_text(question)
-        prompt = self.llm.tokenize(text.encode("utf-8"), add_bos=not self._has_bos(text), special=True)
-        if len(prompt) + s.max_tokens > self.teacher.n_ctx:
-            raise PromptTooLong(f"teacher {self.teacher.name}: prompt of {len(prompt)} tokens plus "
-                                f"max_tokens {s.max_tokens} exceeds n_ctx {self.teacher.n_ctx}")
-        mem = self.C.llama_get_memory(self.ctx)
-        self.C.llama_memory_clear(mem, True)
-        self._prefill(prompt)
-        for seq in range(1, n):
-            self.C.llama_memory_seq_cp(mem, 0, seq, -1, -1)
-        samplers = [self._sampler(seed, grammar) for seed in seeds]
+        C = self.C
+        mem = C.llama_get_memory(self.ctx)
+        C.llama_memory_clear(mem, True)
+        todo = iter(requests)
+        waiting: Request | None = None
+        free = list(range(self.max_seqs))[::-1]
+        queries: list[_Query] = []
+        samplers: dict[int, Any] = {}
+        owner: dict[int, _Query] = {}
+        logits_at: dict[int, int] = {}  # sequence -> row of the last decode's logits
+        reserved = 0
+        max_tokens = self.teacher.sampling.max_tokens
+        buf = (ctypes.c_char * 256)()
+        stop = COMPLETION_STOP.encode() if self.teacher.template == "completion" else None
         try:
-            outs = self._run_sequences(samplers, len(prompt))
+            while True:
+                # Admit queries while sequences and cells allow: all of a query's passes at once.
+                while True:
+                    if waiting is None:
+                        waiting = next(todo, None)
+                        if waiting is None:
+                            break
+                        if len(waiting.seeds) > self.max_seqs:
+                            raise ValueError(f"{len(waiting.seeds)} passes, backend sized for "
+                                             f"{self.max_seqs} sequences")
+                        try:
+                            prompt, prefill = self._tokens(waiting.question)
+                        except PromptTooLong as exc:
+                            yield waiting, exc
+                            waiting = None
+                            continue
+                        pending_query = (prompt, prefill)
+                    need = len(pending_query[0]) + len(waiting.seeds) * max_tokens
+                    if len(waiting.seeds) > len(free) or (queries and reserved + need > self.cells):
+                        break
+                    seqs = [free.pop() for _ in waiting.seeds]
+                    q = _Query(waiting, pending_query[0], pending_query[1], seqs, time.perf_counter(),
+                               reserved=need, pieces=[bytearray() for _ in seqs], counts=[0] * len(seqs),
+                               reasons=["length"] * len(seqs), running=set(seqs))
+                    reserved += need
+                    for seq, seed in zip(seqs, waiting.seeds, strict=True):
+                        samplers[seq] = self._sampler(seed, grammar)
+                        owner[seq] = q
+                    queries.append(q)
+                    waiting = None
+                self.in_flight = sum(len(q.running) for q in queries)
+                if not queries:
+                    return
+                # Sample every running sequence that has logits from the last decode.
+                step: list[tuple[int, int, tuple[int, ...], bool]] = []
+                for seq, row in list(logits_at.items()):
+                    q = owner[seq]
+                    i = q.seqs.index(seq)
+                    tok = C.llama_sampler_sample(samplers[seq], self.ctx, row)
+                    ended = bool(C.llama_vocab_is_eog(self.vocab, tok))
+                    if not ended:
+                        size = C.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
+                        q.pieces[i] += buf.raw[: max(size, 0)]
+                        q.counts[i] += 1
+                        if stop and stop in q.pieces[i]:
+                            del q.pieces[i][q.pieces[i].index(stop):]
+                            ended = True
+                    if ended:
+                        q.reasons[i] = "stop"
+                    elif q.counts[i] >= max_tokens:
+                        ended = True
+                    if ended:
+                        reserved -= self._end_sequence(q, seq, mem, samplers, owner, free)
+                        del logits_at[seq]
+                        continue
+                    step.append((tok, len(q.prompt) + q.counts[i] - 1, (seq,), True))
+                # Queries whose sequences have all ended are done: hand them back.
+                for q in [q for q in queries if not q.running]:
+                    queries.remove(q)
+                    reserved -= q.reserved
+                    yield q.request, self._completions(q)
+                # Fill the rest of the batch with prompt chunks of admitted queries.
+                for q in queries:
+                    room = self.n_batch - len(step)
+                    if q.cursor >= len(q.prompt) or room <= 0:
+                        continue
+                    chunk = q.prompt[q.cursor : q.cursor + room]
+                    last = q.cursor + len(chunk) == len(q.prompt)
+                    step += [(t, q.cursor + j, tuple(q.seqs), last and j == len(chunk) - 1)
+                             for j, t in enumerate(chunk)]
+                    q.cursor += len(chunk)
+                if not step:
+                    continue
+                self._decode(step)
+                logits_at = {}
+                for row, (_, _, ids, wants) in enumerate(step):
+                    if wants:
+                        for seq in ids:  # a finished prompt: all its passes start from its last row
+                            logits_at[seq] = row
         finally:
-            for smp in samplers:
-                self.C.llama_sampler_free(smp)
-        seconds = time.perf_counter() - t0
-        prefill = think_prefill(text)
-        return [Completion(out, len(prompt), ntok, reason, seconds, prefill) for out, ntok, reason in outs]
+            for smp in samplers.values():
+                C.llama_sampler_free(smp)
+            self.in_flight = 0
+
+    def _end_sequence(self, q: _Query, seq: int, mem: Any, samplers: dict[int, Any],
+                      owner: dict[int, _Query], free: list[int]) -> int:
+        """Free a finished sequence's cells and id; returns the cells it no longer holds."""
+        self.C.llama_memory_seq_rm(mem, seq, -1, -1)
+        self.C.llama_sampler_free(samplers.pop(seq))
+        del owner[seq]
+        free.append(seq)
+        q.running.discard(seq)
+        released = self.teacher.sampling.max_tokens
+        if not q.running:
+            released += len(q.prompt)  # the shared prompt cells went with the last sequence
+        q.reserved -= released
+        return released
+
+    def _completions(self, q: _Query) -> list[Completion]:
+        seconds = time.perf_counter() - q.started
+        return [Completion(p.decode("utf-8", errors="replace"), len(q.prompt), n, reason, seconds, q.prefill)
+                for p, n, reason in zip(q.pieces, q.counts, q.reasons, strict=True)]
 
     def response_logprobs(self, question: str, response: str) -> list[float]:
         """Log-probability of each token of ``response`` after this teacher's prompt for ``question``
@@ -219,12 +375,15 @@ class LlamaCppBackend:
             return float(logits[token]) - top - float(np.log(np.exp(logits - top).sum()))
 
         self.C.llama_memory_clear(self.C.llama_get_memory(self.ctx), True)
-        self._prefill(prompt)
+        for start in range(0, len(prompt), self.n_batch):
+            chunk = prompt[start : start + self.n_batch]
+            last = start + len(chunk) == len(prompt)
+            self._decode([(t, start + i, (0,), last and i == len(chunk) - 1) for i, t in enumerate(chunk)])
         out = [logprob(-1, target[0])]
         feed = target[:-1]  # token i's logits predict token i + 1
         for start in range(0, len(feed), self.n_batch):
             chunk = feed[start : start + self.n_batch]
-            self._decode([(t, len(prompt) + start + i, 0, True) for i, t in enumerate(chunk)])
+            self._decode([(t, len(prompt) + start + i, (0,), True) for i, t in enumerate(chunk)])
             out += [logprob(i, target[start + i + 1]) for i in range(len(chunk))]
         return out
 
@@ -232,43 +391,6 @@ class LlamaCppBackend:
         """Chat templates that write the BOS token themselves must not get a second one."""
         bos = self.llm.token_bos()
         return bos >= 0 and prompt.startswith(self.llm._model.token_get_text(bos))
-
-    def _run_sequences(self, samplers: list[Any], n_prompt: int) -> list[tuple[str, int, str]]:
-        C, s = self.C, self.teacher.sampling
-        n = len(samplers)
-        pieces: list[bytearray] = [bytearray() for _ in range(n)]
-        counts = [0] * n
-        reasons = ["length"] * n
-        active = list(range(n))
-        logit_index = dict.fromkeys(range(n), -1)  # all sequences start from the prompt's last logits
-        stop = COMPLETION_STOP.encode() if self.teacher.template == "completion" else None
-        buf = (ctypes.c_char * 256)()
-        while active:
-            step: list[tuple[int, int, int, bool]] = []
-            still: list[int] = []
-            for seq in active:
-                tok = C.llama_sampler_sample(samplers[seq], self.ctx, logit_index[seq])
-                if C.llama_vocab_is_eog(self.vocab, tok):
-                    reasons[seq] = "stop"
-                    continue
-                size = C.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
-                pieces[seq] += buf.raw[: max(size, 0)]
-                counts[seq] += 1
-                if stop and stop in pieces[seq]:
-                    del pieces[seq][pieces[seq].index(stop):]
-                    reasons[seq] = "stop"
-                    continue
-                if counts[seq] >= s.max_tokens:
-                    continue
-                step.append((tok, n_prompt + counts[seq] - 1, seq, True))
-                still.append(seq)
-            if not step:
-                break
-            self._decode(step)
-            logit_index = {seq: i for i, seq in enumerate(still)}
-            active = still
-        return [(p.decode("utf-8", errors="replace"), c, r) for p, c, r in zip(pieces, counts, reasons,
-                                                                               strict=True)]
 
 
 class PromptTooLong(TeacherError):
@@ -322,7 +444,7 @@ class OpenAIBackend:
         for attempt in range(retries + 1):
             try:
                 with urllib.request.urlopen(req, timeout=self.teacher.timeout_s) as resp:
-                    return dict(json.loads(resp.read()))
+                    return dict(json.loads(self._read_body(resp, time.monotonic() + self.teacher.timeout_s)))
             except urllib.error.HTTPError as exc:
                 last = exc
                 if exc.code < 500 and exc.code != 429:
@@ -357,6 +479,43 @@ class OpenAIBackend:
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise TeacherError(f"teacher {self.teacher.name}: malformed response from {self.url}{path} "
                                f"({str(data)[:80]!r})") from exc
+
+    def _read_body(self, resp: Any, deadline: float) -> bytes:
+        """The body within the request's total deadline (a server trickling bytes cannot hold a
+        request past it) and under a size cap that max_tokens justifies."""
+        cap = RESPONSE_BYTES_PER_TOKEN * self.teacher.sampling.max_tokens + (1 << 16)
+        body = bytearray()
+        while chunk := resp.read1(1 << 16):
+            body += chunk
+            if len(body) > cap:
+                raise TeacherError(f"teacher {self.teacher.name}: a reply of over {cap} bytes for "
+                                   f"max_tokens {self.teacher.sampling.max_tokens}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no complete reply within {self.teacher.timeout_s:g} s")
+        return bytes(body)
+
+    def generate_many(self, requests: Iterable[Request], schema: dict[str, Any] | None = None,
+                      ) -> Iterator[tuple[Request, list[Completion] | PromptTooLong]]:
+        """Requests across queries, at most ``concurrency`` at a time; each query comes back when its
+        last pass has."""
+        todo = iter(requests)
+        in_flight: dict[Any, tuple[Request, list[Any]]] = {}
+        slots = self.teacher.concurrency
+        while True:
+            while sum(len(fs) for _, fs in in_flight.values()) < slots:
+                req = next(todo, None)
+                if req is None:
+                    break
+                futures = [self.pool.submit(self._one, req.question, seed, schema) for seed in req.seeds]
+                in_flight[id(req)] = (req, futures)
+            if not in_flight:
+                return
+            done = next((k for k, (_, fs) in in_flight.items() if all(f.done() for f in fs)), None)
+            if done is None:
+                wait([f for _, fs in in_flight.values() for f in fs], return_when=FIRST_COMPLETED)
+                continue
+            req, futures = in_flight.pop(done)
+            yield req, [f.result() for f in futures]
 
     def generate(self, question: str, seeds: list[int],
                  schema: dict[str, Any] | None = None) -> list[Completion]:

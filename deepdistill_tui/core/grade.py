@@ -234,7 +234,7 @@ def judge_factory(recipe: Recipe) -> Callable[[], Backend] | None:
     def make() -> Backend:
         from deepdistill_tui.core.sample import open_backend
 
-        return open_backend(recipe.teacher(name), passes=1)[0]
+        return open_backend(recipe.teacher(name), passes=1, sequences=1)[0]
 
     return make
 

@@ -114,7 +114,7 @@ def score_perplexity(store: Store, recipe: Recipe, teacher_id: str, *, emit: Emi
         (teacher_id,)).fetchall()
     if not name or not todo:
         return {"scored": 0}
-    backend, _ = open_backend(recipe.teacher(name), passes=1)
+    backend, _ = open_backend(recipe.teacher(name), passes=1, sequences=1)
     assert isinstance(backend, LlamaCppBackend)
     start, done = time.perf_counter(), 0
     emit({"event": "perplexity_started", "total": len(todo), "model": name})

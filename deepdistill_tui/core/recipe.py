@@ -184,6 +184,9 @@ class Teacher(_Model):
     n_ctx: int = Field(default=4096, ge=256)
     threads: int | None = Field(default=None, ge=1)
     batch_passes: bool = True
+    """False decodes one sequence at a time (a reference for the benchmarks)."""
+    max_sequences: int | None = Field(default=None, ge=1, le=1024)
+    """Sequences in flight across queries (continuous batching); None: ~16 on a CPU, 64 on a GPU."""
     concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=600, gt=0)
 

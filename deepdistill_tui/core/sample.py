@@ -13,7 +13,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,9 @@ from deepdistill_tui.core.backends import (
     LlamaCppBackend,
     OpenAIBackend,
     PromptTooLong,
+    Request,
     TeacherError,
+    auto_sequences,
 )
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.models import check_gguf, fetch, file_sha256
@@ -168,7 +170,10 @@ def sampler_lock(db_path: Path, emit: Emit) -> Iterator[None]:
 # ---------------------------------------------------------------- running
 
 
-def open_backend(teacher: Teacher, passes: int) -> tuple[Backend, Path | None]:
+def open_backend(teacher: Teacher, passes: int,
+                 sequences: int | None = None) -> tuple[Backend, Path | None]:
+    """The teacher's backend, sized for ``passes`` per query and ``sequences`` in flight (default:
+    the recipe's ``max_sequences``, else automatic; 1 when ``batch_passes`` is off)."""
     if teacher.backend == "llama_cpp":
         assert teacher.model is not None
         path = fetch(teacher.model)
@@ -176,8 +181,11 @@ def open_backend(teacher: Teacher, passes: int) -> tuple[Backend, Path | None]:
             check_gguf(path)
         except DeepDistillError as exc:
             raise TeacherError(f"teacher {teacher.name}: {exc}") from exc
-        max_seqs = passes if teacher.batch_passes else 1
-        return LlamaCppBackend(teacher, path, max_seqs), path
+        if not teacher.batch_passes:
+            sequences = 1
+        elif sequences is None:
+            sequences = teacher.max_sequences or auto_sequences(passes)
+        return LlamaCppBackend(teacher, path, sequences, passes), path
     if teacher.backend == "openai":
         return OpenAIBackend(teacher), None
     raise TeacherError(f"teacher {teacher.name}: backend {teacher.backend} cannot sample")
@@ -185,50 +193,64 @@ def open_backend(teacher: Teacher, passes: int) -> tuple[Backend, Path | None]:
 
 def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int | None = None,
                    emit: Emit = _noop, stop: threading.Event | None = None) -> TeacherReport:
+    """Every missing pass of every query, through the backend's continuous batching; each query's
+    passes land in one transaction when its last pass ends, so a kill loses only queries in flight."""
     report = TeacherReport(teacher.name)
     passes = recipe.sampling.passes
     backend, path = open_backend(teacher, passes)
+    answers = None
     try:
         report.teacher_id = register_teacher(store, teacher, path)
         jobs = pending(store, report.teacher_id, passes, limit or recipe.sampling.query_limit)
         emit({"event": "sample_started", "teacher": teacher.name, "queries_total": len(jobs),
               "passes_total": sum(len(j.missing) for j in jobs)})
         start = time.perf_counter()
-        for job in jobs:
-            if stop is not None and stop.is_set():
-                break
-            _sample_job(store, teacher, backend, job, report)
+        requests = (Request(job, job.question, [pass_seed(teacher.sampling.seed, job.query_id, p)
+                                                for p in job.missing])
+                    for job in jobs if stop is None or not stop.is_set())
+        answers = _answers(backend, requests)
+        for request, outs in answers:
+            if isinstance(outs, PromptTooLong):
+                report.skipped.append(f"{request.key.query_id}: {outs}")
+                continue
+            store_passes(store, request.key, report.teacher_id, request.seeds, outs)
+            report.queries += 1
+            report.samples += len(outs)
+            report.tokens += sum(c.completion_tokens for c in outs)
+            report.last_response = outs[-1].text if outs else ""
             report.seconds = time.perf_counter() - start
-            _emit_progress(emit, report, len(jobs))
+            _emit_progress(emit, report, len(jobs), getattr(backend, "in_flight", None))
+            if stop is not None and stop.is_set():
+                break  # the queries still in flight are dropped whole, never stored in part
     finally:
+        if answers is not None:
+            answers.close()  # the engine's samplers go before the model they belong to
         backend.close()
     return report
 
 
-def _sample_job(store: Store, teacher: Teacher, backend: Backend, job: Job,
-                report: TeacherReport) -> None:
-    seeds = [pass_seed(teacher.sampling.seed, job.query_id, p) for p in job.missing]
-    outs: list[Completion] = []
-    try:
-        if isinstance(backend, LlamaCppBackend) and backend.max_seqs < len(seeds):
-            for seed in seeds:  # batching off: one sequence at a time
-                outs.extend(backend.generate(job.question, [seed]))
-        else:
-            outs = backend.generate(job.question, seeds)
-    except PromptTooLong as exc:
-        report.skipped.append(f"{job.query_id}: {exc}")
+def _answers(backend: Backend, requests: Iterator[Request],
+             ) -> Generator[tuple[Request, list[Completion] | PromptTooLong], None, None]:
+    if isinstance(backend, LlamaCppBackend | OpenAIBackend):
+        yield from backend.generate_many(requests)
         return
-    store_passes(store, job, report.teacher_id, seeds, outs)
-    report.queries += 1
-    report.samples += len(outs)
-    report.tokens += sum(c.completion_tokens for c in outs)
-    report.last_response = outs[-1].text if outs else ""
+    for req in requests:  # any other backend: one query at a time
+        try:
+            yield req, backend.generate(req.question, req.seeds)
+        except PromptTooLong as exc:
+            yield req, exc
 
 
-def _emit_progress(emit: Emit, report: TeacherReport, total: int) -> None:
+def in_flight_text(event: dict[str, Any]) -> str:
+    """The part of a progress line about the engine: both faces show it the same way."""
+    n = event.get("in_flight")
+    return f" · {n} sequences in flight" if n else ""
+
+
+def _emit_progress(emit: Emit, report: TeacherReport, total: int, in_flight: int | None) -> None:
     rate = report.queries / report.seconds if report.seconds else 0.0
     emit({"event": "sample_progress", "teacher": report.teacher, "queries_done": report.queries,
-          "queries_total": total, "samples": report.samples,
+          "queries_total": total, "samples": report.samples, "in_flight": in_flight,
           "tokens_per_s": report.tokens / report.seconds if report.seconds else 0.0,
           "eta_s": (total - report.queries) / rate if rate else None,
           "last_response": report.last_response[-400:]})

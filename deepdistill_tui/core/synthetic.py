@@ -64,8 +64,9 @@ def write_am_files(out_dir: Path, n_queries: int, *, categories: tuple[str, ...]
     return sorted(out_dir.glob("*pass.jsonl"))
 
 
-_VOCAB = ("add subtract both sides term value check step equation so then gives divide multiply "
-          "coefficient constant result verify again sum left right hence therefore first next").split()
+_VOCAB = ("add", "subtract", "both", "sides", "term", "value", "check", "step", "equation", "so", "then",
+          "gives", "divide", "multiply", "coefficient", "constant", "result", "verify", "again", "sum",
+          "left", "right", "hence", "therefore", "first", "next")
 
 
 def _reasoning(rng: random.Random, opening: str, chars: int) -> str:

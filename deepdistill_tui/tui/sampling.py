@@ -8,6 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Log, ProgressBar, Static
 
+from deepdistill_tui.core.sample import in_flight_text
+
 
 class SamplePane(Vertical):
     DEFAULT_CSS = """
@@ -40,7 +42,7 @@ class SamplePane(Vertical):
         elif kind == "sample_progress":
             bar.update(progress=event["queries_done"])
             line = (f"{event['queries_done']}/{event['queries_total']} queries · "
-                    f"{event['tokens_per_s']:.0f} tok/s")
+                    f"{event['tokens_per_s']:.0f} tok/s{in_flight_text(event)}")
             status.update(f"[b]{event['teacher']}[/]: {line}")
             self._teacher(event["teacher"], line)
             text = " ".join(event["last_response"].split())[:200]

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from deepdistill_tui.core.backends import Request
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.select import run_selection
 from deepdistill_tui.core.store import Store
@@ -136,12 +137,15 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         assert store.scalar("SELECT status FROM runs WHERE command = 'train'") == "ok"
 
 
-def test_eval_compares_base_and_trained_on_held_out_problems(tmp_path: Path) -> None:
+def test_eval_through_llama_cpp_on_base_and_exported_student(tmp_path: Path) -> None:
+    """Both students answer through the sampler on their GGUF files (the base's, the one training
+    exported); each result has its interval, and the trained one a paired difference with the base."""
     from deepdistill_tui.core.evaluate import comparison, evaluate
 
     data = recipe(max_steps=2, save_steps=2).model_dump()
     data["eval"].update({"k": 2, "max_tokens": 24, "limit": 2})
     r = Recipe.model_validate(data)
+    assert r.training.gguf  # the tiny recipe exports the trained student as GGUF
     with training_store(tmp_path / "e.db", r) as store:
         with store.write() as conn:
             conn.execute("INSERT INTO queries VALUES ('e1', 'What is 2 + 2?', 'math', 'eval', '4', NULL,"
@@ -155,8 +159,39 @@ def test_eval_compares_base_and_trained_on_held_out_problems(tmp_path: Path) -> 
         rows = comparison(store, r)
     assert [row["model"] for row in rows] == ["base", run_id]
     for res in (base, trained):
-        assert res["queries"] == 2 and res["k"] == 2 and 0 <= res["pass_at_1"] <= 1
+        assert res["engine"] == "llama.cpp" and len(res["model_sha256"]) == 64
+        assert res["problems"] == 2 and res["k"] == 2
+        assert 0 <= res["ci_low"] <= res["pass_at_1"] <= res["ci_high"] <= 1
         assert set(res["by_category"]) == {"math", "code"}
+    assert base["model_sha256"] != trained["model_sha256"]
+    delta = rows[1]["delta_vs_base"]
+    assert delta["problems"] == 2 and delta["ci_low"] <= delta["delta"] <= delta["ci_high"]
+    assert delta["delta"] == pytest.approx(trained["pass_at_1"] - base["pass_at_1"])
+    assert "base" in delta["verdict"]
+
+
+def test_answers_that_never_end_stop_at_max_tokens(tmp_path: Path) -> None:
+    """A student asked for something endless stops at max_tokens; one asked a short question stops at
+    its end-of-turn token: the chat template's end of turn ends an answer, not the token budget."""
+    from deepdistill_tui.core.evaluate import sampler_answers, student_model, student_teacher
+    from deepdistill_tui.core.sample import open_backend
+
+    data = load_recipe("tiny").model_dump()
+    data["eval"].update({"k": 2, "max_tokens": 32, "temperature": 0.0})
+    r = Recipe.model_validate(data)
+    with Store(tmp_path / "s.db") as store:
+        model = student_model(store, r, "base")
+    backend, _ = open_backend(student_teacher(r, model), passes=2)
+    try:
+        outs = {req.key: o for req, o in backend.generate_many([  # type: ignore[attr-defined]
+            Request("endless", "Count from 1 to 1000, one number per line.", [1, 2]),
+            Request("short", "Reply with the single word: yes", [1, 2])])}
+    finally:
+        backend.close()
+    assert all(c.completion_tokens == 32 and c.finish_reason == "length" for c in outs["endless"])
+    assert all(c.completion_tokens < 32 and c.finish_reason == "stop" for c in outs["short"])
+    answers = sampler_answers(r, model, [("q", "math", "What is 2 + 2?", "4", None)], lambda e: None, None)
+    assert len(answers["q"]) == 2
 
 
 def _gpu_stack() -> bool:

@@ -49,13 +49,28 @@ def print_evals(console: Any, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     cats = sorted({c for r in rows for c in r["by_category"]})
-    table = Table("model", "k", "queries", "pass@1", *cats, title="Evaluation (held-out split)",
-                  title_justify="left")
+    table = Table("model", "engine", "k", "problems", "pass@1 [95% CI]", "vs base [95% CI]", *cats,
+                  title="Evaluation (held-out split)", title_justify="left")
     for r in rows:
-        table.add_row(r["model"], str(r["k"]), str(r["queries"]), f"{100 * r['pass_at_1']:.1f}%",
-                      *(f"{100 * r['by_category'][c]:.1f}%" if c in r["by_category"] else "-"
-                        for c in cats))
+        d = r.get("delta_vs_base")
+        table.add_row(r["model"], r["engine"].split(" ")[0], str(r["k"]), str(r["problems"]), _pct(r),
+                      _delta(d) if d and d.get("problems") else "-",
+                      *(_pct(r["by_category"][c]) if c in r["by_category"] else "-" for c in cats))
     console.print(table)
+    for r in rows:
+        d = r.get("delta_vs_base")
+        if d and d.get("problems"):
+            console.print(f"{r['model']}: {d['verdict']}.")
+        if not r["engine"].startswith("llama.cpp"):
+            console.print(f"[yellow]{r['model']}: answered by {r['engine']}[/]")
+
+
+def _pct(r: dict[str, Any]) -> str:
+    return f"{100 * r['pass_at_1']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+
+
+def _delta(d: dict[str, Any]) -> str:
+    return f"{100 * d['delta']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

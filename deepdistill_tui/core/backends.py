@@ -13,7 +13,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,7 +230,7 @@ class LlamaCppBackend:
         return out
 
     def generate_many(self, requests: Iterable[Request], schema: dict[str, Any] | None = None,
-                      ) -> Iterator[tuple[Request, list[Completion] | PromptTooLong]]:
+                      ) -> Generator[tuple[Request, list[Completion] | PromptTooLong], None, None]:
         """Each request's completions as soon as its last pass ends (not in request order). A prompt
         too long for the context comes back as its PromptTooLong, and the others go on."""
         grammar = None

@@ -1,9 +1,17 @@
-"""Evaluation: pass@1 of the student, base or trained, on the held-out split.
+"""Evaluation: pass@1 of the student, base or trained, on the held-out split, with error bars.
 
 pass@1 is averaged over k samples per problem (PAPER.md section 7): for each eval query the student
 answers k times (temperature and top-p from the recipe's eval section), the same graders as for teacher
-answers score each answer, and a query's pass@1 is its share of passing answers. Results are stored in
-``evals`` and shown base against trained, whatever the numbers are.
+answers score each answer, and a query's pass@1 is its share of passing answers.
+
+The student answers through the same engine as the teachers: llama.cpp on its GGUF file (the base's,
+or the one a training run exported), with the chat template, continuous batching and the model's
+end-of-turn tokens. The student is the next round's teacher, so it is judged the way it will be used.
+transformers ``generate`` remains only for a student with no GGUF (a Hub checkpoint, a run that
+exported none), and the result says so (``engine``).
+
+Each result carries a 95% bootstrap interval over problems, and a trained model's comparison with the
+base carries a paired interval of the difference (core/intervals.py). Results are stored in ``evals``.
 """
 
 from __future__ import annotations
@@ -12,11 +20,14 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.grade import Grader, Item
-from deepdistill_tui.core.recipe import Recipe
+from deepdistill_tui.core.intervals import bootstrap_interval, paired_difference, significance
+from deepdistill_tui.core.recipe import ModelRef, Recipe, SamplingParams, Teacher
 from deepdistill_tui.core.store import Store
 from deepdistill_tui.core.text import split_response
 
@@ -36,15 +47,6 @@ def eval_queries(store: Store, recipe: Recipe) -> list[tuple[str, str, str, str 
     if not rows:
         raise DeepDistillError(f"no math or code queries in split {recipe.eval.split!r} to evaluate on")
     return rows
-
-
-def trained_adapter(store: Store, run_id: str) -> str:
-    run = store.run(run_id)
-    if run is None or run["command"] != "train":
-        raise DeepDistillError(f"no training run {run_id!r}")
-    if run["status"] != "ok":
-        raise DeepDistillError(f"training run {run_id} is {run['status']}, not finished")
-    return str(run["result"]["output"])
 
 
 def latest_trained_run(store: Store, recipe: Recipe) -> str | None:
@@ -97,64 +99,190 @@ def generate(model: Any, tok: Any, questions: list[str], recipe: Recipe) -> list
     return [[str(t) for t in texts[i * e.k : (i + 1) * e.k]] for i in range(len(questions))]
 
 
-def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
-             emit: Emit = _noop, stop: threading.Event | None = None) -> dict[str, Any]:
-    """pass@1 of the base student or of a training run's adapter; stored in ``evals``.
-    ``stop`` ends it between batches; nothing is stored then."""
+@dataclass(frozen=True)
+class StudentModel:
+    """What answers for ``name``: a GGUF file through the sampler, else an adapter through transformers."""
+
+    name: str
+    gguf: Path | None
+    adapter: str | None
+    fallback_reason: str | None = None
+
+
+def student_model(store: Store, recipe: Recipe, name: str) -> StudentModel:
+    from deepdistill_tui.core.models import fetch
+
+    student = recipe.training.student
+    if name == "base":
+        if student.model is not None:
+            return StudentModel(name, fetch(student.model), None)
+        return StudentModel(name, None, None, f"the student {student.name} is a transformers checkpoint "
+                            "with no GGUF file to sample")
+    run = store.run(name)
+    if run is None or run["command"] != "train":
+        raise DeepDistillError(f"no training run {name!r}")
+    if run["status"] != "ok":
+        raise DeepDistillError(f"training run {name} is {run['status']}, not finished")
+    gguf = run["result"].get("gguf")
+    if gguf and Path(gguf).exists():
+        return StudentModel(name, Path(gguf), None)
+    return StudentModel(name, None, str(run["result"]["output"]),
+                        f"training run {name} exported no GGUF file (set training.gguf)")
+
+
+def student_teacher(recipe: Recipe, model: StudentModel) -> Teacher:
+    """The student as a teacher: chat template, no system prompt (as it was trained), eval sampling."""
+    e = recipe.eval
+    return Teacher(name=f"student-{model.name}", backend="llama_cpp", model=ModelRef(path=str(model.gguf)),
+                   template="chat", system_prompt="", n_ctx=e.max_tokens + 1024,
+                   sampling=SamplingParams(temperature=e.temperature, top_p=e.top_p,
+                                           max_tokens=e.max_tokens, seed=recipe.seed))
+
+
+Query = tuple[str, str, str, str | None, str | None]
+
+
+def sampler_answers(recipe: Recipe, model: StudentModel, queries: list[Query], emit: Emit,
+                    stop: threading.Event | None) -> dict[str, list[str]]:
+    """k answers per problem through llama.cpp's continuous batching; a prompt that does not fit the
+    context gets k empty answers (graded as failures, never skipped: the problem set stays fixed)."""
+    from deepdistill_tui.core.backends import LlamaCppBackend, PromptTooLong, Request
+    from deepdistill_tui.core.sample import open_backend, pass_seed
+
+    k = recipe.eval.k
+    backend, _ = open_backend(student_teacher(recipe, model), passes=k)
+    answers: dict[str, list[str]] = {}
+    requests = (Request(q, q[2], [pass_seed(recipe.seed, q[0], i) for i in range(k)]) for q in queries
+                if stop is None or not stop.is_set())
+    assert isinstance(backend, LlamaCppBackend)
+    stream = backend.generate_many(requests)
+    try:
+        for req, outs in stream:
+            answers[req.key[0]] = [""] * k if isinstance(outs, PromptTooLong) else [c.text for c in outs]
+            emit({"event": "eval_progress", "model": model.name, "done": len(answers),
+                  "total": len(queries)})
+    finally:
+        stream.close()
+        backend.close()
+    if len(answers) < len(queries):
+        raise DeepDistillError(f"evaluation of {model.name} stopped; nothing was stored")
+    return answers
+
+
+def transformers_answers(recipe: Recipe, model: StudentModel, queries: list[Query], emit: Emit,
+                         stop: threading.Event | None) -> dict[str, list[str]]:
     import torch
 
     torch.manual_seed(recipe.seed)
-    adapter = None if model_name == "base" else trained_adapter(store, model_name)
-    queries = eval_queries(store, recipe)
-    model, tok = load_student(recipe, adapter)
-    items: list[Item] = []
-    start = time.perf_counter()
+    hf_model, tok = load_student(recipe, model.adapter)
+    answers: dict[str, list[str]] = {}
     for first in range(0, len(queries), GEN_BATCH):
         if stop is not None and stop.is_set():
-            raise DeepDistillError(f"evaluation of {model_name} stopped; nothing was stored")
+            raise DeepDistillError(f"evaluation of {model.name} stopped; nothing was stored")
         batch = queries[first : first + GEN_BATCH]
-        answers = generate(model, tok, [q[2] for q in batch], recipe)
-        for (qid, cat, question, truth, tests), texts in zip(batch, answers, strict=True):
-            for i, text in enumerate(texts):
-                reasoning, answer = split_response(text)
-                items.append(Item((qid, i), cat, question, text, reasoning, answer, truth,
-                                  json.loads(tests) if tests else None))
-        emit({"event": "eval_progress", "model": model_name, "done": first + len(batch),
+        for q, texts in zip(batch, generate(hf_model, tok, [q[2] for q in batch], recipe), strict=True):
+            answers[q[0]] = texts
+        emit({"event": "eval_progress", "model": model.name, "done": first + len(batch),
               "total": len(queries)})
+    return answers
+
+
+def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
+             emit: Emit = _noop, stop: threading.Event | None = None) -> dict[str, Any]:
+    """pass@1 of the base student or of a training run's output, with its interval; stored in
+    ``evals``. ``stop`` ends it early; nothing is stored then."""
+    from deepdistill_tui.core.models import file_sha256
+
+    model = student_model(store, recipe, model_name)
+    queries = eval_queries(store, recipe)
+    start = time.perf_counter()
+    if model.gguf is not None:
+        engine, sha = "llama.cpp", file_sha256(model.gguf)
+        answers = sampler_answers(recipe, model, queries, emit, stop)
+    else:
+        engine, sha = "transformers (fallback: " + str(model.fallback_reason) + ")", None
+        emit({"event": "eval_fallback", "model": model_name, "message": f"evaluating {model_name} with "
+              f"transformers generate: {model.fallback_reason}"})
+        answers = transformers_answers(recipe, model, queries, emit, stop)
+    items = [Item((qid, i), cat, question, text, *split_response(text), truth,
+                  json.loads(tests) if tests else None)
+             for qid, cat, question, truth, tests in queries for i, text in enumerate(answers[qid])]
     # The student is judged on its answers: no format filter (a base model writes no <think>).
     grading = recipe.grading.model_copy(update={"require_reasoning": False})
     passed: dict[str, int] = {}
     with Grader(grading) as grader:
         for item, g in grader.grade(items):
             passed[item.key[0]] = passed.get(item.key[0], 0) + int(g.passed)
-    return _store_result(store, recipe, model_name, queries, passed, time.perf_counter() - start)
+    return _store_result(store, recipe, model_name, queries, passed, time.perf_counter() - start,
+                         engine, sha)
 
 
 def _store_result(store: Store, recipe: Recipe, model_name: str, queries: list[Any],
-                  passed: dict[str, int], seconds: float) -> dict[str, Any]:
+                  passed: dict[str, int], seconds: float, engine: str, sha: str | None) -> dict[str, Any]:
     k = recipe.eval.k
-    per_query = {q[0]: passed.get(q[0], 0) / k for q in queries}
-    by_cat: dict[str, list[float]] = {}
-    for qid, cat, *_ in queries:
-        by_cat.setdefault(cat, []).append(per_query[qid])
-    result = {"model": model_name, "split": recipe.eval.split, "k": k, "queries": len(queries),
-              "pass_at_1": sum(per_query.values()) / len(per_query),
-              "by_category": {c: sum(v) / len(v) for c, v in by_cat.items()},
-              "seconds": round(seconds, 1)}
+    per_query = {qid: [cat, passed.get(qid, 0) / k] for qid, cat, *_ in queries}
+    result = {"model": model_name, "split": recipe.eval.split, "k": k, "engine": engine,
+              "model_sha256": sha, **_summary(per_query, recipe.seed), "seconds": round(seconds, 1)}
     with store.write() as conn:
         conn.execute(
-            "INSERT INTO evals (recipe_name, model, split, k, queries, pass_at_1, by_category, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(recipe_name, model, split) DO UPDATE SET"
-            " k = excluded.k, queries = excluded.queries, pass_at_1 = excluded.pass_at_1,"
-            " by_category = excluded.by_category, created_at = excluded.created_at",
+            "INSERT INTO evals (recipe_name, model, split, k, queries, pass_at_1, by_category, created_at,"
+            " ci_low, ci_high, per_query, model_sha256, engine)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(recipe_name, model, split) DO UPDATE SET k = excluded.k,"
+            " queries = excluded.queries, pass_at_1 = excluded.pass_at_1,"
+            " by_category = excluded.by_category, created_at = excluded.created_at,"
+            " ci_low = excluded.ci_low, ci_high = excluded.ci_high, per_query = excluded.per_query,"
+            " model_sha256 = excluded.model_sha256, engine = excluded.engine",
             (recipe.name, model_name, recipe.eval.split, k, len(queries), result["pass_at_1"],
-             json.dumps(result["by_category"]), time.time()))
+             json.dumps(result["by_category"]), time.time(), result["ci_low"], result["ci_high"],
+             json.dumps(per_query), sha, engine))
     return result
 
 
+def _summary(per_query: dict[str, list[Any]], seed: int) -> dict[str, Any]:
+    """pass@1 with its interval over problems, overall and per category."""
+    def one(values: list[float]) -> dict[str, Any]:
+        lo, hi = bootstrap_interval(values, seed)
+        return {"pass_at_1": sum(values) / len(values), "ci_low": lo, "ci_high": hi,
+                "problems": len(values)}
+
+    by_cat: dict[str, list[float]] = {}
+    for cat, share in per_query.values():
+        by_cat.setdefault(cat, []).append(share)
+    return {**one([share for _, share in per_query.values()]),
+            "by_category": {c: one(v) for c, v in sorted(by_cat.items())}}
+
+
 def comparison(store: Store, recipe: Recipe) -> list[dict[str, Any]]:
+    """Every evaluated model of the recipe, base first; a trained model also gets ``delta_vs_base``:
+    the paired difference over the problems both answered, with its interval, overall and per category."""
     rows = store.conn.execute(
-        "SELECT model, k, queries, pass_at_1, by_category FROM evals WHERE recipe_name = ?"
-        " ORDER BY model != 'base', created_at", (recipe.name,)).fetchall()
-    return [{"model": m, "k": k, "queries": n, "pass_at_1": p, "by_category": json.loads(c)}
-            for m, k, n, p, c in rows]
+        "SELECT model, k, per_query, engine, model_sha256 FROM evals WHERE recipe_name = ? AND split = ?"
+        " AND per_query IS NOT NULL ORDER BY model != 'base', created_at",
+        (recipe.name, recipe.eval.split)).fetchall()
+    out = []
+    base: dict[str, list[Any]] | None = None
+    for model, k, per_query_json, engine, sha in rows:
+        per_query = json.loads(per_query_json)
+        entry = {"model": model, "k": k, "engine": engine, "model_sha256": sha,
+                 **_summary(per_query, recipe.seed)}
+        if model == "base":
+            base = per_query
+        elif base is not None:
+            entry["delta_vs_base"] = _delta(base, per_query, recipe.seed)
+        out.append(entry)
+    return out
+
+
+def _delta(base: dict[str, list[Any]], other: dict[str, list[Any]], seed: int) -> dict[str, Any]:
+    common = sorted(set(base) & set(other))
+    if not common:
+        return {"problems": 0}
+
+    def one(qids: list[str]) -> dict[str, Any]:
+        delta, lo, hi = paired_difference([base[q][1] for q in qids], [other[q][1] for q in qids], seed)
+        return {"delta": delta, "ci_low": lo, "ci_high": hi, "problems": len(qids),
+                "verdict": significance(lo, hi)}
+
+    cats = sorted({base[q][0] for q in common})
+    return {**one(common), "by_category": {c: one([q for q in common if base[q][0] == c]) for c in cats}}

@@ -145,6 +145,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (query_id, teacher)
     ) WITHOUT ROWID;
     """,
+    # Evaluation with its error bars: the interval over problems, each problem's pass rate (for paired
+    # differences against the base), the model file's hash and the engine that generated the answers.
+    """
+    ALTER TABLE evals ADD COLUMN ci_low REAL;
+    ALTER TABLE evals ADD COLUMN ci_high REAL;
+    ALTER TABLE evals ADD COLUMN per_query TEXT;
+    ALTER TABLE evals ADD COLUMN model_sha256 TEXT;
+    ALTER TABLE evals ADD COLUMN engine TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -33,10 +33,42 @@ class EvalPane(Vertical):
         table = self.query_one("#evals", DataTable)
         cats = sorted({c for r in rows for c in r["by_category"]})
         table.clear(columns=True)
-        table.add_columns("model", "k", "problems", "pass@1", *cats)
+        table.add_columns("model", "k", "problems", "pass@1 [95% CI]", "0%" + " " * (BAR - 6) + "100%",
+                          "vs base [95% CI]", *cats)
         for r in rows:
-            table.add_row(r["model"], r["k"], r["queries"], f"{r['pass_at_1']:.1%}",
-                          *(f"{r['by_category'][c]:.1%}" if c in r["by_category"] else "-" for c in cats))
+            d = r.get("delta_vs_base") or {}
+            table.add_row(r["model"], r["k"], r["problems"], pct(r), interval_bar(r),
+                          delta_text(d) if d.get("problems") else "-",
+                          *(pct(r["by_category"][c]) if c in r["by_category"] else "-" for c in cats))
         if rows:
-            self.query_one("#eval-status", Static).update(
-                f"{len(rows)} evaluated model(s); [b]e[/] evaluates again.")
+            verdicts = [f"[b]{r['model']}[/]: {r['delta_vs_base']['verdict']}" for r in rows
+                        if (r.get("delta_vs_base") or {}).get("problems")]
+            fallbacks = [f"{r['model']} answered by {r['engine']}" for r in rows
+                         if not r["engine"].startswith("llama.cpp")]
+            self.query_one("#eval-status", Static).update("\n".join(
+                [f"{len(rows)} evaluated model(s); [b]e[/] evaluates again.", *verdicts, *fallbacks]))
+
+
+BAR = 24
+
+
+def interval_bar(r: dict[str, Any], width: int = BAR) -> str:
+    """pass@1 and its interval drawn on a 0-100% scale: ├──●──┤."""
+    def at(x: float) -> int:
+        return min(width - 1, max(0, round(x * (width - 1))))
+
+    lo, mid, hi = at(r["ci_low"]), at(r["pass_at_1"]), at(r["ci_high"])
+    cells = [" "] * width
+    for i in range(lo, hi + 1):
+        cells[i] = "─"
+    cells[lo], cells[hi] = "├", "┤"
+    cells[mid] = "●"
+    return "".join(cells)
+
+
+def pct(r: dict[str, Any]) -> str:
+    return f"{r['pass_at_1']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]"
+
+
+def delta_text(d: dict[str, Any]) -> str:
+    return f"{100 * d['delta']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}] pts"

@@ -1,0 +1,46 @@
+"""Confidence intervals for pass@1 over problems: seeded percentile bootstrap, paired for differences.
+
+pass@1 is a mean over problems of each problem's share of passing answers (of k). Problems are the unit
+that varies from one eval set to the next, so problems are what the bootstrap resamples; a paired
+interval for trained - base resamples the same problems for both, which removes the between-problem
+variance that an unpaired comparison would count twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+RESAMPLES = 4000
+LEVEL = 0.95
+
+
+def bootstrap_interval(values: Sequence[float], seed: int, resamples: int = RESAMPLES,
+                       level: float = LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one value per problem)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        raise ValueError("no problems to bootstrap over")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def paired_difference(base: Sequence[float], other: Sequence[float], seed: int,
+                      resamples: int = RESAMPLES, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean of other - base, interval low, interval high) over the same problems, in the same order."""
+    d = np.asarray(other, dtype=float) - np.asarray(base, dtype=float)
+    lo, hi = bootstrap_interval(d, seed, resamples, level)
+    return float(d.mean()), lo, hi
+
+
+def significance(low: float, high: float) -> str:
+    """In words, for a difference's interval."""
+    if low > 0:
+        return "better than the base (the 95% interval of the difference is above zero)"
+    if high < 0:
+        return "worse than the base (the 95% interval of the difference is below zero)"
+    return "no significant difference from the base (the 95% interval of the difference includes zero)"

@@ -50,3 +50,19 @@ def test_recipes_lists_shipped_recipes() -> None:
     assert out.returncode == 0
     assert {line.split(":")[0] for line in out.stdout.splitlines()} >= {"tiny", "small", "full-32b",
                                                                        "full-72b"}
+
+
+def test_global_options_work_before_or_after_the_command(tmp_path: Path) -> None:
+    """`--db` and `--recipe` where --help shows them (before the command) and after it; a missing
+    recipe is an error, never a silent fall-back to tiny."""
+    for i, args in enumerate((["--db", "{db}", "ingest", "--json"], ["ingest", "--db", "{db}", "--json"],
+                              ["--recipe", "tiny", "--db", "{db}", "ingest", "--json"])):
+        db = tmp_path / f"g{i}.db"
+        r = cli(*(a.format(db=db) for a in args), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert db.exists() and not (tmp_path / "deepdistill.db").exists()
+    for args in (["--recipe", "missing.yaml", "ingest"], ["ingest", "--recipe", "missing.yaml"],
+                 ["--recipe", "missing.yaml", "grade-file", "--input", "in", "--output", "out"]):
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and "missing.yaml" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "deepdistill.db").exists() and not (tmp_path / "out").exists()

@@ -529,3 +529,27 @@ def test_llm_judge_through_a_real_teacher_backend() -> None:
         assert g.grader == "judge" and g.status == "ok", g.detail
         assert g.verify_score is not None and 0 <= g.verify_score <= 5
         assert g.detail.startswith("judge: {")
+
+
+def test_two_graders_on_one_store_grade_each_sample_once(tmp_path: Path) -> None:
+    """The second `grade` waits for the first and finds nothing left: 400 samples, 400 grades, and
+    the two reports add up to 400."""
+    from deepdistill_tui.core.store import Store
+    from tests.test_select import put
+
+    db = tmp_path / "two.db"
+    with Store(db) as s:
+        put(s, {(f"q{i}", "gemma3-270m"): [None] * 4 for i in range(100)})
+        with s.write() as conn:
+            conn.execute("UPDATE queries SET ground_truth = '4'")
+            conn.execute("UPDATE samples SET answer = '\\boxed{4}', response = '\\boxed{4}'")
+    cmd = [sys.executable, "-m", "deepdistill_tui", "grade", "--db", str(db), "--recipe", "tiny",
+           "--json", "--workers", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    graded = [json.loads(out)["graded"] for out, _ in outs]
+    assert sum(graded) == 400 and sorted(graded)[0] == 0
+    with Store(db) as s:
+        assert s.count("grades") == 400

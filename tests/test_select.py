@@ -206,6 +206,35 @@ def test_export_reads_back_with_datasets(store: Store, tmp_path: Path, fmt: str)
     assert row["cv"] == pytest.approx(3**0.5) and row["verify_score"] == 1.0 and row["teacher"] == "r1"
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "hf"])
+def test_export_replaces_only_its_own_output(store: Store, tmp_path: Path, fmt: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder or file the user owns is never removed or overwritten: `--out .` is an error naming it;
+    an earlier export of this project is replaced; a dead export's temp folder is cleaned up."""
+    put(store, FIXTURE, CATS)
+    run_selection(store, recipe(), "e")
+    precious = tmp_path / "work"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    monkeypatch.chdir(precious)
+    with pytest.raises(DeepDistillError, match="exists and is"):
+        export(store, recipe(), "e", fmt, ".")
+    with pytest.raises(DeepDistillError, match="exists and is"):
+        export(store, recipe(), "e", fmt, precious / "notes.txt")
+    assert (precious / "notes.txt").read_text() == "mine"
+    out = tmp_path / "exports" / f"s.{fmt}"
+    stale = out.parent / f".s.{fmt}.ddt-export-tmp-999999999-x"
+    stale.mkdir(parents=True)
+    first = export(store, recipe(), "e", fmt, out)
+    assert not stale.exists()
+    assert export(store, recipe(), "e", fmt, out) == first  # its own earlier output: replaced
+    assert sorted(p.name for p in out.parent.iterdir() if ".ddt-export-tmp-" in p.name) == []
+    if fmt == "jsonl":
+        out.write_text(out.read_text() + "{}\n")  # edited by hand since: no longer ours to replace
+        with pytest.raises(DeepDistillError, match="did not write"):
+            export(store, recipe(), "e", fmt, out)
+
+
 def test_export_unknown_selection_writes_nothing(store: Store, tmp_path: Path) -> None:
     with pytest.raises(DeepDistillError, match="no selection named 'nope'"):
         export(store, recipe(), "nope", "jsonl", tmp_path / "out" / "x.jsonl")

@@ -56,3 +56,24 @@ def test_runs_record_the_resolved_recipe(store: Store) -> None:
     last = store.last_run("ingest")
     assert last is not None and last["status"] == "ok" and last["result"] == {"kept": 3}
     assert store.scalar("SELECT recipe FROM runs") == '{"name": "tiny"}'
+
+
+def test_a_run_whose_process_died_is_marked_interrupted(tmp_path: Path) -> None:
+    """kill -9 leaves a `running` row; the next process to open the store marks it interrupted,
+    saying which process ran it, and leaves a live process's run alone."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "r.db"
+    script = ("import os\nfrom deepdistill_tui.core.store import Store\n"
+              f"s = Store({str(db)!r})\nprint(s.start_run('grade', 'tiny', None, {{}}), flush=True)\n"
+              "os.kill(os.getpid(), 9)\n")
+    dead = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    run_id = dead.stdout.strip()
+    with Store(db) as s:
+        live = s.start_run("sample", "tiny", None, {})
+        status, error = s.conn.execute("SELECT status, error FROM runs WHERE run_id = ?",
+                                       (run_id,)).fetchone()
+        assert status == "interrupted" and "ended without finishing" in error
+        assert s.reap_stale_runs() == []
+        assert s.scalar("SELECT status FROM runs WHERE run_id = ?", (live,)) == "running"

@@ -29,16 +29,25 @@ from deepdistill_tui.core.store import DEFAULT_DB
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _global_options(defaults: bool) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """--db and --recipe, accepted before the command (as --help shows them) and after it. Only the
+    top level holds the defaults: a subcommand's own default would silently replace a value given
+    before the command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
+    common.add_argument("--db", default=DEFAULT_DB if defaults else argparse.SUPPRESS, metavar="PATH",
                         help=f"SQLite database (default: ./{DEFAULT_DB})")
     with_recipe = argparse.ArgumentParser(add_help=False)
-    with_recipe.add_argument("--recipe", default="tiny", metavar="NAME|PATH",
-                             help="recipes/NAME.yaml or a YAML file (default: tiny)")
+    with_recipe.add_argument("--recipe", default=None if defaults else argparse.SUPPRESS,
+                             metavar="NAME|PATH", help="recipes/NAME.yaml or a YAML file (default: tiny)")
+    return common, with_recipe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top_common, top_recipe = _global_options(defaults=True)
+    common, with_recipe = _global_options(defaults=False)
 
     parser = argparse.ArgumentParser(
-        prog="deepdistill-tui", parents=[common, with_recipe],
+        prog="deepdistill-tui", parents=[top_common, top_recipe],
         description="Difficulty-graded reasoning data and SFT (DeepDistill), at home. "
                     "Without a command: the terminal app.",
     )
@@ -75,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grade-file", help="grade JSONL records from anywhere (no database)")
     p.add_argument("--input", required=True, metavar="IN.jsonl")
     p.add_argument("--output", required=True, metavar="OUT.jsonl")
-    p.add_argument("--recipe", default=None, metavar="NAME|PATH",
+    p.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME|PATH",
                    help="thresholds, timeouts and judge from this recipe (default: the paper's)")
     p.add_argument("--workers", type=int, metavar="N")
     p.set_defaults(handler=cmd_grade_file)
@@ -121,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-am", parents=[common],
                        help="import AM-DeepSeek-Distilled-40M JSONL files (CATEGORY_TEACHER_Kpass.jsonl)")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--recipe", default=None, metavar="NAME|PATH",
+    p.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME|PATH",
                    help="take pass thresholds from this recipe (default: the paper's)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_import_am)

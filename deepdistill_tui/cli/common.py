@@ -15,10 +15,13 @@ def console_for(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False)
 
 
+DEFAULT_RECIPE = "tiny"
+
+
 def load_recipe_arg(args: argparse.Namespace) -> Any:
     from deepdistill_tui.core.recipe import load_recipe, with_endpoints
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     if getattr(args, "endpoint", None):
         recipe = with_endpoints(recipe, args.endpoint)
     return recipe

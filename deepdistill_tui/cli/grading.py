@@ -19,6 +19,8 @@ def _grade_progress(console: Any) -> tuple[Any, Any]:
     def on_event(event: dict[str, Any]) -> None:
         if event["event"] == "grade_started":
             progress.update(task, total=event["total"])
+        elif event["event"] == "grade_waiting":
+            progress.console.print(f"[yellow]{event['message']}[/]")
         elif event["event"] == "grade_progress":
             info = ", ".join(f"{k} {v}" for k, v in sorted(event.get("by_status", {}).items()))
             progress.update(task, completed=event["done"], total=event["total"], info=info)

@@ -108,11 +108,19 @@ def _write_parquet(records: Iterator[dict[str, Any]], path: Path, teacher_names:
     return n
 
 
+MARKER = ".deepdistill-export"
+"""Beside a jsonl or parquet export (``.NAME.deepdistill-export``) or inside an hf folder: the sha256
+of what the export wrote, so that a later export may replace its own output and nothing else."""
+TMP_TAG = ".ddt-export-tmp-"
+
+
 def export(store: Store, recipe: Recipe, selection: str, fmt: str, out: str | Path) -> int:
-    """Write the selection to ``out``; returns the number of records."""
+    """Write the selection to ``out`` atomically; returns the number of records. ``out`` must be new,
+    or this project's own earlier export (recognised by its marker); anything else there is an error."""
     if fmt not in FORMATS:
         raise DeepDistillError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." has no name to put a marker beside
+    check_replaceable(out, fmt)
     records = iter_records(store, recipe, selection)
     first = next(records, None)  # validates the selection before anything is written
     if first is None:
@@ -120,26 +128,85 @@ def export(store: Store, recipe: Recipe, selection: str, fmt: str, out: str | Pa
     stream = _chain(first, records)
     names = [t.name for t in recipe.teachers]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_stale_temps(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_TAG}{os.getpid()}-", dir=out.parent))
     try:
         if fmt == "jsonl":
             n = _write_jsonl(stream, tmp / "data")
-            os.replace(tmp / "data", out)
         elif fmt == "parquet":
             n = _write_parquet(stream, tmp / "data", names)
-            os.replace(tmp / "data", out)
         else:
-            import datasets
-
-            n = _write_parquet(stream, tmp / "data.parquet", names)
-            ds = datasets.Dataset.from_parquet(str(tmp / "data.parquet"), cache_dir=str(tmp / "cache"))
-            ds.save_to_disk(str(tmp / "dataset"))
-            if out.exists():
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
-            os.replace(tmp / "dataset", out)
+            n = _write_hf(stream, tmp, names)
+        _swap_in(tmp / ("dataset" if fmt == "hf" else "data"), out, fmt)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return n
+
+
+def _write_hf(records: Iterator[dict[str, Any]], tmp: Path, names: list[str]) -> int:
+    import datasets
+
+    n = _write_parquet(records, tmp / "data.parquet", names)
+    ds = datasets.Dataset.from_parquet(str(tmp / "data.parquet"), cache_dir=str(tmp / "cache"))
+    ds.save_to_disk(str(tmp / "dataset"))
+    (tmp / "dataset" / MARKER).write_text(json.dumps({"format": "hf", "records": n}))
+    return n
+
+
+def _marker_of(out: Path) -> Path:
+    return out.with_name(f".{out.name}{MARKER}")
+
+
+def _digest(path: Path) -> str:
+    from deepdistill_tui.core.models import file_sha256
+
+    return file_sha256(path)
+
+
+def check_replaceable(out: Path, fmt: str) -> None:
+    """Nothing at ``out``, or our own earlier export of the same kind: else a one-line error."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if fmt == "hf":
+        if out.is_dir() and not out.is_symlink() and (out / MARKER).is_file():
+            return
+        raise DeepDistillError(f"{out} exists and is not an earlier hf export of this project "
+                               f"(no {MARKER} inside): choose a new --out")
+    if out.is_file() and not out.is_symlink() and _marker_of(out).is_file() \
+            and _marker_of(out).read_text().strip() == _digest(out):
+        return
+    kind = "a folder" if out.is_dir() else "a file this project did not write"
+    raise DeepDistillError(f"{out} exists and is {kind}: choose a new --out (an export replaces only "
+                           "its own earlier output)")
+
+
+def _swap_in(new: Path, out: Path, fmt: str) -> None:
+    """Atomic for a file (rename over it); for a folder, the old one is renamed aside first, so a
+    crash leaves either the old export or the new one at ``out`` (and a temp folder that the next
+    export removes)."""
+    if fmt != "hf":
+        marker = _marker_of(out)
+        digest = _digest(new)
+        os.replace(new, out)
+        tmp_marker = marker.with_name(marker.name + ".tmp")
+        tmp_marker.write_text(digest)
+        os.replace(tmp_marker, marker)
+        return
+    aside = new.parent / "previous"
+    if out.exists():
+        os.replace(out, aside)
+    os.replace(new, out)
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Temp folders of exports whose process died (kill -9): they can hold a whole data set."""
+    removed = 0
+    for d in folder.glob(f".*{TMP_TAG}*"):
+        owner = d.name.rsplit(TMP_TAG, 1)[1].split("-", 1)[0]
+        if d.is_dir() and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -8,7 +8,6 @@ The same ``Grader`` serves ``grade`` (the store) and ``grade-file`` (JSONL in, J
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -35,7 +34,7 @@ from deepdistill_tui.core.math_grader import MathItem, verify_math
 from deepdistill_tui.core.readers import iter_jsonl
 from deepdistill_tui.core.recipe import CATEGORIES, GradingConfig, Recipe
 from deepdistill_tui.core.sandbox import Limits
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store import Store, lock_held, stage_lock
 from deepdistill_tui.core.text import split_response
 from deepdistill_tui.core.workers import DeadlinePool
 
@@ -214,16 +213,7 @@ def ungraded(store: Store) -> list[Item]:
 
 def sampler_running(db_path: Path) -> bool:
     """Is a sampler holding the cores right now? Then grading takes one of them, not all."""
-    lock = db_path.with_name(db_path.name + ".sampler.lock")
-    if not lock.exists():
-        return False
-    with lock.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+    return lock_held(db_path, "sampler")
 
 
 def judge_factory(recipe: Recipe) -> Callable[[], Backend] | None:
@@ -241,7 +231,15 @@ def judge_factory(recipe: Recipe) -> Callable[[], Backend] | None:
 
 def grade_store(store: Store, recipe: Recipe, *, emit: Emit = _noop,
                 stop: threading.Event | None = None, workers: int | None = None) -> dict[str, Any]:
-    """Grade every ungraded sample; results land in transactions of CHUNK grades."""
+    """Grade every ungraded sample; results land in transactions of CHUNK grades. One grader per store
+    at a time: a second one waits, then grades what the first left (nothing is graded twice)."""
+    with stage_lock(store.path, "grader",
+                    lambda message: emit({"event": "grade_waiting", "message": message})):
+        return _grade_store(store, recipe, emit=emit, stop=stop, workers=workers)
+
+
+def _grade_store(store: Store, recipe: Recipe, *, emit: Emit, stop: threading.Event | None,
+                 workers: int | None) -> dict[str, Any]:
     items = ungraded(store)
     if workers is None and sampler_running(store.path):
         workers = 1

@@ -8,13 +8,11 @@ cores at a time (a lock file): a second one waits instead of oversubscribing the
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from deepdistill_tui.core.backends import (
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.models import check_gguf, fetch, file_sha256
 from deepdistill_tui.core.recipe import Recipe, Teacher
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store import Store, stage_lock
 from deepdistill_tui.core.text import split_response
 
 Emit = Callable[[dict[str, Any]], None]
@@ -150,21 +148,10 @@ def store_passes(store: Store, job: Job, teacher_id: str, seeds: list[int],
         conn.executemany(_INSERT, rows)
 
 
-@contextmanager
-def sampler_lock(db_path: Path, emit: Emit) -> Iterator[None]:
+def sampler_lock(db_path: Path, emit: Emit) -> Any:
     """One sampler per database at a time; a second one waits for the first to finish."""
-    lock_path = db_path.with_name(db_path.name + ".sampler.lock")
-    with lock_path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            emit({"event": "sample_waiting", "message": "another sampler is running on this database; "
-                                                        "waiting for it to finish"})
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return stage_lock(db_path, "sampler",
+                      lambda message: emit({"event": "sample_waiting", "message": message}))
 
 
 # ---------------------------------------------------------------- running

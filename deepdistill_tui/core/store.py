@@ -7,11 +7,14 @@ Keys are NOT NULL composite primary keys and inserts use ``ON CONFLICT``, so eve
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -154,8 +157,68 @@ MIGRATIONS: list[str] = [
     ALTER TABLE evals ADD COLUMN model_sha256 TEXT;
     ALTER TABLE evals ADD COLUMN engine TEXT;
     """,
+    # Who runs a `running` row (host, pid and the process's start time), so that the next process to
+    # open the store can tell a crashed run from a live one and mark it interrupted.
+    """
+    ALTER TABLE runs ADD COLUMN owner TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@contextmanager
+def stage_lock(db_path: Path, stage: str, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """One process per database at a time for a stage that walks the store's remaining work (sample,
+    grade): a second one says so through ``on_wait`` and waits for the first, then finds little left.
+    The lock is an flock on DB.STAGE.lock, released by the kernel if its holder dies."""
+    lock_path = db_path.with_name(f"{db_path.name}.{stage}.lock")
+    with lock_path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait(f"another {stage} process is running on this database; waiting for it to finish")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lock_held(db_path: Path, stage: str) -> bool:
+    """Is a process holding ``stage``'s lock on this database right now?"""
+    lock_path = db_path.with_name(f"{db_path.name}.{stage}.lock")
+    if not lock_path.exists():
+        return False
+    with lock_path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the
+    pid, it names one process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_owner(pid: int | None = None) -> str:
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    try:
+        _, pid, started = (owner or "").rsplit(":", 2)
+        return _start_time(int(pid)) == started
+    except ValueError:
+        return True  # not ours to judge
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -178,6 +241,7 @@ class Store:
         try:
             self.conn = connect(self.path)
             self._migrate()
+            self.reap_stale_runs()
         except sqlite3.DatabaseError as exc:
             raise DeepDistillError(f"{self.path}: not a usable SQLite database ({exc})") from exc
         self.db = sqlite_utils.Database(self.conn)
@@ -248,22 +312,42 @@ class Store:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         with self.write() as conn:
             conn.execute(
-                "INSERT INTO runs (run_id, command, recipe_name, recipe, args, status, started_at)"
-                " VALUES (?, ?, ?, ?, ?, 'running', ?)",
+                "INSERT INTO runs (run_id, command, recipe_name, recipe, args, status, started_at, owner)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
                 (run_id, command, recipe_name, recipe_json, json.dumps(args, default=str),
-                 time.time()),
+                 time.time(), process_owner()),
             )
         return run_id
 
     def finish_run(self, run_id: str, status: str, result: Any = None,
                    error: str | None = None) -> None:
+        """Record how a run ended; ``running`` takes a run up again, in this process."""
         with self.write() as conn:
             conn.execute(
-                "UPDATE runs SET status = ?, result = ?, error = ?, finished_at = ?"
-                " WHERE run_id = ?",
+                "UPDATE runs SET status = ?, result = ?, error = ?, finished_at = ?,"
+                " owner = CASE WHEN ? = 'running' THEN ? ELSE owner END WHERE run_id = ?",
                 (status, json.dumps(result, default=str) if result is not None else None, error,
-                 time.time(), run_id),
+                 time.time(), status, process_owner(), run_id),
             )
+
+    def reap_stale_runs(self) -> list[str]:
+        """`running` rows whose process on this host is gone (kill -9, a power cut) become
+        `interrupted`, saying who ran them; rows of other hosts are left to those hosts."""
+        host = socket.gethostname()
+        stale = [(run_id, owner) for run_id, owner in self.conn.execute(
+                     "SELECT run_id, owner FROM runs WHERE status = 'running' AND owner LIKE ?",
+                     (f"{host}:%",)) if not owner_alive(owner)]
+        if not stale:
+            return []
+        now = time.time()
+        with self.write() as conn:
+            for run_id, owner in stale:
+                conn.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ?"
+                    " WHERE run_id = ? AND status = 'running' AND owner = ?",
+                    (now, f"interrupted: process {owner} ended without finishing the run "
+                          f"(found at {time.strftime('%Y-%m-%d %H:%M:%S')})", run_id, owner))
+        return [run_id for run_id, _ in stale]
 
     @contextmanager
     def recorded_run(self, command: str, recipe_name: str | None = None, recipe_json: str | None = None,

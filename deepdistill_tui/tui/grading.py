@@ -36,7 +36,9 @@ class GradePane(Vertical):
     def handle(self, event: dict[str, Any]) -> None:
         bar = self.query_one("#grade-progress", ProgressBar)
         status = self.query_one("#grade-status", Static)
-        if event["event"] == "grade_started":
+        if event["event"] == "grade_waiting":
+            status.update(event["message"])
+        elif event["event"] == "grade_started":
             bar.update(total=max(event["total"], 1), progress=0)
             status.update(f"Grading {event['total']} samples…")
         elif event["event"] == "grade_progress":

@@ -77,3 +77,30 @@ def test_a_run_whose_process_died_is_marked_interrupted(tmp_path: Path) -> None:
         assert status == "interrupted" and "ended without finishing" in error
         assert s.reap_stale_runs() == []
         assert s.scalar("SELECT status FROM runs WHERE run_id = ?", (live,)) == "running"
+
+
+def test_a_damaged_file_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """A page overwritten with garbage: every command stops with one line and leaves the file as it
+    was (before, `stats` printed a traceback while `ingest` and `grade` wrote into it)."""
+    import subprocess
+    import sys
+
+    from deepdistill_tui.core.ingest import ingest
+    from deepdistill_tui.core.recipe import load_recipe
+
+    db = tmp_path / "bad.db"
+    with Store(db) as s:
+        ingest(s, load_recipe("tiny").data)
+        page = int(s.scalar("PRAGMA page_size"))
+        assert int(s.scalar("PRAGMA page_count")) > 4
+    with db.open("r+b") as fh:
+        fh.seek(3 * page)
+        fh.write(b"\xff" * page)
+    before = db.read_bytes()
+    for command in (["stats"], ["ingest"], ["grade"], ["select", "--name", "x"]):
+        r = subprocess.run([sys.executable, "-m", "deepdistill_tui", *command, "--db", str(db)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (command, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "damaged" in lines[0] and str(db) in lines[0], (command, r.stderr)
+        assert db.read_bytes() == before

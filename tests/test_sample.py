@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import random
 import signal
 import socket
@@ -243,6 +244,73 @@ def test_garbage_from_the_endpoint_is_a_clear_error(ingested: Store) -> None:
         server.shutdown()
     assert report.error is not None and "malformed response" in report.error
     assert ingested.count("samples") == 0
+
+
+def _reply(content: object, n: int = 1) -> bytes:
+    return json.dumps({"choices": [{"message": {"content": content}, "finish_reason": "stop"}] * n,
+                       "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+
+
+FAULTS: dict[str, bytes | None] = {
+    # the whole HTTP response each fault sends (None: trickle a valid body a byte every 0.3 s)
+    "array": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]",
+    "null": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnull",
+    "bad-utf8": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n\"\xff\xfe\"",
+    "truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"choices\": [",
+    "garbage-status": b"SPLORK 999 ???\r\n\r\n",
+    "content-null": b"HTTP/1.1 200 OK\r\n\r\n" + _reply(None),
+    "five-choices": b"HTTP/1.1 200 OK\r\n\r\n" + _reply("hi", 5),
+    "huge": b"HTTP/1.1 200 OK\r\n\r\n" + _reply("x" * 3_000_000),
+    "trickle": None,
+}
+
+
+class _Faulty(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        fault = FAULTS[self.server.fault]  # type: ignore[attr-defined]
+        if fault is None:
+            body = _reply("slow")
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.3)
+            return
+        self.wfile.write(fault)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # the client hanging up on a fault is the point, not an error
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_faulty_server_is_a_teacher_error_naming_the_cause(fault: str) -> None:
+    """Each way a server can misbehave ends as one TeacherError naming the teacher, within the
+    teacher's timeout (a trickling server included), never a traceback or an empty sample."""
+    from deepdistill_tui.core.backends import OpenAIBackend, TeacherError
+
+    server = _QuietServer(("127.0.0.1", 0), _Faulty)
+    server.fault = fault  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    teacher = openai_recipe(url, timeout_s=2, sampling={"max_tokens": 64}).teacher("served")
+    backend = OpenAIBackend(teacher, retries=0)
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(TeacherError, match="teacher served") as err:
+            backend.generate("What is 2 + 2?", [1])
+    finally:
+        backend.close()
+        server.shutdown()
+    assert time.perf_counter() - t0 < 6, fault
+    assert "\n" not in str(err.value)
 
 
 def test_second_sampler_waits_for_the_first(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ sampler chains (Python-side sampling over a 49k vocabulary costs as much as the 
 from __future__ import annotations
 
 import ctypes
+import http.client
 import json
 import os
 import time
@@ -444,12 +445,17 @@ class OpenAIBackend:
         for attempt in range(retries + 1):
             try:
                 with urllib.request.urlopen(req, timeout=self.teacher.timeout_s) as resp:
-                    return dict(json.loads(self._read_body(resp, time.monotonic() + self.teacher.timeout_s)))
+                    data = json.loads(self._read_body(resp, time.monotonic() + self.teacher.timeout_s))
+                if not isinstance(data, dict):
+                    raise TeacherError(f"teacher {self.teacher.name}: {self.url}{path} answered "
+                                       f"{type(data).__name__} JSON, not an object")
+                return data
             except urllib.error.HTTPError as exc:
                 last = exc
                 if exc.code < 500 and exc.code != 429:
                     break  # a client error will not succeed on retry
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException,
+                    ValueError) as exc:  # ValueError: bad JSON or bad UTF-8 in the body
                 last = exc
             if attempt < retries:
                 time.sleep(self.backoff_s * 2**attempt)
@@ -470,15 +476,20 @@ class OpenAIBackend:
         else:
             data = self._post(path, body)
         try:
-            choice = data["choices"][0]
+            choices = data["choices"]
+            if not isinstance(choices, list) or len(choices) != 1:
+                raise ValueError(f"{len(choices) if isinstance(choices, list) else 'no'} choices for one")
+            choice = choices[0]
             text = choice["text"] if path == "/completions" else choice["message"]["content"]
+            if not isinstance(text, str):
+                raise ValueError(f"the reply's content is {json.dumps(text)[:20]}, not text")
             usage = data.get("usage") or {}
-            return Completion(str(text or ""), int(usage.get("prompt_tokens", 0)),
+            return Completion(text, int(usage.get("prompt_tokens", 0)),
                               int(usage.get("completion_tokens", 0)),
                               str(choice.get("finish_reason") or "stop"), time.perf_counter() - t0)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise TeacherError(f"teacher {self.teacher.name}: malformed response from {self.url}{path} "
-                               f"({str(data)[:80]!r})") from exc
+                               f"({exc}; {str(data)[:80]!r})") from exc
 
     def _read_body(self, resp: Any, deadline: float) -> bytes:
         """The body within the request's total deadline (a server trickling bytes cannot hold a

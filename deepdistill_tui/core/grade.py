@@ -288,7 +288,7 @@ def _file_item(rec: dict[str, Any], where: str) -> Item:
     for key, kind in (("id", (str, int)), ("category", str), ("response", str)):
         if key not in rec:
             raise InputError(f"{where}: missing required field {key!r}")
-        if not isinstance(rec[key], kind):
+        if not isinstance(rec[key], kind) or isinstance(rec[key], bool):  # true is not an id
             raise InputError(f"{where}: field {key!r} has type {type(rec[key]).__name__}")
     if rec["category"] not in CATEGORIES:
         raise InputError(f"{where}: unknown category {rec['category']!r}; expected one of "
@@ -310,6 +310,8 @@ def grade_file(src: Path, dst: Path, cfg: GradingConfig, *, workers: int | None 
 
     The whole input is validated before any grading, and the output appears only when complete.
     """
+    if dst.is_dir():
+        raise InputError(f"{dst}: is a directory; --output needs a file path")
     records = list(iter_jsonl(src))
     items = [_file_item(rec, f"{src}:{line}") for line, rec in records]
     statuses: Counter[str] = Counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,35 @@ from deepdistill_tui.core.errors import InputError
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20
 Record = dict[str, Any]
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json_line(raw: bytes, where: str) -> Any:
+    """One JSON value, strictly: valid UTF-8, no NaN or Infinity (they cannot be written back as
+    JSON), no lone surrogate escapes (they cannot be encoded), bounded nesting and integer size."""
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: invalid UTF-8 at byte {exc.start}") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: malformed JSON ({exc.msg}, column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise InputError(f"{where}: JSON nested too deeply") from exc
+    except ValueError as exc:  # NaN/Infinity, or an integer past Python's digit limit
+        raise InputError(f"{where}: unsupported JSON value ({str(exc)[:80]})") from exc
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(f"{where}: a lone UTF-16 surrogate (\\u{ord(exc.object[exc.start]):04x}) "
+                             "is not text") from exc
+    return obj
 
 
 def iter_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, Record]]:
@@ -33,12 +63,7 @@ def iter_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iter
                 raise InputError(f"{path}:{lineno}: line is longer than {max_line_bytes} bytes")
             if raw.isspace():
                 continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: invalid UTF-8 at byte {exc.start}") from exc
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from exc
+            obj = parse_json_line(raw, f"{path}:{lineno}")
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             seen += 1

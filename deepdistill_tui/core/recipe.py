@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,7 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: a timeout of .inf would wait forever, a NaN threshold keeps nothing.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- data
@@ -216,6 +218,9 @@ def _check_categories(value: dict[str, float]) -> dict[str, float]:
     unknown = sorted(set(value) - set(CATEGORIES))
     if unknown:
         raise ValueError(f"unknown categories {unknown}; expected some of {list(CATEGORIES)}")
+    bad = {c: v for c, v in value.items() if not math.isfinite(v) or v < 0}
+    if bad:
+        raise ValueError(f"values must be finite and not negative: {bad}")
     return value
 
 
@@ -226,7 +231,7 @@ class GradingConfig(_Model):
     thresholds: CategoryMap = Field(default_factory=_paper_thresholds)
     math_timeout_s: float = Field(default=5.0, gt=0)
     code_timeout_s: float = Field(default=10.0, gt=0)
-    code_memory_mb: int = Field(default=512, ge=32)
+    code_memory_mb: int = Field(default=512, ge=32, le=65536)
     judge_teacher: str | None = None
     """Teacher used as LLM judge for science and other; without one they are graded `error`."""
     require_reasoning: bool = True
@@ -439,6 +444,17 @@ class _NoAliasLoader(yaml.SafeLoader):
                 None, None, "YAML aliases are not allowed in recipes", event.start_mark
             )
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A key given twice is an error: YAML would keep the last one silently."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def with_endpoints(recipe: Recipe, pairs: list[str]) -> Recipe:

@@ -188,6 +188,7 @@ def _exclusions(store: Store, recipe: Recipe, teacher_id: str, r: Responses) -> 
 
 def run_selection(store: Store, recipe: Recipe, name: str) -> list[Selection]:
     """Compute the selection and store it (replacing one of the same name)."""
+    check_name(name)
     out = compute_selection(store, recipe, name)
     save_selections(store, out)
     return out
@@ -201,8 +202,18 @@ def with_rule(recipe: Recipe, thresholds: dict[str, float], cv_thresholds: dict[
     return Recipe.model_validate(data)
 
 
+def check_name(name: str) -> None:
+    """A selection name is a label people type and files are named after: 1-100 printable characters,
+    no line breaks."""
+    if not name or len(name) > 100 or not name.isprintable() or name != name.strip():
+        raise DeepDistillError(f"selection name {name!r}: use 1-100 printable characters, no line breaks "
+                               "or surrounding spaces")
+
+
 def save_selections(store: Store, selections: list[Selection]) -> None:
     """Replace selections of the same names, all in one transaction."""
+    for sel in selections:
+        check_name(sel.name)
     now = time.time()
     with store.write() as conn:
         for sel in selections:

@@ -369,3 +369,22 @@ def test_queries_come_and_go_while_others_run() -> None:
     assert sorted(order) == list(range(8))
     assert max(seen_in_flight) >= 6  # queries were admitted while others were running
     assert order.index(0) > 0, order  # later, shorter queries finished while the story ran
+
+
+def test_a_gpu_without_an_offload_build_stops_before_sampling() -> None:
+    """With a CUDA device and a CPU-only llama.cpp, sampling stops with one line naming the rebuild;
+    with no GPU, or an offload build, or n_gpu_layers 0, nothing is said."""
+    from deepdistill_tui.core.backends import CUDA_INSTALL, offload_problem
+
+    small = load_recipe("small")
+    teacher = small.teachers[0]
+    assert teacher.n_gpu_layers == -1 and teacher.flash_attn is True
+    problem = offload_problem(teacher, cuda_present=True, offload_supported=False)
+    assert problem is not None and "\n" not in problem and CUDA_INSTALL in problem
+    assert teacher.name in problem and "README" in problem
+    assert offload_problem(teacher, cuda_present=False, offload_supported=False) is None
+    assert offload_problem(teacher, cuda_present=True, offload_supported=True) is None
+    cpu = teacher.model_copy(update={"n_gpu_layers": 0})
+    assert offload_problem(cpu, cuda_present=True, offload_supported=False) is None
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert CUDA_INSTALL in readme  # the command the message names is the README's

@@ -99,6 +99,25 @@ class _Query:
     running: set[int] = field(default_factory=set)
 
 
+CUDA_INSTALL = ('CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
+                '"llama-cpp-python[server]==0.3.36"')
+
+
+def cuda_device_present() -> bool:
+    """An NVIDIA driver is loaded here (its control device exists), whatever torch says."""
+    return Path("/dev/nvidiactl").exists()
+
+
+def offload_problem(teacher: Teacher, cuda_present: bool, offload_supported: bool) -> str | None:
+    """Why this teacher would run on the CPU next to an idle GPU, in one line; None when it will not."""
+    if teacher.backend != "llama_cpp" or teacher.n_gpu_layers == 0 or not cuda_present \
+            or offload_supported:
+        return None
+    return (f"teacher {teacher.name}: a CUDA GPU is present but this llama-cpp-python was built without "
+            f"GPU offload; rebuild it (README, GPU set-up): {CUDA_INSTALL}, or set n_gpu_layers: 0 "
+            "to sample on the CPU")
+
+
 def auto_sequences(passes: int) -> int:
     """Sequences in flight when the recipe does not say: CPU ~16 (measured: little gain past it on 2
     cores), a GPU 64; never fewer than one query's passes."""
@@ -128,7 +147,7 @@ class LlamaCppBackend:
             # The high-level object gives us the tokenizer and the GGUF chat template; its own small
             # context is unused. Our context holds the sequences in flight.
             self.llm = llama_cpp.Llama(str(model_path), n_ctx=256, n_threads=self.threads,
-                                       verbose=False)
+                                       n_gpu_layers=teacher.n_gpu_layers, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise TeacherError(f"teacher {teacher.name}: cannot load {model_path} ({exc})") from exc
         self.n_ctx_train = self.llm._model.n_ctx_train()
@@ -145,6 +164,8 @@ class LlamaCppBackend:
         params.n_seq_max = self.max_seqs
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = self.threads
+        if teacher.flash_attn is not None:  # llama.cpp's enum: -1 auto, 0 off, 1 on
+            params.flash_attn_type = 1 if teacher.flash_attn else 0
         self.ctx = llama_cpp.llama_init_from_model(self.llm._model.model, params)
         if not self.ctx:
             raise TeacherError(f"teacher {teacher.name}: llama.cpp could not create a context of "

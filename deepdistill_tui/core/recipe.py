@@ -189,6 +189,10 @@ class Teacher(_Model):
     """False decodes one sequence at a time (a reference for the benchmarks)."""
     max_sequences: int | None = Field(default=None, ge=1, le=1024)
     """Sequences in flight across queries (continuous batching); None: ~16 on a CPU, 64 on a GPU."""
+    n_gpu_layers: int = Field(default=-1, ge=-1)
+    """Layers llama.cpp puts on the GPU: -1 all of them, 0 none (a CPU build of llama.cpp ignores it)."""
+    flash_attn: bool | None = None
+    """llama.cpp's flash attention: None lets llama.cpp decide (on where the backend supports it)."""
     concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=600, gt=0)
 

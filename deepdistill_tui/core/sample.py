@@ -26,6 +26,8 @@ from deepdistill_tui.core.backends import (
     Request,
     TeacherError,
     auto_sequences,
+    cuda_device_present,
+    offload_problem,
 )
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.models import check_gguf, fetch, file_sha256
@@ -163,6 +165,11 @@ def open_backend(teacher: Teacher, passes: int,
     the recipe's ``max_sequences``, else automatic; 1 when ``batch_passes`` is off)."""
     if teacher.backend == "llama_cpp":
         assert teacher.model is not None
+        from llama_cpp import llama_supports_gpu_offload
+
+        problem = offload_problem(teacher, cuda_device_present(), bool(llama_supports_gpu_offload()))
+        if problem:
+            raise TeacherError(problem)  # before any download or load: days of CPU sampling otherwise
         path = fetch(teacher.model)
         try:
             check_gguf(path)

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deepdistill_tui.core.cluster import batch_plan, plan_bundle, serve_plan, write_bundle
+from deepdistill_tui.core.bundle import write_bundle
+from deepdistill_tui.core.cluster import batch_plan, plan_bundle, serve_plan
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import ClusterConfig, Recipe, Teacher, load_recipe, with_endpoints
 from deepdistill_tui.core.store import Store

@@ -56,6 +56,19 @@ def test_pathological_math_answer_costs_at_most_the_deadline() -> None:
     assert results[1].passed  # the pool recovered after killing the hung worker
 
 
+def test_worker_start_up_does_not_count_against_the_deadline() -> None:
+    """A worker's start-up (2 s here, like Math-Verify's imports on a busy machine) is longer than an
+    item's deadline (0.5 s): items wait for a ready worker instead of timing out, a hung item still
+    times out, and its fresh replacement warms up before it gets the next item."""
+    from deepdistill_tui.core.workers import DeadlinePool
+    from tests.data.pool_fns import double_or_hang, slow_start
+
+    with DeadlinePool(double_or_hang, 1, 0.5, warmup=slow_start) as pool:
+        got = {i: (status, value) for i, status, value in pool.imap([1, 2, -1, 3])}
+    assert got[0] == ("ok", 2) and got[1] == ("ok", 4) and got[3] == ("ok", 6)
+    assert got[2][0] == "timeout"
+
+
 # ----------------------------------------------------------------- code: HumanEval
 
 

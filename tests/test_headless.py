@@ -24,5 +24,6 @@ def test_core_module_imports_no_ui(module: str) -> None:
 
 
 def test_core_has_every_stage_module() -> None:
-    for stage in ("ingest", "am_import", "store", "recipe", "pipeline"):
+    for stage in ("ingest", "am_import", "sample", "grade", "select", "train", "evaluate", "export",
+                  "store", "recipe", "stages", "events"):
         assert f"deepdistill_tui.core.{stage}" in MODULES

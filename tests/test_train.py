@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from deepdistill_tui.core.backends import Request
+from deepdistill_tui.core.events import Emit, TrainStep, noop
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.select import run_selection
+from deepdistill_tui.core.stages import StageContext, TrainParams, run_stage
 from deepdistill_tui.core.store import Store
-from deepdistill_tui.core.train import train
 from tests.test_select import put
 
 pytestmark = pytest.mark.slow
@@ -44,6 +45,11 @@ def training_store(path: Path, r: Recipe) -> Store:
     return store
 
 
+def train(store: Store, r: Recipe, selection: str, emit: Emit = noop) -> dict[str, Any]:
+    """Training through the stage runner, as every face starts it."""
+    return run_stage(store, "train", r, TrainParams(selection), StageContext(emit)).summary
+
+
 def test_training_lowers_the_loss_and_the_adapter_loads(tmp_path: Path) -> None:
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -52,13 +58,13 @@ def test_training_lowers_the_loss_and_the_adapter_loads(tmp_path: Path) -> None:
     from deepdistill_tui.core.student import student_checkpoint
 
     r = recipe(max_steps=12, save_steps=6)
-    events: list[dict[str, Any]] = []
+    events: list[Any] = []
     with training_store(tmp_path / "t.db", r) as store:
-        result = train(store, r, "s", emit=events.append)
+        result = train(store, r, "s", events.append)
         row = store.conn.execute("SELECT status, result FROM runs WHERE command = 'train'").fetchone()
     assert row[0] == "ok" and json.loads(row[1])["backend"] == "peft-cpu"
-    steps = [e for e in events if e["event"] == "train_step"]
-    assert len(steps) == 12 and all(e["learning_rate"] is not None for e in steps)
+    steps = [e for e in events if isinstance(e, TrainStep)]
+    assert len(steps) == 12 and all(e.learning_rate is not None for e in steps)
     assert result["last_loss"] < result["first_loss"] * 0.7, result
     adapter = Path(result["output"])
     weights = load_file(str(adapter / "adapter_model.safetensors"))
@@ -82,7 +88,7 @@ def test_trained_student_exports_to_gguf_and_samples_as_a_teacher(tmp_path: Path
 
     r = recipe(max_steps=2, save_steps=2, gguf="f16")
     with training_store(tmp_path / "t.db", r) as store:
-        result = train(store, r, "s", emit=lambda e: None)
+        result = train(store, r, "s")
     merged, gguf = Path(result["merged"]), Path(result["gguf"])
     assert merged.name == "merged" and gguf.name == "student-f16.gguf"
     tok = AutoTokenizer.from_pretrained(merged)
@@ -153,7 +159,7 @@ def test_eval_through_llama_cpp_on_base_and_exported_student(tmp_path: Path) -> 
             conn.execute("INSERT INTO queries VALUES ('e2', 'Write a program that prints 5.', 'code',"
                          " 'eval', NULL, ?, NULL, NULL, 'test', 0)",
                          (json.dumps({"stdin_stdout": [{"input": "", "output": "5"}]}),))
-        run_id = train(store, r, "s", emit=lambda e: None)["run_id"]
+        run_id = train(store, r, "s")["run_id"]
         base = evaluate(store, r, "base")
         trained = evaluate(store, r, run_id)
         rows = comparison(store, r)
@@ -197,34 +203,34 @@ def test_answers_that_never_end_stop_at_max_tokens(tmp_path: Path) -> None:
 def _gpu_stack() -> bool:
     import importlib.util
 
-    from deepdistill_tui.core.train import cuda_available
+    from deepdistill_tui.core.train.worker import cuda_available
 
     return cuda_available() and importlib.util.find_spec("unsloth") is not None
 
 
 def test_backend_choice_on_this_machine() -> None:
-    from deepdistill_tui.core.train import choose_backend, cuda_available
+    from deepdistill_tui.core.train.worker import choose_backend, cuda_available
 
     small = load_recipe("small").training
     full = load_recipe("full-32b").training
     if not cuda_available():
-        assert choose_backend(small) == "peft-cpu" and choose_backend(full) == "full-cpu"
+        assert choose_backend(small).name == "peft-cpu" and choose_backend(full).name == "full-cpu"
 
 
 @pytest.mark.skipif(not _gpu_stack(), reason="the Unsloth QLoRA path needs a CUDA GPU and the gpu "
                                              "extra (pip install -e '.[gpu]'); this machine has neither")
 def test_unsloth_qlora_trains_on_gpu(tmp_path: Path) -> None:
-    from deepdistill_tui.core.train import choose_backend
+    from deepdistill_tui.core.train.worker import choose_backend
 
     r = recipe(max_steps=4, save_steps=4, method="qlora")
-    assert choose_backend(r.training) == "unsloth"
+    assert choose_backend(r.training).name == "unsloth"
     with training_store(tmp_path / "g.db", r) as store:
-        result = train(store, r, "s", emit=lambda e: None)
+        result = train(store, r, "s")
     assert result["backend"] == "unsloth" and result["steps"] == 4
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path: Path) -> None:
-    from deepdistill_tui.core.train import last_checkpoint
+    from deepdistill_tui.core.train.worker import last_checkpoint
 
     for step, complete in ((3, True), (6, True), (9, False)):
         d = tmp_path / "checkpoints" / f"checkpoint-{step}"

@@ -19,7 +19,7 @@ from deepdistill_tui import __version__
 from deepdistill_tui.cli.cluster import add_parsers as add_cluster_parsers
 from deepdistill_tui.cli.data import cmd_import_am, cmd_ingest, cmd_recipes
 from deepdistill_tui.cli.grading import cmd_grade, cmd_grade_file
-from deepdistill_tui.cli.pipeline import cmd_app, cmd_run
+from deepdistill_tui.cli.pipeline import cmd_ablate, cmd_app, cmd_run
 from deepdistill_tui.cli.sampling import cmd_sample
 from deepdistill_tui.cli.selection import cmd_export, cmd_select, cmd_selections, cmd_stats
 from deepdistill_tui.cli.training import cmd_eval, cmd_train
@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the base student, a training run's adapter, or the latest finished run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("ablate", parents=[common, with_recipe],
+                       help="train and evaluate the paper's arms (base, cv, random, all, low-lr) on one "
+                            "query pool; resumable")
+    p.add_argument("--arms", metavar="a,b,...", help="a subset of base,cv,random,all,low-lr (default: all)")
+    p.add_argument("--report", metavar="PATH", help="also write the table as Markdown")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_ablate)
 
     p = sub.add_parser("import-am", parents=[common],
                        help="import AM-DeepSeek-Distilled-40M JSONL files (CATEGORY_TEACHER_Kpass.jsonl)")

@@ -30,25 +30,24 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_cluster_export(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import console_for, load_recipe_arg
-    from deepdistill_tui.core.cluster import plan_bundle, write_bundle
+    from deepdistill_tui.core.bundle import write_cluster_bundle
+    from deepdistill_tui.core.errors import DeepDistillError
     from deepdistill_tui.core.store import Store
 
     recipe = load_recipe_arg(args)
-    store: Any = None
-    if args.db:
-        if not Path(args.db).is_file():
-            from deepdistill_tui.core.errors import DeepDistillError
-
-            raise DeepDistillError(f"--db {args.db} does not exist")
-        store = Store(args.db)
+    if args.from_run and not args.db:
+        raise DeepDistillError("--from-run needs --db, the pilot's database")
+    if args.db and not Path(args.db).is_file():
+        raise DeepDistillError(f"--db {args.db} does not exist")
+    store = Store(args.db) if args.db else None
     try:
-        bundle = plan_bundle(recipe, store, args.from_run)
+        written = write_cluster_bundle(recipe, Path(args.out), store, args.from_run)
     finally:
         if store is not None:
             store.close()
-    files = write_bundle(bundle, Path(args.out))
+    bundle = written["plan"]
     console = console_for()
-    console.print(f"wrote {len(files)} files to {args.out}; the plan and the commands are in "
+    console.print(f"wrote {written['files']} files to {args.out}; the plan and the commands are in "
                   f"{Path(args.out) / 'README.md'}")
     for st in bundle.stages:
         hours = f", ~{st.gpu_hours:,.0f} GPU-hours" if st.gpu_hours else ""

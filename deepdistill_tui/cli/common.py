@@ -1,4 +1,4 @@
-"""What every command shares: the recipe and store from the arguments, and rich output."""
+"""What every command shares: the recipe and store from the arguments, the stage runner, rich output."""
 
 from __future__ import annotations
 
@@ -31,6 +31,20 @@ def open_store(args: argparse.Namespace) -> Any:
     from deepdistill_tui.core.store import Store
 
     return Store(args.db)
+
+
+def run_command(args: argparse.Namespace, stage: str, params: Any, *, recipe: Any = None,
+                stage_lines: bool = False, with_recipe: bool = True) -> Any:
+    """parse -> params -> ``run_stage`` with a progress display; the stage's result. Progress goes to
+    stderr when stdout carries --json."""
+    from deepdistill_tui.cli.progress import Reporter
+    from deepdistill_tui.core.stages import StageContext, run_stage
+
+    if recipe is None and with_recipe:
+        recipe = load_recipe_arg(args)
+    console = console_for(stderr=getattr(args, "json", False))
+    with open_store(args) as store, Reporter(console, stage_lines=stage_lines) as reporter:
+        return run_stage(store, stage, recipe, params, StageContext(reporter))
 
 
 def print_json(obj: Any) -> None:

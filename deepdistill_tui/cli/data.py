@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deepdistill_tui.cli.common import console_for, load_recipe_arg, open_store, print_json, report_table
+from deepdistill_tui.cli.common import console_for, load_recipe_arg, print_json, report_table, run_command
 
 
 def print_ingest(console: Any, report: dict[str, Any]) -> None:
@@ -27,33 +27,36 @@ def print_import(console: Any, report: dict[str, Any]) -> None:
     console.print(report_table("Import (AM format)", rows))
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.pipeline import parse_stages, run_stage
+def print_data(console: Any, summary: dict[str, Any]) -> None:
+    """What ingest and import-am report, whichever ran."""
+    if "ingest" in summary:
+        print_ingest(console, summary["ingest"])
+    if "import_am" in summary:
+        print_import(console, summary["import_am"])
 
-    recipe = load_recipe_arg(args)
-    with open_store(args) as store:
-        result = run_stage(store, parse_stages("ingest")[0], recipe)
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.stages import IngestParams
+
+    result = run_command(args, "ingest", IngestParams())
     if args.json:
-        print_json(result)
-        return 0
-    console = console_for()
-    if "ingest" in result:
-        print_ingest(console, result["ingest"])
-    if "import_am" in result:
-        print_import(console, result["import_am"])
+        print_json(result.summary)
+    else:
+        print_data(console_for(), result.summary)
     return 0
 
 
 def cmd_import_am(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.am_import import import_am
+    from deepdistill_tui.core.stages import ImportParams
 
-    thresholds = dict(load_recipe_arg(args).grading.thresholds) if args.recipe else None
-    with open_store(args) as store, store.recorded_run("import-am", args={"files": args.files}) as run:
-        report = run["result"] = import_am(store, args.files, thresholds=thresholds).as_dict()
+    # Without a recipe the paper's pass thresholds apply.
+    recipe = load_recipe_arg(args) if getattr(args, "recipe", None) else None
+    result = run_command(args, "import-am", ImportParams(tuple(args.files)), recipe=recipe,
+                         with_recipe=False)
     if args.json:
-        print_json(report)
+        print_json(result.summary["import_am"])
     else:
-        print_import(console_for(), report)
+        print_import(console_for(), result.summary["import_am"])
     return 0
 
 

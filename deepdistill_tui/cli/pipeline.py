@@ -1,62 +1,73 @@
-"""run (the stages in order) and the app."""
+"""run (the stages in order), ablate (the paper's arms) and the app."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from deepdistill_tui.cli.common import console_for, load_recipe_arg, open_store
-from deepdistill_tui.cli.data import print_import, print_ingest
+from deepdistill_tui.cli.common import console_for, load_recipe_arg, open_store, print_json
+from deepdistill_tui.cli.data import print_data
 from deepdistill_tui.cli.training import print_evals
-from deepdistill_tui.core.sample import in_flight_text
-
-
-def _progress_text(event: dict[str, Any]) -> str | None:
-    """One status line for the long stages' progress events, None for other events."""
-    kind = event["event"]
-    if kind == "sample_progress":
-        return (f"sampling {event['teacher']}: {event['queries_done']}/{event['queries_total']} queries,"
-                f" {event['tokens_per_s']:.0f} tok/s{in_flight_text(event)}")
-    if kind == "grade_progress":
-        return f"grading: {event['done']}/{event['total']}"
-    if kind == "train_step":
-        return f"training: step {event['step']}/{event['max_steps']}, loss {event['loss']:.4f}"
-    if kind == "eval_progress":
-        return f"evaluating {event['model']}: {event['done']}/{event['total']} problems"
-    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.pipeline import parse_stages, run_pipeline
+    from deepdistill_tui.cli.progress import Reporter
+    from deepdistill_tui.core.events import Event, StageFinished
+    from deepdistill_tui.core.stages import StageContext, parse_stages, run_pipeline
 
     recipe = load_recipe_arg(args)
+    stages = parse_stages(args.stages)
     console = console_for()
-    status = console.status("starting")
 
-    def show(event: dict[str, Any]) -> None:
-        kind = event["event"]
-        line = _progress_text(event)
-        if line is not None:
-            status.update(line)
-        elif kind == "stage_started":
-            console.print(f"[bold]▶ {event['stage']}[/] (run {event['run_id']})")
-        elif kind == "stage_skipped":
-            console.print(f"[dim]· {event['stage']}: skipped, {event['reason']}[/]")
-        elif kind == "stage_progress":
-            console.print(f"  {event['message']}")
-        elif kind == "stage_finished":
-            console.print(f"[green]✔ {event['stage']}[/]")
-            result = event["result"]
-            if "ingest" in result:
-                print_ingest(console, result["ingest"])
-            if "import_am" in result:
-                print_import(console, result["import_am"])
-            if "evals" in result:
-                print_evals(console, result["evals"])
+    with open_store(args) as store, Reporter(console, stage_lines=True) as reporter:
+        def show(event: Event) -> None:
+            reporter(event)
+            if isinstance(event, StageFinished):
+                reporter.line(f"[green]✔ {event.stage}[/]")
+                print_data(reporter.progress.console, event.summary)
+                if "evals" in event.summary:
+                    print_evals(reporter.progress.console, event.summary["evals"])
 
-    with open_store(args) as store, status:
-        run_pipeline(store, recipe, parse_stages(args.stages), force=args.force, emit=show)
+        run_pipeline(store, recipe, stages, force=args.force, ctx=StageContext(show))
     return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from deepdistill_tui.cli.common import run_command
+    from deepdistill_tui.core.ablate import markdown_report, parse_arms
+    from deepdistill_tui.core.stages import AblateParams
+
+    recipe = load_recipe_arg(args)
+    arms = tuple(parse_arms(args.arms))
+    rows: list[dict[str, Any]] = run_command(args, "ablate", AblateParams(arms), recipe=recipe,
+                                             stage_lines=True).summary["arms"]
+    if args.report:
+        from pathlib import Path
+
+        arms_flag = f" --arms {args.arms}" if args.arms else ""
+        command = f"deepdistill-tui ablate --recipe {recipe.name}{arms_flag}"
+        Path(args.report).write_text(markdown_report(recipe, rows, command))
+    if args.json:
+        print_json(rows)
+    else:
+        print_ablation(console_for(), rows)
+    return 0
+
+
+def print_ablation(console: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from deepdistill_tui.core.ablate import table_cells
+
+    table = Table("arm", "responses", "tokens", "steps", "final loss", "pass@1 [95% CI]",
+                  "vs base [95% CI]", title="Ablation (held-out split)", title_justify="left")
+    for r in rows:
+        table.add_row(*table_cells(r))
+    console.print(table)
+    for r in rows:
+        d = r.get("delta_vs_base") or {}
+        if d.get("problems"):
+            console.print(f"{r['arm']}: {d['verdict']}.")
 
 
 def cmd_app(args: argparse.Namespace) -> int:

@@ -6,7 +6,14 @@ import argparse
 import itertools
 from typing import Any
 
-from deepdistill_tui.cli.common import console_for, load_recipe_arg, open_store, print_json, report_table
+from deepdistill_tui.cli.common import (
+    console_for,
+    load_recipe_arg,
+    open_store,
+    print_json,
+    report_table,
+    run_command,
+)
 
 
 def _bar(count: int, most: int, width: int = 30) -> str:
@@ -63,15 +70,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.select import run_selection
+    from deepdistill_tui.core.stages import SelectParams
 
-    recipe = load_recipe_arg(args)
-    with open_store(args) as store, store.recorded_run("select", recipe.name, recipe.to_json(),
-                                                   {"name": args.name}) as run:
-        result: list[dict[str, Any]] = [
-            {"name": s.name, "members": len(s.members), "tokens": s.n_tokens, "counts": s.counts}
-            for s in run_selection(store, recipe, args.name)]
-        run["result"] = result
+    result = run_command(args, "select", SelectParams(args.name)).summary["selections"]
     if args.json:
         print_json(result)
         return 0
@@ -104,10 +105,8 @@ def cmd_selections(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.export import export
+    from deepdistill_tui.core.stages import ExportParams
 
-    recipe = load_recipe_arg(args)
-    with open_store(args) as store:
-        n = export(store, recipe, args.selection, args.format, args.out)
+    n = run_command(args, "export", ExportParams(args.selection, args.format, args.out)).summary["records"]
     print(f"wrote {n} records to {args.out} ({args.format})")
     return 0

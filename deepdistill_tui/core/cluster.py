@@ -6,19 +6,16 @@ SGLang) serve jobs for the teachers, Slurm array jobs that run this project's ow
 job (DeepSpeed ZeRO-3, or FSDP through accelerate) whose entrypoint is this project's trainer,
 ``python -m deepdistill_tui.core.train``. Nothing here schedules or parallelises anything itself.
 
-Shell text lives in ``cluster_scripts``; this module decides the numbers: batch arithmetic, tensor
-parallel degrees, steps and GPU-hours, and what changes when a pilot run is carried up to full scale.
+This module decides the numbers: batch arithmetic, tensor parallel degrees, steps and GPU-hours, and
+what changes when a pilot run is carried up to full scale. ``core.bundle`` renders them into the shell
+templates of ``core/templates``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -31,6 +28,9 @@ PORT_BASE = 8001
 # may take: the rest is KV cache for long reasoning traces at high concurrency.
 GPU_MEMORY_UTILIZATION = 0.9
 WEIGHT_SHARE = 0.6
+# SGLang's --mem-fraction-static counts weights and KV cache alone (vLLM's share also covers activations
+# and the CUDA graphs), so it sits a little below for the same headroom.
+SGLANG_MEMORY_FRACTION = round(GPU_MEMORY_UTILIZATION - 0.05, 2)
 # The paper's Stage I / II data when no store tells us the real figures (PAPER.md section 5).
 PAPER_STAGE1 = (5_400_000, 19_200_000_000)
 PAPER_STAGE2 = (250_000, int(250_000 * 19_200_000_000 / 5_400_000))
@@ -241,9 +241,9 @@ def _set(data: dict[str, Any], key: str, value: Any) -> None:
 def pilot_recipe(store: Any, run_id: str) -> Recipe:
     run = store.run(run_id)
     if run is None:
-        raise DeepDistillError(f"--from-run {run_id}: no such run in {store.path}")
+        raise DeepDistillError(f"pilot run {run_id}: no such run in {store.path}")
     if run["command"] != "train":
-        raise DeepDistillError(f"--from-run {run_id}: a {run['command']} run; a pilot is a train run")
+        raise DeepDistillError(f"pilot run {run_id}: a {run['command']} run; a pilot is a train run")
     return Recipe.model_validate(run["recipe"])
 
 
@@ -253,6 +253,7 @@ def pilot_recipe(store: Any, run_id: str) -> Recipe:
 @dataclass
 class Bundle:
     recipe: Recipe
+    cluster: ClusterConfig
     batch: BatchPlan
     serve: list[ServePlan]
     stages: list[StagePlan]
@@ -265,37 +266,12 @@ def plan_bundle(recipe: Recipe, store: Any = None, from_run: str | None = None) 
     changes: list[Change] = []
     if from_run:
         if store is None:
-            raise DeepDistillError("--from-run needs --db, the pilot's database")
+            raise DeepDistillError(f"pilot run {from_run}: no store to read it from")
         recipe, changes = carry_from_pilot(recipe, pilot_recipe(store, from_run))
     cluster = _cluster(recipe)
     stages = stage_plans(recipe, data_sizes(store, recipe))
     serve = [serve_plan(t, i, cluster) for i, t in enumerate(recipe.teachers) if t.backend == "openai"]
-    return Bundle(recipe, stages[0].batch, serve, stages, changes, from_run)
-
-
-def write_bundle(bundle: Bundle, out: Path) -> list[str]:
-    """Write every file into a scratch folder beside ``out``, then rename it into place."""
-    from deepdistill_tui.core.cluster_scripts import bundle_files
-
-    if out.exists() and any(out.iterdir()):
-        raise DeepDistillError(f"--out {out} exists and is not empty; choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        files = bundle_files(bundle)
-        for rel, (text, executable) in files.items():
-            path = tmp / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            if executable:
-                path.chmod(0o755)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    bundle.files = sorted(files)
-    return bundle.files
+    return Bundle(recipe, cluster, stages[0].batch, serve, stages, changes, from_run)
 
 
 def recipe_yaml(recipe: Recipe) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DeepDistillError(Exception):
     """A user-facing failure. The CLI prints ``str(exc)`` on one line and exits non-zero."""
@@ -16,3 +18,15 @@ class InputError(DeepDistillError):
 
 class RecipeError(DeepDistillError):
     """A recipe that does not validate."""
+
+
+class StageStopped(DeepDistillError):
+    """The stop signal ended a stage early; what it finished is stored, and a rerun picks up there."""
+
+
+class StageError(DeepDistillError):
+    """A stage that failed with a partial report worth keeping in its ``runs`` row."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary

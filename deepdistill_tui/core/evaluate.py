@@ -19,23 +19,17 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.errors import DeepDistillError, StageStopped
+from deepdistill_tui.core.events import Emit, EvalFallback, EvalProgress, noop
 from deepdistill_tui.core.grade import Grader, Item
 from deepdistill_tui.core.intervals import bootstrap_interval, paired_difference, significance
 from deepdistill_tui.core.recipe import ModelRef, Recipe, SamplingParams, Teacher
 from deepdistill_tui.core.store import Store
 from deepdistill_tui.core.text import split_response
-
-Emit = Callable[[dict[str, Any]], None]
-
-
-def _noop(_: dict[str, Any]) -> None:
-    pass
 
 
 def eval_queries(store: Store, recipe: Recipe) -> list[tuple[str, str, str, str | None, str | None]]:
@@ -47,13 +41,6 @@ def eval_queries(store: Store, recipe: Recipe) -> list[tuple[str, str, str, str 
     if not rows:
         raise DeepDistillError(f"no math or code queries in split {recipe.eval.split!r} to evaluate on")
     return rows
-
-
-def latest_trained_run(store: Store, recipe: Recipe) -> str | None:
-    row = store.conn.execute(
-        "SELECT run_id FROM runs WHERE command = 'train' AND status = 'ok' AND recipe_name = ?"
-        " ORDER BY finished_at DESC LIMIT 1", (recipe.name,)).fetchone()
-    return row[0] if row else None
 
 
 def load_student(recipe: Recipe, adapter: str | None) -> tuple[Any, Any]:
@@ -159,13 +146,12 @@ def sampler_answers(recipe: Recipe, model: StudentModel, queries: list[Query], e
     try:
         for req, outs in stream:
             answers[req.key[0]] = [""] * k if isinstance(outs, PromptTooLong) else [c.text for c in outs]
-            emit({"event": "eval_progress", "model": model.name, "done": len(answers),
-                  "total": len(queries)})
+            emit(EvalProgress(model.name, len(answers), len(queries)))
     finally:
         stream.close()
         backend.close()
     if len(answers) < len(queries):
-        raise DeepDistillError(f"evaluation of {model.name} stopped; nothing was stored")
+        raise StageStopped(f"evaluation of {model.name} stopped; nothing was stored")
     return answers
 
 
@@ -178,17 +164,16 @@ def transformers_answers(recipe: Recipe, model: StudentModel, queries: list[Quer
     answers: dict[str, list[str]] = {}
     for first in range(0, len(queries), GEN_BATCH):
         if stop is not None and stop.is_set():
-            raise DeepDistillError(f"evaluation of {model.name} stopped; nothing was stored")
+            raise StageStopped(f"evaluation of {model.name} stopped; nothing was stored")
         batch = queries[first : first + GEN_BATCH]
         for q, texts in zip(batch, generate(hf_model, tok, [q[2] for q in batch], recipe), strict=True):
             answers[q[0]] = texts
-        emit({"event": "eval_progress", "model": model.name, "done": first + len(batch),
-              "total": len(queries)})
+        emit(EvalProgress(model.name, first + len(batch), len(queries)))
     return answers
 
 
 def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
-             emit: Emit = _noop, stop: threading.Event | None = None) -> dict[str, Any]:
+             emit: Emit = noop, stop: threading.Event | None = None) -> dict[str, Any]:
     """pass@1 of the base student or of a training run's output, with its interval; stored in
     ``evals``. ``stop`` ends it early; nothing is stored then."""
     from deepdistill_tui.core.models import file_sha256
@@ -201,8 +186,8 @@ def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
         answers = sampler_answers(recipe, model, queries, emit, stop)
     else:
         engine, sha = "transformers (fallback: " + str(model.fallback_reason) + ")", None
-        emit({"event": "eval_fallback", "model": model_name, "message": f"evaluating {model_name} with "
-              f"transformers generate: {model.fallback_reason}"})
+        emit(EvalFallback(model_name, f"evaluating {model_name} with transformers generate: "
+                                      f"{model.fallback_reason}"))
         answers = transformers_answers(recipe, model, queries, emit, stop)
     items = [Item((qid, i), cat, question, text, *split_response(text), truth,
                   json.loads(tests) if tests else None)

@@ -24,13 +24,14 @@ from deepdistill_tui import __version__
 from deepdistill_tui.core.backends import Backend
 from deepdistill_tui.core.code_grader import HarnessPool, code_tests, grade_code
 from deepdistill_tui.core.errors import InputError
+from deepdistill_tui.core.events import Emit, GradeProgress, GradeStarted, Waiting, noop
 from deepdistill_tui.core.judge import (
     Verdict,
     check_constraints,
     format_problem,
     llm_judge,
 )
-from deepdistill_tui.core.math_grader import MathItem, verify_math
+from deepdistill_tui.core.math_grader import MathItem, verify_math, warm_up
 from deepdistill_tui.core.readers import iter_jsonl
 from deepdistill_tui.core.recipe import CATEGORIES, GradingConfig, Recipe
 from deepdistill_tui.core.sandbox import Limits
@@ -38,12 +39,7 @@ from deepdistill_tui.core.store import Store, lock_held, stage_lock
 from deepdistill_tui.core.text import split_response
 from deepdistill_tui.core.workers import DeadlinePool
 
-Emit = Callable[[dict[str, Any]], None]
 CHUNK = 256
-
-
-def _noop(_: dict[str, Any]) -> None:
-    pass
 
 
 @dataclass
@@ -147,7 +143,8 @@ class Grader:
         if not todo:
             return
         if self._math_pool is None:
-            self._math_pool = DeadlinePool(verify_math, self.workers, self.cfg.math_timeout_s)
+            self._math_pool = DeadlinePool(verify_math, self.workers, self.cfg.math_timeout_s,
+                                           warmup=warm_up)
         t0 = time.perf_counter()
         tasks = [MathItem(i.answer or i.response, str(i.ground_truth),
                           max(1, int(self.cfg.math_timeout_s) - 1)) for i in todo]
@@ -229,12 +226,12 @@ def judge_factory(recipe: Recipe) -> Callable[[], Backend] | None:
     return make
 
 
-def grade_store(store: Store, recipe: Recipe, *, emit: Emit = _noop,
+def grade_store(store: Store, recipe: Recipe, *, emit: Emit = noop,
                 stop: threading.Event | None = None, workers: int | None = None) -> dict[str, Any]:
     """Grade every ungraded sample; results land in transactions of CHUNK grades. One grader per store
     at a time: a second one waits, then grades what the first left (nothing is graded twice)."""
     with stage_lock(store.path, "grader",
-                    lambda message: emit({"event": "grade_waiting", "message": message})):
+                    lambda message: emit(Waiting("grade", message))):
         return _grade_store(store, recipe, emit=emit, stop=stop, workers=workers)
 
 
@@ -245,7 +242,7 @@ def _grade_store(store: Store, recipe: Recipe, *, emit: Emit, stop: threading.Ev
         workers = 1
     statuses: Counter[str] = Counter()
     passed = done = 0
-    emit({"event": "grade_started", "total": len(items)})
+    emit(GradeStarted(len(items)))
     start = time.perf_counter()
     with Grader(recipe.grading, workers=workers, judge=judge_factory(recipe)) as grader:
         for first in range(0, len(items), CHUNK):
@@ -262,8 +259,8 @@ def _grade_store(store: Store, recipe: Recipe, *, emit: Emit, stop: threading.Ev
                 conn.executemany(_INSERT, rows)
             done += len(rows)
             elapsed = time.perf_counter() - start
-            emit({"event": "grade_progress", "done": done, "total": len(items), "passed": passed,
-                  "by_status": dict(statuses), "per_s": done / elapsed if elapsed else 0.0})
+            emit(GradeProgress(done, len(items), passed, dict(statuses),
+                               done / elapsed if elapsed else 0.0))
     result = {"graded": done, "passed": passed, "by_status": dict(statuses),
               "seconds": round(time.perf_counter() - start, 2)}
     if recipe.selection.quality.perplexity_model and recipe.selection.quality.max_perplexity:
@@ -305,7 +302,7 @@ def _file_item(rec: dict[str, Any], where: str) -> Item:
 
 
 def grade_file(src: Path, dst: Path, cfg: GradingConfig, *, workers: int | None = None,
-               judge: Callable[[], Backend] | None = None, emit: Emit = _noop) -> dict[str, Any]:
+               judge: Callable[[], Backend] | None = None, emit: Emit = noop) -> dict[str, Any]:
     """JSONL in, the same records plus verify_score, passed and status out, in input order.
 
     The whole input is validated before any grading, and the output appears only when complete.
@@ -331,7 +328,7 @@ def grade_file(src: Path, dst: Path, cfg: GradingConfig, *, workers: int | None 
                     rec = {**records[i][1], "verify_score": g.verify_score, "passed": g.passed,
                            "status": g.status, "detail": g.detail}
                     out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                emit({"event": "grade_progress", "done": first + len(chunk), "total": len(items)})
+                emit(GradeProgress(first + len(chunk), len(items)))
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)

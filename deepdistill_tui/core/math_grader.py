@@ -56,6 +56,14 @@ def _parse_gold(ground_truth: str, timeout_s: int) -> Any:
     return parse(f"${ground_truth}$", parsing_timeout=timeout_s)
 
 
+def warm_up() -> None:
+    """What a worker does before its first item: Math-Verify's imports (sympy, the LaTeX grammar) and
+    one parse, seconds that must not count against an item's deadline."""
+    from math_verify import parse, verify
+
+    verify(parse("$1$"), parse("$1$"))
+
+
 def verify_math(item: MathItem) -> dict[str, Any]:
     """Worker entry point: {'score': 0 or 1, 'status': ..., 'detail': ...}."""
     from math_verify import parse, verify

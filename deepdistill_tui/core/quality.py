@@ -18,17 +18,16 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from deepdistill_tui.core.events import Emit, PerplexityProgress, PerplexityStarted
 from deepdistill_tui.core.recipe import QualityFilters, Recipe
 from deepdistill_tui.core.stats import Responses
 from deepdistill_tui.core.store import Store
 
-Emit = Callable[[dict[str, Any]], None]
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 PPL_BATCH = 64
 
@@ -117,7 +116,7 @@ def score_perplexity(store: Store, recipe: Recipe, teacher_id: str, *, emit: Emi
     backend, _ = open_backend(recipe.teacher(name), passes=1, sequences=1)
     assert isinstance(backend, LlamaCppBackend)
     start, done = time.perf_counter(), 0
-    emit({"event": "perplexity_started", "total": len(todo), "model": name})
+    emit(PerplexityStarted(len(todo), name))
     try:
         for first in range(0, len(todo), PPL_BATCH):
             if stop is not None and stop.is_set():
@@ -131,7 +130,7 @@ def score_perplexity(store: Store, recipe: Recipe, teacher_id: str, *, emit: Emi
                 conn.executemany("UPDATE samples SET ppl = ? WHERE query_id = ? AND teacher_id = ?"
                                  " AND pass_index = ?", rows)
             done += len(rows)
-            emit({"event": "perplexity_progress", "done": done, "total": len(todo)})
+            emit(PerplexityProgress(done, len(todo)))
     finally:
         backend.close()
     return {"scored": done, "model": name, "seconds": round(time.perf_counter() - start, 2)}

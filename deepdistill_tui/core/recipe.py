@@ -32,7 +32,10 @@ PAPER_PASS_THRESHOLDS: dict[str, float] = {
     "other": 0.7,
 }
 MAX_RECIPE_BYTES = 1 << 20
-REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = Path(__file__).resolve().parents[1]
+"""The package folder: the shipped recipes (``recipes/``) and demo data (``data/demo/``) live in it, so
+a plain ``pip install`` (or a wheel) carries them; the repository's top-level ``recipes`` and
+``data/demo`` point here."""
 
 
 class _Model(BaseModel):
@@ -481,7 +484,7 @@ def with_endpoints(recipe: Recipe, pairs: list[str]) -> Recipe:
 
 
 def recipes_dir() -> Path:
-    return REPO_ROOT / "recipes"
+    return SHIPPED / "recipes"
 
 
 def available_recipes() -> list[str]:
@@ -489,7 +492,7 @@ def available_recipes() -> list[str]:
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:
-    """``tiny`` finds ``recipes/tiny.yaml`` (cwd first, then the project); anything else is a path."""
+    """``tiny`` finds ``recipes/tiny.yaml`` (cwd first, then the shipped ones); anything else is a path."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.parent != Path("."):
         if not candidate.is_file():
@@ -551,8 +554,9 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def resolve_data_path(path: str) -> Path:
-    """Data paths in recipes are relative to the working directory, else to the project root."""
+    """Data paths in recipes are relative to the working directory, else to the shipped data (the
+    demo recipes' ``data/demo/...``)."""
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
-    return REPO_ROOT / p
+    return SHIPPED / p

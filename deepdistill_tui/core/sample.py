@@ -12,7 +12,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +30,11 @@ from deepdistill_tui.core.backends import (
     offload_problem,
 )
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.events import Emit, SampleFailed, SampleProgress, SampleStarted, Waiting, noop
 from deepdistill_tui.core.models import check_gguf, fetch, file_sha256
 from deepdistill_tui.core.recipe import Recipe, Teacher
 from deepdistill_tui.core.store import Store, stage_lock
 from deepdistill_tui.core.text import split_response
-
-Emit = Callable[[dict[str, Any]], None]
-
-
-def _noop(_: dict[str, Any]) -> None:
-    pass
 
 
 @dataclass
@@ -153,7 +148,7 @@ def store_passes(store: Store, job: Job, teacher_id: str, seeds: list[int],
 def sampler_lock(db_path: Path, emit: Emit) -> Any:
     """One sampler per database at a time; a second one waits for the first to finish."""
     return stage_lock(db_path, "sampler",
-                      lambda message: emit({"event": "sample_waiting", "message": message}))
+                      lambda message: emit(Waiting("sample", message)))
 
 
 # ---------------------------------------------------------------- running
@@ -186,7 +181,7 @@ def open_backend(teacher: Teacher, passes: int,
 
 
 def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int | None = None,
-                   emit: Emit = _noop, stop: threading.Event | None = None) -> TeacherReport:
+                   emit: Emit = noop, stop: threading.Event | None = None) -> TeacherReport:
     """Every missing pass of every query, through the backend's continuous batching; each query's
     passes land in one transaction when its last pass ends, so a kill loses only queries in flight."""
     report = TeacherReport(teacher.name)
@@ -196,8 +191,7 @@ def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int
     try:
         report.teacher_id = register_teacher(store, teacher, path)
         jobs = pending(store, report.teacher_id, passes, limit or recipe.sampling.query_limit)
-        emit({"event": "sample_started", "teacher": teacher.name, "queries_total": len(jobs),
-              "passes_total": sum(len(j.missing) for j in jobs)})
+        emit(SampleStarted(teacher.name, len(jobs), sum(len(j.missing) for j in jobs)))
         start = time.perf_counter()
         requests = (Request(job, job.question, [pass_seed(teacher.sampling.seed, job.query_id, p)
                                                 for p in job.missing])
@@ -235,23 +229,15 @@ def _answers(backend: Backend, requests: Iterator[Request],
             yield req, exc
 
 
-def in_flight_text(event: dict[str, Any]) -> str:
-    """The part of a progress line about the engine: both faces show it the same way."""
-    n = event.get("in_flight")
-    return f" · {n} sequences in flight" if n else ""
-
-
 def _emit_progress(emit: Emit, report: TeacherReport, total: int, in_flight: int | None) -> None:
     rate = report.queries / report.seconds if report.seconds else 0.0
-    emit({"event": "sample_progress", "teacher": report.teacher, "queries_done": report.queries,
-          "queries_total": total, "samples": report.samples, "in_flight": in_flight,
-          "tokens_per_s": report.tokens / report.seconds if report.seconds else 0.0,
-          "eta_s": (total - report.queries) / rate if rate else None,
-          "last_response": report.last_response[-400:]})
+    emit(SampleProgress(report.teacher, report.queries, total, report.samples,
+                        report.tokens / report.seconds if report.seconds else 0.0, in_flight,
+                        (total - report.queries) / rate if rate else None, report.last_response[-400:]))
 
 
 def sample(store: Store, recipe: Recipe, *, teacher_name: str | None = None, limit: int | None = None,
-           emit: Emit = _noop, stop: threading.Event | None = None) -> list[TeacherReport]:
+           emit: Emit = noop, stop: threading.Event | None = None) -> list[TeacherReport]:
     """Sample every teacher (or one). A failing teacher is reported and the others go on."""
     teachers = [recipe.teacher(teacher_name)] if teacher_name else [
         t for t in recipe.teachers if t.backend != "am_import"]
@@ -261,7 +247,7 @@ def sample(store: Store, recipe: Recipe, *, teacher_name: str | None = None, lim
             try:
                 reports.append(sample_teacher(store, recipe, teacher, limit=limit, emit=emit, stop=stop))
             except DeepDistillError as exc:
-                emit({"event": "sample_failed", "teacher": teacher.name, "error": str(exc)})
+                emit(SampleFailed(teacher.name, str(exc)))
                 reports.append(TeacherReport(teacher.name, error=str(exc)))
             if stop is not None and stop.is_set():
                 break

@@ -194,6 +194,12 @@ def run_selection(store: Store, recipe: Recipe, name: str) -> list[Selection]:
     return out
 
 
+def summary(sel: Selection) -> dict[str, Any]:
+    """What every face reports of a computed selection (``list_selections`` has the same keys)."""
+    return {"name": sel.name, "members": len(sel.members), "tokens": sel.n_tokens, "counts": sel.counts,
+            "seed": sel.seed, "rule": sel.rule}
+
+
 def with_rule(recipe: Recipe, thresholds: dict[str, float], cv_thresholds: dict[str, float]) -> Recipe:
     """The recipe with its per-category pass thresholds and CV_t replaced (validated as a recipe)."""
     data = recipe.model_dump(mode="json")

@@ -162,6 +162,19 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN owner TEXT;
     """,
+    # `ablate`: one row per arm of a recipe's ablation; its selection, training run and evaluated
+    # model, so that a rerun picks up where it stopped, and its finished table row.
+    """
+    CREATE TABLE ablations (
+        recipe_name TEXT NOT NULL,
+        arm         TEXT NOT NULL,
+        selection   TEXT,
+        train_run   TEXT,
+        result      TEXT,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (recipe_name, arm)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -326,7 +339,7 @@ class Store:
         return row[0] if row else None
 
     def count(self, table: str) -> int:
-        return int(self.scalar(f"SELECT count(*) FROM {table}"))  # table names are ours, not input
+        return int(self.db[table].count)
 
     def table_counts(self) -> dict[str, int]:
         tables = ("queries", "teachers", "samples", "grades", "selections", "runs")
@@ -348,14 +361,28 @@ class Store:
 
     def finish_run(self, run_id: str, status: str, result: Any = None,
                    error: str | None = None) -> None:
-        """Record how a run ended; ``running`` takes a run up again, in this process."""
+        """Record how a run ended."""
         with self.write() as conn:
             conn.execute(
-                "UPDATE runs SET status = ?, result = ?, error = ?, finished_at = ?,"
-                " owner = CASE WHEN ? = 'running' THEN ? ELSE owner END WHERE run_id = ?",
+                "UPDATE runs SET status = ?, result = ?, error = ?, finished_at = ? WHERE run_id = ?",
                 (status, json.dumps(result, default=str) if result is not None else None, error,
-                 time.time(), status, process_owner(), run_id),
+                 time.time(), run_id),
             )
+
+    def resume_run(self, run_id: str) -> None:
+        """Take an unfinished run up again, in this process."""
+        with self.write() as conn:
+            conn.execute("UPDATE runs SET status = 'running', error = NULL, finished_at = NULL, owner = ?"
+                         " WHERE run_id = ?", (process_owner(), run_id))
+
+    def update_run_args(self, run_id: str, **args: Any) -> None:
+        """Add to a run's arguments what is only known once it started (a training run's folder)."""
+        row = self.run(run_id)
+        if row is None:
+            raise DeepDistillError(f"no run {run_id!r} in {self.path}")
+        with self.write() as conn:
+            conn.execute("UPDATE runs SET args = ? WHERE run_id = ?",
+                         (json.dumps({**row["args"], **args}, default=str), run_id))
 
     def reap_stale_runs(self) -> list[str]:
         """`running` rows whose process on this host is gone (kill -9, a power cut) become
@@ -376,43 +403,41 @@ class Store:
                           f"(found at {time.strftime('%Y-%m-%d %H:%M:%S')})", run_id, owner))
         return [run_id for run_id, _ in stale]
 
-    @contextmanager
-    def recorded_run(self, command: str, recipe_name: str | None = None, recipe_json: str | None = None,
-                     args: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """A ``runs`` row around a block: ``ok`` with the block's ``result``, else failed/interrupted.
-
-        The block puts its report in the yielded dict under ``result``.
-        """
-        run_id = self.start_run(command, recipe_name, recipe_json, args or {})
-        handle: dict[str, Any] = {"run_id": run_id, "result": None}
-        try:
-            yield handle
-        except BaseException as exc:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self.finish_run(run_id, status, error=str(exc) or type(exc).__name__)
-            raise
-        self.finish_run(run_id, "ok", handle["result"])
-
     def run(self, run_id: str) -> dict[str, Any] | None:
-        """One runs row: command, status, the recipe it ran with and its result (both parsed)."""
-        row = self.conn.execute("SELECT command, status, recipe, result FROM runs WHERE run_id = ?",
-                                (run_id,)).fetchone()
-        if row is None:
+        """One runs row, its recipe, args and result parsed."""
+        try:
+            row = dict(self.db["runs"].get(run_id))  # type: ignore[union-attr]
+        except sqlite_utils.db.NotFoundError:
             return None
-        return {"run_id": run_id, "command": row[0], "status": row[1],
-                "recipe": json.loads(row[2]) if row[2] else None,
-                "result": json.loads(row[3]) if row[3] else None}
+        return _parsed_run(row)
+
+    def runs(self, command: str, recipe_name: str | None = None, *,
+             statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """A command's runs, newest first; only a recipe's, or only some statuses, when asked."""
+        where, params = ["command = ?"], [command]
+        if recipe_name is not None:
+            where.append("recipe_name = ?")
+            params.append(recipe_name)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        rows = self.db["runs"].rows_where(" AND ".join(where), params, order_by="started_at DESC")
+        return [_parsed_run(row) for row in rows]
 
     def last_run(self, command: str) -> dict[str, Any] | None:
-        row = self.conn.execute(
-            "SELECT run_id, status, result, started_at, finished_at FROM runs"
-            " WHERE command = ? ORDER BY started_at DESC LIMIT 1",
-            (command,),
-        ).fetchone()
-        if row is None:
-            return None
-        return {
-            "run_id": row[0], "status": row[1],
-            "result": json.loads(row[2]) if row[2] else None,
-            "started_at": row[3], "finished_at": row[4],
-        }
+        found = self.runs(command)
+        return found[0] if found else None
+
+    def stage_done(self, stage: str, recipe_name: str, inputs: str) -> bool:
+        """Did ``stage`` succeed for this recipe with these inputs (a hash of the recipe values)?"""
+        return self.scalar(
+            "SELECT 1 FROM runs WHERE command = ? AND recipe_name = ? AND status = 'ok'"
+            " AND json_extract(args, '$.inputs') = ? LIMIT 1", (stage, recipe_name, inputs)) is not None
+
+
+def _parsed_run(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("recipe", "result"):
+        out[key] = json.loads(row[key]) if row.get(key) else None
+    out["args"] = json.loads(row["args"]) if row.get("args") else {}
+    return out

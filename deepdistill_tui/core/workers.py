@@ -3,6 +3,10 @@
 Math-Verify's own timeout uses SIGALRM (main thread only) and printing some parsed values can hang
 forever, so a verdict must come from a process that can be killed. Workers report each result as soon as
 it is ready; the item in flight when a deadline passes is the one that hung.
+
+A worker gets no item before it says it is ready: its start-up (the interpreter, then ``warmup``, which
+imports what ``fn`` needs) can take longer than an item's deadline on a busy machine, and a deadline
+that counted it would kill each fresh worker in turn and time out every item.
 """
 
 from __future__ import annotations
@@ -17,10 +21,17 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from deepdistill_tui.core.errors import DeepDistillError
+
 TIMED_OUT = object()
+STARTUP_S = 300.0
+"""How long a worker may take to become ready before the pool gives up on it."""
 
 
-def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
+def _serve(conn: Connection, fn: Callable[[Any], Any], warmup: Callable[[], None] | None) -> None:
+    if warmup is not None:
+        warmup()
+    conn.send(("ready", None))
     while True:
         try:
             item = conn.recv()
@@ -40,6 +51,7 @@ class _Worker:
     conn: Connection
     started: float = 0.0
     item: tuple[int, Any] | None = None
+    ready: bool = False
 
 
 @contextlib.contextmanager
@@ -68,8 +80,10 @@ class DeadlinePool:
     connection or thread state is carried into them.
     """
 
-    def __init__(self, fn: Callable[[Any], Any], n: int, deadline_s: float) -> None:
+    def __init__(self, fn: Callable[[Any], Any], n: int, deadline_s: float,
+                 warmup: Callable[[], None] | None = None) -> None:
         self.fn = fn
+        self.warmup = warmup
         self.n = max(1, n)
         self.deadline_s = deadline_s
         self.ctx = mp.get_context("spawn")
@@ -77,11 +91,24 @@ class DeadlinePool:
 
     def _start(self) -> _Worker:
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_serve, args=(child, self.fn), daemon=True)
+        proc = self.ctx.Process(target=_serve, args=(child, self.fn, self.warmup), daemon=True)
         with _real_stderr():
             proc.start()
         child.close()
-        return _Worker(proc, parent)
+        return _Worker(proc, parent, started=time.monotonic())
+
+    def _await_ready(self, workers: list[_Worker]) -> None:
+        """Block until every worker has said it is ready (a dead one is an error: it cannot grade)."""
+        for w in workers:
+            if w.ready:
+                continue
+            if not w.conn.poll(max(0.0, w.started + STARTUP_S - time.monotonic())):
+                raise DeepDistillError(f"a grading worker did not start within {STARTUP_S:.0f} s")
+            try:
+                w.conn.recv()
+            except EOFError:
+                raise DeepDistillError("a grading worker died while starting") from None
+            w.ready = True
 
     def close(self) -> None:
         for w in self.workers:
@@ -103,6 +130,7 @@ class DeadlinePool:
         queue = deque(enumerate(items))
         if not self.workers:
             self.workers = [self._start() for _ in range(min(self.n, max(len(queue), 1)))]
+        self._await_ready(self.workers)
         idle = list(self.workers)
         busy: list[_Worker] = []
         while queue or busy:
@@ -137,4 +165,5 @@ class DeadlinePool:
         w.proc.join(timeout=5)
         fresh = self._start()
         self.workers[self.workers.index(w)] = fresh
+        self._await_ready([fresh])
         return fresh

@@ -20,9 +20,37 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
-from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.errors import DeepDistillError, StageStopped
+from deepdistill_tui.core.events import (
+    EvalFallback,
+    EvalProgress,
+    Event,
+    GradeProgress,
+    GradeStarted,
+    PerplexityProgress,
+    PerplexityStarted,
+    SampleFailed,
+    SampleProgress,
+    SampleStarted,
+    TrainCheckpoint,
+    TrainExported,
+    TrainFinished,
+    TrainRun,
+    TrainStarted,
+    TrainStep,
+    Waiting,
+)
 from deepdistill_tui.core.overview import Overview, overview
 from deepdistill_tui.core.recipe import Recipe
+from deepdistill_tui.core.stages import (
+    EvalParams,
+    ExportParams,
+    GradeParams,
+    IngestParams,
+    SampleParams,
+    SelectParams,
+    TrainParams,
+)
 from deepdistill_tui.core.store import Store
 from deepdistill_tui.tui.analyze import AnalyzeView
 from deepdistill_tui.tui.evaluation import EvalPane
@@ -36,8 +64,7 @@ from deepdistill_tui.tui.selecting import SelectPane, show_selections
 from deepdistill_tui.tui.training import TrainPane
 
 PAGE = 200
-Emit = Callable[[dict[str, Any]], None]
-StageFn = Callable[[Store, Emit], dict[str, Any]]
+Task = Callable[[Store], dict[str, Any]]
 TABS = ("overview", "data", "sample", "grade", "analyze", "select", "train", "evaluate", "export")
 
 # (key, action, footer label, description): the footer, the help screen and the command palette
@@ -176,44 +203,66 @@ class DeepDistillApp(App[None]):
 
     # ------------------------------------------------------------ running one stage at a time
 
-    def start_stage(self, stage: str, tab: str, fn: StageFn) -> None:
+    def start_stage(self, stage: str, tab: str, params: Any, recipe: Recipe | None = None) -> None:
+        """Run a stage of the core through its one front door, ``run_stage``, in a worker."""
+        from deepdistill_tui.core.stages import StageContext, run_stage
+
+        def emit(event: Event) -> None:
+            self.post_message(ProgressEvent(event))
+
+        def work(store: Store) -> dict[str, Any]:
+            ctx = StageContext(emit, self.stop_event)
+            return run_stage(store, stage, recipe or self.recipe, params, ctx).summary
+
+        self.start_task(stage, tab, work)
+
+    def start_task(self, label: str, tab: str, fn: Task) -> None:
         if self.running:
             self.notify(f"{self.running} is running: stop it with x first", severity="warning")
             return
-        self.running = stage
+        self.running = label
         self.stop_event.clear()
         self.query_one(TabbedContent).active = f"tab-{tab}"
-        self.run_stage_worker(stage, fn)
+        self.run_task_worker(label, fn)
 
     @work(thread=True, group="stage", exit_on_error=False)
-    def run_stage_worker(self, stage: str, fn: StageFn) -> None:
-        """Run one stage of the core in a thread: its events and its end come back as messages."""
-
-        def emit(event: dict[str, Any]) -> None:
-            self.post_message(ProgressEvent(event))
-
+    def run_task_worker(self, label: str, fn: Task) -> None:
+        """One stage (or the bundle) at a time, in a thread; its end comes back as a message."""
         try:
             with self._store() as store:
-                result = fn(store, emit)
+                result = fn(store)
+        except StageStopped as exc:
+            self.post_message(StageFailed(label, str(exc), stopped=True))
+            return
         except DeepDistillError as exc:
-            self.post_message(StageFailed(stage, str(exc)))
+            self.post_message(StageFailed(label, str(exc)))
             return
         except Exception as exc:  # a bug must reach the user as a message, not kill the UI
-            self.post_message(StageFailed(stage, f"{type(exc).__name__}: {exc}"))
+            self.post_message(StageFailed(label, f"{type(exc).__name__}: {exc}"))
             return
-        self.post_message(StageFinished(stage, result))
+        self.post_message(StageFinished(label, result))
 
     def on_progress_event(self, message: ProgressEvent) -> None:
-        kind = message.event["event"]
-        pane: Any = {"sample": SamplePane, "grade": GradePane, "train": TrainPane,
-                     "eval": EvalPane}.get(kind.split("_")[0])
+        event = message.event
+        pane: Any = None
+        if isinstance(event, SampleStarted | SampleProgress | SampleFailed):
+            pane = SamplePane
+        elif isinstance(event, GradeStarted | GradeProgress | PerplexityStarted | PerplexityProgress):
+            pane = GradePane
+        elif isinstance(event, TrainRun | TrainStarted | TrainStep | TrainCheckpoint | TrainExported
+                        | TrainFinished):
+            pane = TrainPane
+        elif isinstance(event, EvalProgress | EvalFallback):
+            pane = EvalPane
+        elif isinstance(event, Waiting):
+            pane = GradePane if event.stage == "grade" else SamplePane
         if pane is not None:
-            self.query_one(pane).handle(message.event)
+            self.query_one(pane).handle(event)
 
     def on_stage_finished(self, message: StageFinished) -> None:
         self.running = None
         self.history.append((message.stage, None))
-        if message.stage == "export":
+        if message.stage in ("export", "bundle"):
             self.query_one(ExportPane).done(message.result)
         if message.stage == "grade":
             self.query_one(SelectPane).invalidate()
@@ -223,7 +272,11 @@ class DeepDistillApp(App[None]):
     def on_stage_failed(self, message: StageFailed) -> None:
         self.running = None
         self.history.append((message.stage, message.error))
-        self.notify(message.error, title=f"{message.stage} failed", severity="error", timeout=10)
+        if message.stopped:
+            self.notify(f"{message.error}; press its key again to resume", title=f"{message.stage} stopped",
+                        severity="warning")
+        else:
+            self.notify(message.error, title=f"{message.stage} failed", severity="error", timeout=10)
         self._after_stage()
 
     def _after_stage(self) -> None:
@@ -251,26 +304,15 @@ class DeepDistillApp(App[None]):
         self.refresh_data()
 
     def action_ingest(self) -> None:
-        from deepdistill_tui.core.pipeline import parse_stages, run_stage
-
-        self.start_stage("ingest", "data", lambda store, emit: run_stage(
-            store, parse_stages("ingest")[0], self.recipe, emit))
+        self.start_stage("ingest", "data", IngestParams())
 
     def action_sample(self) -> None:
-        from deepdistill_tui.core.sample import sample
-
-        self.start_stage("sample", "sample", lambda store, emit: {"teachers": [
-            r.as_dict() for r in sample(store, self.recipe, emit=emit, stop=self.stop_event)]})
+        self.start_stage("sample", "sample", SampleParams())
 
     def action_grade(self) -> None:
-        from deepdistill_tui.core.grade import grade_store
-
-        self.start_stage("grade", "grade", lambda store, emit: grade_store(
-            store, self.recipe, emit=emit, stop=self.stop_event))
+        self.start_stage("grade", "grade", GradeParams())
 
     def action_save_selection(self) -> None:
-        from deepdistill_tui.core.select import run_selection
-
         pane = self.query_one(SelectPane)
         try:
             recipe, name = pane.rule(), pane.selection_name()
@@ -280,63 +322,33 @@ class DeepDistillApp(App[None]):
         if not name:
             self.notify("give the selection a name", title="Select", severity="error")
             return
-
-        def save(store: Store, emit: Emit) -> dict[str, Any]:
-            with store.recorded_run("select", recipe.name, recipe.to_json(), {"name": name}) as run:
-                run["result"] = [{"name": s.name, "members": len(s.members)}
-                                 for s in run_selection(store, recipe, name)]
-            return {"selections": run["result"]}
-
-        self.start_stage("select", "select", save)
+        self.start_stage("select", "select", SelectParams(name), recipe)
 
     def action_train(self) -> None:
-        from deepdistill_tui.core.train import train
-
         selection = self.query_one(TrainPane).selection()
         if not selection:
             self.notify("no selection to train on: save one in the Select tab", severity="warning")
             self.query_one(TabbedContent).active = "tab-select"
             return
-        self.start_stage("train", "train", lambda store, emit: train(
-            store, self.recipe, selection, emit=emit, stop=self.stop_event))
+        self.start_stage("train", "train", TrainParams(selection))
 
     def action_evaluate(self) -> None:
-        from deepdistill_tui.core.evaluate import comparison, evaluate, latest_trained_run
-
-        def run(store: Store, emit: Emit) -> dict[str, Any]:
-            evaluate(store, self.recipe, "base", emit=emit, stop=self.stop_event)
-            trained = latest_trained_run(store, self.recipe)
-            if trained:
-                evaluate(store, self.recipe, trained, emit=emit, stop=self.stop_event)
-            return {"evals": comparison(store, self.recipe)}
-
-        self.start_stage("eval", "evaluate", run)
+        self.start_stage("eval", "evaluate", EvalParams())
 
     def action_export(self) -> None:
-        from deepdistill_tui.core.export import export
-
         pane = self.query_one(ExportPane)
         (selection, fmt), path = pane.choice(), pane.target()
         if not selection or not path:
             self.notify("choose a selection and an output path", title="Export", severity="warning")
             self.query_one(TabbedContent).active = "tab-export"
             return
-        self.start_stage("export", "export", lambda store, emit: {
-            "records": export(store, self.recipe, selection, fmt, path), "selection": selection,
-            "path": path})
+        self.start_stage("export", "export", ExportParams(selection, fmt, path))
 
     def action_cluster_export(self) -> None:
-        from deepdistill_tui.core.cluster import plan_bundle, write_bundle
+        from deepdistill_tui.core.bundle import write_cluster_bundle
 
         out = Path(self.query_one(ExportPane).bundle_target())
-
-        def run(store: Store, emit: Emit) -> dict[str, Any]:
-            bundle = plan_bundle(self.recipe, store)
-            files = write_bundle(bundle, out)
-            return {"bundle": str(out), "files": len(files),
-                    "stages": [{"name": st.name, "steps": st.steps} for st in bundle.stages]}
-
-        self.start_stage("export", "export", run)
+        self.start_task("bundle", "export", lambda store: write_cluster_bundle(self.recipe, out, store))
 
     def action_stop(self) -> None:
         if not self.running:

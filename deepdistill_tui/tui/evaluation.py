@@ -8,6 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, ProgressBar, Static
 
+from deepdistill_tui.core.events import EvalFallback, EvalProgress, Event
+
 
 class EvalPane(Vertical):
     DEFAULT_CSS = """
@@ -22,12 +24,14 @@ class EvalPane(Vertical):
         yield ProgressBar(id="eval-progress", show_eta=True)
         yield DataTable(id="evals", cursor_type="row", zebra_stripes=True)
 
-    def handle(self, event: dict[str, Any]) -> None:
-        if event["event"] == "eval_progress":
-            self.query_one("#eval-progress", ProgressBar).update(total=event["total"],
-                                                                 progress=event["done"])
-            self.query_one("#eval-status", Static).update(
-                f"evaluating [b]{event['model']}[/]: {event['done']}/{event['total']} problems")
+    def handle(self, event: Event) -> None:
+        match event:
+            case EvalProgress(model=model, done=done, total=total):
+                self.query_one("#eval-progress", ProgressBar).update(total=total, progress=done)
+                self.query_one("#eval-status", Static).update(
+                    f"evaluating [b]{model}[/]: {done}/{total} problems")
+            case EvalFallback(message=message):
+                self.app.notify(message, severity="warning")
 
     def show(self, rows: list[dict[str, Any]]) -> None:
         table = self.query_one("#evals", DataTable)

@@ -8,6 +8,15 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, ProgressBar, Static
 
+from deepdistill_tui.core.events import (
+    Event,
+    GradeProgress,
+    GradeStarted,
+    PerplexityProgress,
+    PerplexityStarted,
+    Waiting,
+)
+
 
 class GradePane(Vertical):
     DEFAULT_CSS = """
@@ -33,19 +42,25 @@ class GradePane(Vertical):
     def on_mount(self) -> None:
         self.query_one("#graded", DataTable).add_columns("query", "teacher", "#", "cat", "status", "score")
 
-    def handle(self, event: dict[str, Any]) -> None:
+    def handle(self, event: Event) -> None:
         bar = self.query_one("#grade-progress", ProgressBar)
         status = self.query_one("#grade-status", Static)
-        if event["event"] == "grade_waiting":
-            status.update(event["message"])
-        elif event["event"] == "grade_started":
-            bar.update(total=max(event["total"], 1), progress=0)
-            status.update(f"Grading {event['total']} samples…")
-        elif event["event"] == "grade_progress":
-            bar.update(total=max(event["total"], 1), progress=event["done"])
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(event.get("by_status", {}).items()))
-            status.update(f"{event['done']}/{event['total']} graded · {event.get('passed', 0)} passed"
-                          f" · {counts}")
+        match event:
+            case Waiting(message=message):
+                status.update(message)
+            case GradeStarted(total=total):
+                bar.update(total=max(total, 1), progress=0)
+                status.update(f"Grading {total} samples…")
+            case GradeProgress():
+                bar.update(total=max(event.total, 1), progress=event.done)
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(event.by_status.items()))
+                status.update(f"{event.done}/{event.total} graded · {event.passed or 0} passed · {counts}")
+            case PerplexityStarted(total=total, model=model):
+                bar.update(total=max(total, 1), progress=0)
+                status.update(f"Perplexity of {total} responses by {model}…")
+            case PerplexityProgress(done=done, total=total):
+                bar.update(total=max(total, 1), progress=done)
+                status.update(f"perplexity: {done}/{total} responses scored")
 
     def show(self, counts: dict[str, int], rows: list[dict[str, Any]]) -> None:
         if counts:

@@ -6,20 +6,21 @@ from typing import Any
 
 from textual.message import Message
 
+from deepdistill_tui.core.events import PROGRESS, Event
+
 
 class ProgressEvent(Message):
-    """A progress event of the core (sampling, grading, training, evaluation), posted from a worker."""
+    """An event of the core (sampling, grading, training, evaluation), posted from a worker."""
 
-    def __init__(self, event: dict[str, Any]) -> None:
+    def __init__(self, event: Event) -> None:
         self.event = event
         super().__init__()
 
     def can_replace(self, message: Message) -> bool:
         # A flood of progress events coalesces: only the latest of a kind (and teacher) matters.
-        kind = self.event["event"]
-        return (isinstance(message, ProgressEvent) and kind.endswith("_progress")
-                and message.event["event"] == kind
-                and message.event.get("teacher") == self.event.get("teacher"))
+        return (isinstance(self.event, PROGRESS) and isinstance(message, ProgressEvent)
+                and type(message.event) is type(self.event)
+                and getattr(message.event, "teacher", None) == getattr(self.event, "teacher", None))
 
 
 class StageFinished(Message):
@@ -30,7 +31,9 @@ class StageFinished(Message):
 
 
 class StageFailed(Message):
-    def __init__(self, stage: str, error: str) -> None:
+    def __init__(self, stage: str, error: str, stopped: bool = False) -> None:
         self.stage = stage
         self.error = error
+        self.stopped = stopped
+        """Ended by the stop key: resumable, not broken."""
         super().__init__()

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Log, ProgressBar, Static
 
-from deepdistill_tui.core.sample import in_flight_text
+from deepdistill_tui.core.events import Event, SampleFailed, SampleProgress, SampleStarted, Waiting
 
 
 class SamplePane(Vertical):
@@ -29,29 +29,28 @@ class SamplePane(Vertical):
         yield ProgressBar(id="sample-progress", show_eta=True)
         yield Log(id="sample-log", max_lines=500)
 
-    def handle(self, event: dict[str, Any]) -> None:
+    def handle(self, event: Event) -> None:
         status = self.query_one("#sample-status", Static)
         bar = self.query_one("#sample-progress", ProgressBar)
-        kind = event["event"]
-        if kind == "sample_started":
-            bar.update(total=max(event["queries_total"], 1), progress=0)
-            status.update(f"[b]{event['teacher']}[/]: {event['queries_total']} queries, "
-                          f"{event['passes_total']} passes to generate")
-            self._teacher(event["teacher"], f"0/{event['queries_total']} queries, "
-                                            f"{event['passes_total']} passes to generate")
-        elif kind == "sample_progress":
-            bar.update(progress=event["queries_done"])
-            line = (f"{event['queries_done']}/{event['queries_total']} queries · "
-                    f"{event['tokens_per_s']:.0f} tok/s{in_flight_text(event)}")
-            status.update(f"[b]{event['teacher']}[/]: {line}")
-            self._teacher(event["teacher"], line)
-            text = " ".join(event["last_response"].split())[:200]
-            self.query_one("#sample-log", Log).write_line(f"{event['teacher']}: {text}")
-        elif kind == "sample_failed":
-            self._teacher(event["teacher"], f"[red]failed[/]: {event['error'][:120]}")
-            self.app.notify(event["error"], severity="warning")
-        elif kind == "sample_waiting":
-            self.app.notify(event.get("message", ""), severity="warning")
+        match event:
+            case SampleStarted(teacher=teacher, queries_total=total, passes_total=passes):
+                bar.update(total=max(total, 1), progress=0)
+                line = f"0/{total} queries, {passes} passes to generate"
+                status.update(f"[b]{teacher}[/]: {line}")
+                self._teacher(teacher, line)
+            case SampleProgress():
+                bar.update(progress=event.queries_done)
+                line = (f"{event.queries_done}/{event.queries_total} queries · "
+                        f"{event.tokens_per_s:.0f} tok/s{event.engine_text()}")
+                status.update(f"[b]{event.teacher}[/]: {line}")
+                self._teacher(event.teacher, line)
+                text = " ".join(event.last_response.split())[:200]
+                self.query_one("#sample-log", Log).write_line(f"{event.teacher}: {text}")
+            case SampleFailed(teacher=teacher, error=error):
+                self._teacher(teacher, f"[red]failed[/]: {error[:120]}")
+                self.app.notify(error, severity="warning")
+            case Waiting(message=message):
+                self.app.notify(message, severity="warning")
 
     def _teacher(self, name: str, line: str) -> None:
         """One line per teacher, so earlier teachers' totals stay in view while the next one runs."""

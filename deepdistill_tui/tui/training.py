@@ -10,6 +10,16 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, Log, ProgressBar, Select, Sparkline, Static
 
+from deepdistill_tui.core.events import (
+    Event,
+    TrainCheckpoint,
+    TrainExported,
+    TrainFinished,
+    TrainRun,
+    TrainStarted,
+    TrainStep,
+)
+
 
 class TrainPane(Vertical):
     DEFAULT_CSS = """
@@ -52,32 +62,34 @@ class TrainPane(Vertical):
         if names:
             box.value = current if current in names else names[0]
 
-    def handle(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
+    def handle(self, event: Event) -> None:
         status = self.query_one("#train-status", Static)
         bar = self.query_one("#train-progress", ProgressBar)
-        if kind == "train_run":
-            self.losses = []
-            self.log_path, self.log_offset = Path(event["run_dir"]) / "train.log", 0
-            status.update(f"run {event['run_id']} · {event['run_dir']}")
-        elif kind == "train_started":
-            resume = f", resuming from {Path(event['resume_from']).name}" if event["resume_from"] else ""
-            status.update(f"backend [b]{event['backend']}[/], {event['examples']} examples{resume}; "
-                          "loading the student…")
-        elif kind == "train_step":
-            self.losses.append(float(event["loss"]))
-            self.query_one("#loss-curve", Sparkline).data = list(self.losses)
-            bar.update(total=max(event["max_steps"] or 1, 1), progress=event["step"])
-            tps = f" · {event['tokens_per_s']:.0f} tok/s" if event.get("tokens_per_s") else ""
-            status.update(f"step {event['step']}/{event['max_steps']} · loss [b]{event['loss']:.4f}[/]"
-                          f" · lr {event['learning_rate'] or 0:.2e}{tps}")
-        elif kind == "train_checkpoint":
-            self.query_one("#train-log", Log).write_line(f"checkpoint at step {event['step']}")
-        elif kind == "train_exported":
-            self.query_one("#train-log", Log).write_line(f"exported {event.get('gguf') or event['merged']}")
-        elif kind == "train_finished":
-            status.update(f"finished: {event['steps']} steps, loss {event['first_loss']:.4f} → "
-                          f"{event['last_loss']:.4f} · adapter {event['output']}")
+        log = self.query_one("#train-log", Log)
+        match event:
+            case TrainRun(run_id=run_id, run_dir=run_dir, resumed=resumed):
+                self.losses = []
+                self.log_path, self.log_offset = Path(run_dir) / "train.log", 0
+                status.update(f"{'resuming' if resumed else 'starting'} run {run_id} · {run_dir}; "
+                              "loading the student…")
+            case TrainStarted():
+                resume = f", resuming from {Path(event.resume_from).name}" if event.resume_from else ""
+                status.update(f"backend [b]{event.backend}[/], {event.examples} examples, "
+                              f"{event.model}{resume}")
+            case TrainStep():
+                self.losses.append(event.loss)
+                self.query_one("#loss-curve", Sparkline).data = list(self.losses)
+                bar.update(total=max(event.max_steps or 1, 1), progress=event.step)
+                tps = f" · {event.tokens_per_s:.0f} tok/s" if event.tokens_per_s else ""
+                status.update(f"step {event.step}/{event.max_steps} · loss [b]{event.loss:.4f}[/]"
+                              f" · lr {event.learning_rate or 0:.2e}{tps}")
+            case TrainCheckpoint(step=step):
+                log.write_line(f"checkpoint at step {step}")
+            case TrainExported(merged=merged, gguf=gguf):
+                log.write_line(f"exported {gguf or merged}")
+            case TrainFinished(summary=s):
+                status.update(f"finished: {s['steps']} steps, loss {s['first_loss']:.4f} → "
+                              f"{s['last_loss']:.4f} · {s['output']}")
 
     def tail_log(self) -> None:
         """New lines of the run's log (the trainer's stderr), read where the last read stopped."""

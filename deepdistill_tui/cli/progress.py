@@ -1,0 +1,113 @@
+"""The CLI's view of the core's events: a bar for each thing in progress, a line for each milestone.
+
+One ``Reporter`` serves every command, so ``sample``, ``grade``, ``train``, ``eval``, ``run`` and
+``ablate`` show the same work the same way: a bar per teacher while sampling, one for grading, one for
+training (loss and learning rate beside it), one per evaluated model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from deepdistill_tui.core.events import (
+    AblateArm,
+    EvalFallback,
+    EvalProgress,
+    Event,
+    GradeProgress,
+    GradeStarted,
+    PerplexityProgress,
+    PerplexityStarted,
+    SampleFailed,
+    SampleProgress,
+    SampleStarted,
+    StageFailed,
+    StageProgress,
+    StageSkipped,
+    StageStarted,
+    TrainCheckpoint,
+    TrainExported,
+    TrainRun,
+    TrainStarted,
+    TrainStep,
+    Waiting,
+)
+
+
+class Reporter:
+    """Call it with events; use it as a context manager around the stage."""
+
+    def __init__(self, console: Any, *, stage_lines: bool = False) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
+        self.stage_lines = stage_lines
+        """Print a line as each stage starts, is skipped or fails (``run`` and ``ablate``)."""
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Reporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.progress.stop()
+
+    def line(self, text: str) -> None:
+        self.progress.console.print(text)
+
+    def _bar(self, key: str, total: int | None = None, done: int | None = None, info: str = "") -> None:
+        if key not in self._tasks:
+            self._tasks[key] = self.progress.add_task(key, total=total, info=info)
+        self.progress.update(self._tasks[key], total=total, completed=done, info=info)
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case StageStarted(stage=stage, run_id=run_id) if self.stage_lines:
+                self.line(f"[bold]▶ {stage}[/] (run {run_id})")
+            case StageSkipped(stage=stage, reason=reason) if self.stage_lines:
+                self.line(f"[dim]· {stage}: skipped, {reason}[/]")
+            case StageFailed(stage=stage, error=error, stopped=stopped) if self.stage_lines:
+                self.line(f"[yellow]■ {stage} stopped[/]" if stopped else f"[red]✘ {stage}: {error}[/]")
+            case StageProgress(message=message):
+                self.line(f"  {message}")
+            case Waiting(message=message):
+                self.line(f"[yellow]{message}[/]")
+            case SampleStarted(teacher=t, queries_total=total):
+                self._bar(f"sampling {t}", total, 0)
+            case SampleProgress():
+                self._bar(f"sampling {event.teacher}", event.queries_total, event.queries_done,
+                          f"{event.tokens_per_s:.0f} tok/s{event.engine_text()}")
+            case SampleFailed(error=error):
+                self.line(f"[red]✘ {error}[/]")
+            case GradeStarted(total=total):
+                self._bar("grading", total, 0)
+            case GradeProgress():
+                info = ", ".join(f"{k} {v}" for k, v in sorted(event.by_status.items()))
+                self._bar("grading", event.total, event.done, info)
+            case PerplexityStarted(total=total, model=model):
+                self._bar(f"perplexity ({model})", total, 0)
+            case PerplexityProgress(done=done, total=total):
+                key = next((k for k in self._tasks if k.startswith("perplexity")), "perplexity")
+                self._bar(key, total, done)
+            case TrainRun(run_id=run_id, run_dir=run_dir, resumed=resumed):
+                self.line(f"{'resuming' if resumed else 'training'} run {run_id} in {run_dir}")
+            case TrainStarted():
+                resume = f", resuming from {Path(event.resume_from).name}" if event.resume_from else ""
+                self.line(f"backend {event.backend}, {event.examples} examples, {event.model}{resume}")
+            case TrainStep():
+                self._bar("training", event.max_steps, event.step,
+                          f"loss {event.loss:.4f}  lr {event.learning_rate or 0:.2e}")
+            case TrainCheckpoint(step=step):
+                self.line(f"  checkpoint at step {step}")
+            case TrainExported(merged=merged, gguf=gguf):
+                self.line(f"  exported {gguf or merged}")
+            case EvalProgress(model=model, done=done, total=total):
+                self._bar(f"evaluating {model}", total, done)
+            case EvalFallback(message=message):
+                self.line(f"[yellow]{message}[/]")
+            case AblateArm(arm=arm, status=status):
+                self.line(f"[bold]arm {arm}[/]: {status}")

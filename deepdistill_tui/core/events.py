@@ -1,0 +1,270 @@
+"""What the core tells its faces while it works: typed, frozen events and the one sink type, ``Emit``.
+
+Every long stage reports through an ``Emit`` callable. The CLI turns events into progress bars and
+lines, the app into widget updates, the training subprocess into JSON lines on its stdout (and its
+launcher back into events with ``from_json``). An event's ``kind`` names it on the wire; a face
+dispatches on the class (``isinstance`` or ``match``), never on strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.kind, **dataclasses.asdict(self)}
+
+
+Emit = Callable[[Event], None]
+
+
+def noop(_: Event) -> None:
+    """The sink of a caller that does not listen."""
+
+
+_KINDS: dict[str, type[Event]] = {}
+E = TypeVar("E", bound=type[Event])
+
+
+def _kind(name: str) -> Callable[[E], E]:
+    def register(cls: E) -> E:
+        cls.kind = name
+        _KINDS[name] = cls
+        return cls
+
+    return register
+
+
+def to_json(event: Event) -> str:
+    return json.dumps(event.to_dict(), default=str)
+
+
+def from_json(line: str) -> Event | None:
+    """An event from one JSON line, or None for a line that is not one (a library's stray print)."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("event") not in _KINDS:
+        return None
+    cls = _KINDS[data["event"]]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ---------------------------------------------------------------- any stage
+
+
+@_kind("stage_started")
+@dataclass(frozen=True)
+class StageStarted(Event):
+    stage: str
+    run_id: str | None
+
+
+@_kind("stage_progress")
+@dataclass(frozen=True)
+class StageProgress(Event):
+    stage: str
+    message: str
+
+
+@_kind("stage_skipped")
+@dataclass(frozen=True)
+class StageSkipped(Event):
+    stage: str
+    reason: str
+
+
+@_kind("stage_finished")
+@dataclass(frozen=True)
+class StageFinished(Event):
+    stage: str
+    run_id: str | None
+    summary: dict[str, Any]
+
+
+@_kind("stage_failed")
+@dataclass(frozen=True)
+class StageFailed(Event):
+    stage: str
+    run_id: str | None
+    error: str
+    stopped: bool = False
+    """Ended by the stop signal: resumable, not broken."""
+
+
+@_kind("waiting")
+@dataclass(frozen=True)
+class Waiting(Event):
+    """Another process holds this stage's lock on the store; this one waits for it."""
+
+    stage: str
+    message: str
+
+
+# ---------------------------------------------------------------- sampling
+
+
+@_kind("sample_started")
+@dataclass(frozen=True)
+class SampleStarted(Event):
+    teacher: str
+    queries_total: int
+    passes_total: int
+
+
+@_kind("sample_progress")
+@dataclass(frozen=True)
+class SampleProgress(Event):
+    teacher: str
+    queries_done: int
+    queries_total: int
+    samples: int
+    tokens_per_s: float
+    in_flight: int | None = None
+    eta_s: float | None = None
+    last_response: str = ""
+
+    def engine_text(self) -> str:
+        """The part of a progress line about the engine: both faces show it the same way."""
+        return f" · {self.in_flight} sequences in flight" if self.in_flight else ""
+
+
+@_kind("sample_failed")
+@dataclass(frozen=True)
+class SampleFailed(Event):
+    teacher: str
+    error: str
+
+
+# ---------------------------------------------------------------- grading
+
+
+@_kind("grade_started")
+@dataclass(frozen=True)
+class GradeStarted(Event):
+    total: int
+
+
+@_kind("grade_progress")
+@dataclass(frozen=True)
+class GradeProgress(Event):
+    done: int
+    total: int
+    passed: int | None = None
+    by_status: dict[str, int] = field(default_factory=dict)
+    per_s: float | None = None
+
+
+@_kind("perplexity_started")
+@dataclass(frozen=True)
+class PerplexityStarted(Event):
+    total: int
+    model: str
+
+
+@_kind("perplexity_progress")
+@dataclass(frozen=True)
+class PerplexityProgress(Event):
+    done: int
+    total: int
+
+
+# ---------------------------------------------------------------- training
+
+
+@_kind("train_run")
+@dataclass(frozen=True)
+class TrainRun(Event):
+    run_id: str
+    run_dir: str
+    resumed: bool = False
+
+
+@_kind("train_started")
+@dataclass(frozen=True)
+class TrainStarted(Event):
+    backend: str
+    examples: int
+    resume_from: str | None
+    world_size: int = 1
+    engine: str = "single"
+    model: str = ""
+    """What was loaded: the recipe's student, or what the backend put in its place (recorded)."""
+
+
+@_kind("train_step")
+@dataclass(frozen=True)
+class TrainStep(Event):
+    step: int
+    max_steps: int
+    loss: float
+    learning_rate: float | None = None
+    epoch: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+
+
+@_kind("train_checkpoint")
+@dataclass(frozen=True)
+class TrainCheckpoint(Event):
+    step: int
+
+
+@_kind("train_exported")
+@dataclass(frozen=True)
+class TrainExported(Event):
+    merged: str
+    gguf: str | None = None
+
+
+@_kind("train_finished")
+@dataclass(frozen=True)
+class TrainFinished(Event):
+    summary: dict[str, Any]
+
+
+@_kind("train_failed")
+@dataclass(frozen=True)
+class TrainFailed(Event):
+    error: str
+
+
+# ---------------------------------------------------------------- evaluation and ablation
+
+
+@_kind("eval_progress")
+@dataclass(frozen=True)
+class EvalProgress(Event):
+    model: str
+    done: int
+    total: int
+
+
+@_kind("eval_fallback")
+@dataclass(frozen=True)
+class EvalFallback(Event):
+    model: str
+    message: str
+
+
+@_kind("ablate_arm")
+@dataclass(frozen=True)
+class AblateArm(Event):
+    arm: str
+    status: str
+    """started, skipped (already done) or finished."""
+    row: dict[str, Any] | None = None
+
+
+PROGRESS = (SampleProgress, GradeProgress, PerplexityProgress, EvalProgress, TrainStep)
+"""High-rate events: a face may keep only the newest of a kind."""

@@ -1,0 +1,107 @@
+"""Training, the launcher's side: start (or resume) the training subprocess of a ``train`` run.
+
+``train`` writes RUN_DIR/config.json and starts ``python -m deepdistill_tui.core.train RUN_DIR``
+(worker.py) as a subprocess, turns its JSON-lines stdout back into events, and stops it on the stop
+signal; the run stays resumable from its last checkpoint. The ``runs`` row is the stage runner's: the
+runner starts it, or takes an unfinished one up again (``resumable_run``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from deepdistill_tui.core.errors import DeepDistillError, StageStopped
+from deepdistill_tui.core.events import Emit, Event, TrainFailed, TrainFinished, TrainRun, from_json, noop
+from deepdistill_tui.core.recipe import Recipe
+from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.train.config import RunConfig
+
+__all__ = ["read_events", "resumable_run", "train"]
+
+
+def read_events(stream: Iterable[str]) -> Iterator[Event]:
+    for line in stream:
+        event = from_json(line.strip()) if line.lstrip().startswith("{") else None
+        if event is not None:
+            yield event
+
+
+def resumable_run(store: Store, recipe: Recipe, selection: str) -> str | None:
+    """The newest unfinished train run of this recipe and selection whose folder is still there."""
+    for run in store.runs("train", recipe.name, statuses=("running", "failed", "interrupted")):
+        args = run["args"]
+        if args.get("selection") == selection and Path(args.get("run_dir", "")).is_dir():
+            return str(run["run_id"])
+    return None
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def _terminate_on(stop: threading.Event, proc: Any) -> None:
+    while proc.poll() is None:
+        if stop.wait(0.5):
+            proc.terminate()
+            return
+
+
+def _run_dir(store: Store, recipe: Recipe, selection: str, run_id: str, runs_dir: Path | None) -> Path:
+    """The run's folder: a resumed run's own, else a new one with its config."""
+    run = store.run(run_id)
+    existing = (run or {}).get("args", {}).get("run_dir")
+    if existing and Path(existing, "config.json").is_file():
+        return Path(existing)
+    run_dir = (runs_dir or store.path.resolve().parent / "runs") / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    RunConfig(recipe=recipe, selection=selection, db=str(store.path.resolve()), run_id=run_id).write(run_dir)
+    store.update_run_args(run_id, selection=selection, run_dir=str(run_dir))
+    return run_dir
+
+
+def train(store: Store, recipe: Recipe, selection: str, *, run_id: str, emit: Emit = noop,
+          runs_dir: Path | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+    """SFT in a subprocess under the runs row ``run_id``; its events go to ``emit``. Setting ``stop``
+    terminates the subprocess; the run stays resumable from its last checkpoint."""
+    if store.scalar("SELECT 1 FROM selections WHERE name = ?", (selection,)) is None:
+        raise DeepDistillError(f"no selection named {selection!r} in the store; select one first")
+    run_dir = _run_dir(store, recipe, selection, run_id, runs_dir)
+    emit(TrainRun(run_id, str(run_dir), resumed=(run_dir / "checkpoints").is_dir()))
+    summary, error, code = _supervise(run_dir, emit, stop)
+    if summary is None and stop is not None and stop.is_set():
+        raise StageStopped(f"training run {run_id} stopped; train again to resume from its last checkpoint")
+    if summary is None:
+        raise DeepDistillError(error or f"training exited with status {code}: "
+                               f"{_last_line(run_dir / 'train.log')} (log: {run_dir / 'train.log'})")
+    return {"run_id": run_id, "run_dir": str(run_dir), **summary}
+
+
+def _supervise(run_dir: Path, emit: Emit, stop: threading.Event | None,
+               ) -> tuple[dict[str, Any] | None, str | None, int]:
+    """Run the worker to its end: (its summary or None, its error, its exit status)."""
+    with (run_dir / "train.log").open("a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "deepdistill_tui.core.train", str(run_dir)],
+                                stdout=subprocess.PIPE, stderr=log, text=True)
+        assert proc.stdout is not None
+        summary: dict[str, Any] | None = None
+        error = None
+        if stop is not None:
+            threading.Thread(target=_terminate_on, args=(stop, proc), daemon=True).start()
+        try:
+            for event in read_events(proc.stdout):
+                emit(event)
+                if isinstance(event, TrainFinished):
+                    summary = event.summary
+                elif isinstance(event, TrainFailed):
+                    error = event.error
+            return summary, error, proc.wait()
+        except BaseException:
+            proc.terminate()  # Ctrl-C: the child stops; its last checkpoint stays for a resume
+            proc.wait()
+            raise

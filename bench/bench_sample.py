@@ -6,16 +6,20 @@
 
     python bench/bench_sample.py                  # N = 4 and 8 passes, 24 prompts, 128 tokens
     python bench/bench_sample.py --prompts 6 --max-tokens 64 --sequences 32
+    python bench/bench_sample.py --recipe small --teacher r1-distill-1.5b --sequences 64 --json out.json
 
-All use the bundled SmolLM2-135M Q4_1 GGUF and all cores; only generated tokens count, answers that
-stop early count as they are, so each figure is generated tokens per second of wall time. The last
-line is the ratio the sampler issue tracks: `continuous/loop N=4: X.XXx`.
+By default all use the tiny recipe's first teacher (the bundled SmolLM2-135M Q4_1 GGUF) and all cores;
+--recipe/--teacher take any llama.cpp teacher (on the GPU when its recipe offloads it). Only generated
+tokens count, answers that stop early count as they are, so each figure is generated tokens per second
+of wall time. The last line is the ratio the sampler issue tracks: `continuous/loop N=4: X.XXx`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 from deepdistill_tui.core.backends import LlamaCppBackend, Request, chat_messages, default_threads
 from deepdistill_tui.core.models import fetch
@@ -40,7 +44,8 @@ PROMPTS = [
 def loop(teacher: Teacher, model: str, n: int, prompts: list[str]) -> tuple[int, float]:
     from llama_cpp import Llama
 
-    llm = Llama(model, n_ctx=teacher.n_ctx, n_threads=default_threads(), verbose=False)
+    llm = Llama(model, n_ctx=teacher.n_ctx, n_threads=default_threads(), verbose=False,
+                n_gpu_layers=teacher.n_gpu_layers, flash_attn=bool(teacher.flash_attn))
     s = teacher.sampling
     tokens, t0 = 0, time.perf_counter()
     for q in prompts:
@@ -55,8 +60,6 @@ def loop(teacher: Teacher, model: str, n: int, prompts: list[str]) -> tuple[int,
 
 
 def engine(teacher: Teacher, model: str, n: int, prompts: list[str], sequences: int) -> tuple[int, float]:
-    from pathlib import Path
-
     backend = LlamaCppBackend(teacher, Path(model), max_seqs=sequences, passes=n)
     requests = [Request(i, q, [1000 * i + p for p in range(n)]) for i, q in enumerate(prompts)]
     tokens, t0 = 0, time.perf_counter()
@@ -74,26 +77,38 @@ def main() -> None:
     ap.add_argument("--sequences", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--passes", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--recipe", default="tiny")
+    ap.add_argument("--teacher", help="a llama.cpp teacher of the recipe (default: its first)")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
-    base = load_recipe("tiny").teachers[0]
+    recipe = load_recipe(args.recipe)
+    base = recipe.teacher(args.teacher) if args.teacher else recipe.teachers[0]
     teacher = base.model_copy(update={
-        "sampling": base.sampling.model_copy(update={"max_tokens": args.max_tokens}), "n_ctx": 1024})
+        "sampling": base.sampling.model_copy(update={"max_tokens": args.max_tokens}),
+        "n_ctx": max(1024, args.max_tokens + 512)})
     model = str(fetch(teacher.model))  # type: ignore[arg-type]
     # More prompts than the list: the same questions asked again in other words (no prompt cache hit).
     prompts = [q if i < len(PROMPTS) else f"Once more, in other words: {q}"
                for i, q in enumerate(PROMPTS * (args.prompts // len(PROMPTS) + 1))][: args.prompts]
     print(f"model {model}\nthreads {default_threads()}, max_tokens {args.max_tokens}, "
           f"{len(prompts)} prompts")
-    ratios = {}
+    ratios, figures = {}, []
     for n in args.passes:
         lt, ls = loop(teacher, model, n, prompts)
         bt, bs = engine(teacher, model, n, prompts, sequences=n)
         ct, cs = engine(teacher, model, n, prompts, sequences=max(n, args.sequences))
         loop_rate = lt / ls
         ratios[n] = ct / cs / loop_rate
+        figures.append({"passes": n, "loop_tok_s": loop_rate, "per_query_tok_s": bt / bs,
+                        "continuous_tok_s": ct / cs, "sequences": max(n, args.sequences),
+                        "continuous_over_loop": ratios[n]})
         print(f"N={n}: loop {lt} tok in {ls:.1f} s = {loop_rate:.0f} tok/s | per-query batch {bt} tok "
               f"in {bs:.1f} s = {bt / bs:.0f} tok/s ({bt / bs / loop_rate:.2f}x) | continuous S="
               f"{max(n, args.sequences)} {ct} tok in {cs:.1f} s = {ct / cs:.0f} tok/s ({ratios[n]:.2f}x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"teacher": teacher.name, "model": model,
+                                               "max_tokens": args.max_tokens, "prompts": len(prompts),
+                                               "runs": figures}, indent=2))
     for n, ratio in sorted(ratios.items(), reverse=True):  # N=4 last: the line the issue tracks
         print(f"continuous/loop N={n}: {ratio:.2f}x")
 

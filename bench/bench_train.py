@@ -36,7 +36,8 @@ def run(packing: bool, steps: int, data: list[dict[str, Any]], out: Path) -> tup
 
     from deepdistill_tui.core.recipe import load_recipe
     from deepdistill_tui.core.student import student_checkpoint
-    from deepdistill_tui.core.train import _fused_head_available, _plain_loss_trainer, sft_config
+    from deepdistill_tui.core.train.config import TrainBackend
+    from deepdistill_tui.core.train.worker import sft_config, trainer_class
 
     recipe = load_recipe("tiny")
     cfg = recipe.training.model_copy(update={"packing": packing, "max_steps": steps, "max_length": 512,
@@ -44,7 +45,7 @@ def run(packing: bool, steps: int, data: list[dict[str, Any]], out: Path) -> tup
     path = student_checkpoint(cfg.student)
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
-    args = sft_config(cfg, out, "peft-cpu", 0)
+    args = sft_config(cfg, out, TrainBackend(unsloth=False, method="lora", device="cpu"), 0)
     args.include_num_input_tokens_seen = "non_padding"
     times: list[float] = []
 
@@ -52,12 +53,10 @@ def run(packing: bool, steps: int, data: list[dict[str, Any]], out: Path) -> tup
         def on_step_begin(self, *a: Any, **k: Any) -> None:
             times.append(time.perf_counter())
 
-    from trl import SFTTrainer
-
-    cls = SFTTrainer if _fused_head_available() else _plain_loss_trainer()
-    trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
-                  peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
-                                         task_type="CAUSAL_LM"), callbacks=[Clock()])
+    trainer = trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(data),
+                              processing_class=tok, callbacks=[Clock()],
+                              peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                     task_type="CAUSAL_LM"))
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - (times[1] if len(times) > 1 else t0)  # skip the first step's warmup

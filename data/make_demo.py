@@ -22,25 +22,50 @@ NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivan", "J
 ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "coins", "shells", "cards"]
 
 
+LEVELS = 10
+# Problems per split (train and eval alike) of each kind: most of the one-step kinds, where the
+# tiny recipe's teachers are right often enough to teach (measured with bench/measure_models.py),
+# and a few of each harder kind, which give the pass-rate histograms their far end.
+PER_SPLIT = {1: 30, 2: 30, 3: 30, 4: 30, 5: 30, 6: 30, 7: 6, 8: 6, 9: 6, 10: 6}
+
+
 def math_problem(rng: random.Random, level: int) -> tuple[str, str]:
+    """A problem of one of ten kinds, easiest first: the first five are one step on small numbers,
+    where the bundled models are right some of the time (the pass rates that make CV informative);
+    the last five are the harder kinds they mostly miss."""
     if level == 1:
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        a, b = rng.randint(1, 12), rng.randint(1, 9)
         return f"What is {a} + {b}?", str(a + b)
     if level == 2:
+        a, b = rng.randint(5, 18), rng.randint(1, 9)
+        a, b = max(a, b), min(a, b)
+        return f"What is {a} - {b}?", str(a - b)
+    if level == 3:
+        a, b = rng.randint(2, 12), rng.randint(2, 9)
+        return f"What is {a} \\times {b}?", str(a * b)
+    if level == 4:
+        a, b = rng.randint(11, 89), rng.randint(1, 9)
+        return f"What is {a} + {b}?", str(a + b)
+    if level == 5:
+        name, item = rng.choice(NAMES), rng.choice(ITEMS)
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        return (f"{name} has {a} {item} and finds {b} more. How many {item} does {name} have now?",
+                str(a + b))
+    if level == 6:
         a, b = rng.randint(20, 99), rng.randint(10, 99)
         a, b = max(a, b), min(a, b)
         op = rng.choice(["+", "-"])
         return f"What is {a} {op} {b}?", str(a + b if op == "+" else a - b)
-    if level == 3:
+    if level == 7:
         a, b = rng.randint(12, 99), rng.randint(3, 9)
         return f"What is {a} \\times {b}?", str(a * b)
-    if level == 4:
+    if level == 8:
         name, item = rng.choice(NAMES), rng.choice(ITEMS)
         a, b, c, d = rng.randint(3, 20), rng.randint(2, 6), rng.randint(3, 9), rng.randint(1, 10)
         q = (f"{name} has {a} {item}. {name} buys {b} packs with {c} {item} in each pack, "
              f"then gives away {d} {item}. How many {item} does {name} have now?")
         return q, str(a + b * c - d)
-    if level == 5:
+    if level == 9:
         x, a = rng.randint(-9, 12), rng.randint(2, 9)
         b = rng.randint(-20, 20)
         c = a * x + b
@@ -128,14 +153,14 @@ def build() -> dict[str, list[dict[str, object]]]:
     rng = random.Random(SEED)
     math_rows: list[dict[str, object]] = []
     seen: set[str] = set()
-    for level in range(1, 7):
-        made = 0
-        while made < 14:
+    for level in range(1, LEVELS + 1):
+        made, per_split = 0, PER_SPLIT[level]
+        while made < 2 * per_split:
             q, a = math_problem(rng, level)
             if q in seen:
                 continue
             seen.add(q)
-            split = "eval" if made >= 10 else "train"
+            split = "eval" if made % 2 else "train"
             math_rows.append({"question": q, "answer": a, "level": level, "split": split,
                               "source": f"demo-math-l{level}"})
             made += 1
@@ -147,7 +172,7 @@ def build() -> dict[str, list[dict[str, object]]]:
 
     # Dirty rows: each one exercises an ingest rule and must not survive it.
     first = math_rows[0]["question"]
-    an_eval = next(r for r in math_rows if r["split"] == "eval" and r["level"] == 4)
+    an_eval = next(r for r in math_rows if r["split"] == "eval" and r["level"] == 8)
     dirty = [
         {"question": f"  {str(first).upper()}  ", "answer": math_rows[0]["answer"], "split": "train"},
         {"question": str(an_eval["question"]).replace("How many", "Now how many"),

@@ -48,6 +48,42 @@ def test_query_id_is_hash_of_normalised_text() -> None:
     assert normalize("  A\tB\nC ") == "a b c"
 
 
+def test_question_template_names_the_function_and_shows_a_test(store: Store, tmp_path: Path) -> None:
+    """MBPP's text names no function: the template adds its first test, and the graded program passes."""
+    from deepdistill_tui.core.grade import Grader, Item
+    from deepdistill_tui.core.recipe import GradingConfig
+
+    tests = ['assert remove_occ("hello","l") == "heo"', 'assert remove_occ("abcda","a") == "bcd"']
+    path = write_jsonl(tmp_path / "mbpp.jsonl", [
+        {"text": "Write a python function to remove first and last occurrence of a given character from "
+                 "the string.", "test_list": tests, "task_id": 11}])
+    template = "{text}\n\nYour code should pass this test:\n{test_list[0]}"
+    data = DataConfig.model_validate({"sources": [{
+        "path": str(path), "category": "code", "question_template": template,
+        "columns": {"question": "text", "test_cases": "test_list"}}]})
+    ingest(store, data)
+    question, cases = store.conn.execute("SELECT question, test_cases FROM queries").fetchone()
+    assert question.endswith('Your code should pass this test:\nassert remove_occ("hello","l") == "heo"')
+    answer = ("```python\ndef remove_occ(s, ch):\n    s = s.replace(ch, '', 1)\n    i = s.rfind(ch)\n"
+              "    return s if i < 0 else s[:i] + s[i + 1:]\n```")
+    with Grader(GradingConfig(require_reasoning=False)) as grader:
+        [(_, grade)] = list(grader.grade([Item(1, "code", question, answer, None, answer, None,
+                                               json.loads(cases))]))
+    assert grade.verify_score == 1.0, grade.detail
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{text} {missing}", "question_template: the record has no 'missing'"),
+    ("{test_list[5]}", "question_template: the record has no list index out of range"),
+])
+def test_question_template_with_a_missing_field_is_one_line(store: Store, tmp_path: Path, template: str,
+                                                             message: str) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", [{"text": "t", "test_list": ["assert True"]}])
+    with pytest.raises(InputError, match=f"m.jsonl:1: {message}"):
+        ingest(store, data_for(path, question_template=template))
+    assert store.count("queries") == 0
+
+
 def test_column_mapping_and_test_cases(store: Store, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "q.jsonl", [
         {"prompt": "Add one to n.", "kind": "code", "tests": ["assert f(1) == 2", "assert f(2) == 3"]},

@@ -371,6 +371,32 @@ def test_queries_come_and_go_while_others_run() -> None:
     assert order.index(0) > 0, order  # later, shorter queries finished while the story ran
 
 
+def test_the_worked_examples_are_decoded_once_and_answers_are_the_same(monkeypatch: Any) -> None:
+    """Every prompt of the tiny teacher starts with the same worked examples (~170 tokens): they are
+    decoded once and shared, so each query decodes only its question; greedy answers are the ones the
+    engine gives without sharing."""
+    from deepdistill_tui.core import backends
+
+    teacher = tiny(**{"smollm2-135m": {"sampling": {"max_tokens": 16, "temperature": 0.0}}}).teachers[0]
+    questions = [f"What is {a} + {b}?" for a, b in ((3, 4), (12, 9), (7, 7), (25, 8), (6, 2), (9, 1))]
+
+    def run() -> tuple[dict[int, list[str]], int]:
+        backend = backends.LlamaCppBackend(teacher, fetch(teacher.model),  # type: ignore[arg-type]
+                                           max_seqs=8, passes=2)
+        try:
+            outs = backend.generate_many(backends.Request(i, q, [1, 2]) for i, q in enumerate(questions))
+            return ({r.key: [c.text for c in o] for r, o in outs},  # type: ignore[union-attr]
+                    backend.prompt_tokens_decoded)
+        finally:
+            backend.close()
+
+    shared, decoded_shared = run()
+    monkeypatch.setattr(backends, "MIN_SHARED_PREFIX", 10**9)  # sharing off
+    alone, decoded_alone = run()
+    assert shared == alone
+    assert decoded_alone > 6 * 150 and decoded_shared < decoded_alone / 3, (decoded_shared, decoded_alone)
+
+
 def test_a_gpu_without_an_offload_build_stops_before_sampling() -> None:
     """With a CUDA device and a CPU-only llama.cpp, sampling stops with one line naming the rebuild;
     with no GPU, or an offload build, or n_gpu_layers 0, nothing is said."""

@@ -240,3 +240,34 @@ def test_incomplete_checkpoints_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / "checkpoint-6" / "trainer_state.json").write_text('{"trunc')
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "checkpoint-3")
     assert not (tmp_path / "checkpoints" / "checkpoint-9").exists()
+
+
+STUB_UNSLOTH = '''
+import json, os, sys
+with open(os.environ["ORDER_FILE"], "w") as f:
+    json.dump([m for m in ("transformers", "trl", "peft") if m in sys.modules], f)
+'''
+
+
+def test_unsloth_is_imported_before_trl_and_transformers(tmp_path: Path) -> None:
+    """With the unsloth backend chosen, the worker imports unsloth before anything it patches. A stub
+    `unsloth` (this machine has no GPU for the real one) records what was already imported."""
+    (tmp_path / "stub" / "unsloth").mkdir(parents=True)
+    (tmp_path / "stub" / "unsloth" / "__init__.py").write_text(STUB_UNSLOTH)
+    order = tmp_path / "order.json"
+    code = (
+        "import sys\n"
+        "import deepdistill_tui.core.train.worker as w\n"
+        "from deepdistill_tui.core.recipe import load_recipe\n"
+        "early = [m for m in ('transformers', 'trl', 'peft', 'unsloth') if m in sys.modules]\n"
+        "assert not early, early\n"
+        "w.cuda_available = lambda: True  # as on a GPU machine\n"
+        "backend = w.choose_backend(load_recipe('small').training)\n"
+        "assert backend.name == 'unsloth', backend\n"
+        "w.import_stack(backend)\n"
+        "assert 'trl' in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "stub"), "ORDER_FILE": str(order)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(order.read_text()) == []  # nothing unsloth patches was imported before it

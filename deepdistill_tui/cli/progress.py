@@ -13,6 +13,7 @@ from typing import Any
 
 from deepdistill_tui.core.events import (
     AblateArm,
+    DownloadProgress,
     EvalFallback,
     EvalProgress,
     Event,
@@ -76,6 +77,10 @@ class Reporter:
                 self.line(f"  {message}")
             case Waiting(message=message):
                 self.line(f"[yellow]{message}[/]")
+            case DownloadProgress():
+                mb = 1 << 20
+                self._bar(f"downloading {event.name}", (event.total_bytes or 0) // mb or None,
+                          event.done_bytes // mb, event.text())
             case SampleStarted(teacher=t, queries_total=total):
                 self._bar(f"sampling {t}", total, 0)
             case SampleProgress():

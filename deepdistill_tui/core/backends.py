@@ -91,8 +91,9 @@ class _Query:
     prefill: str
     seqs: list[int]
     started: float
-    cursor: int = 0  # prompt tokens already decoded
-    reserved: int = 0  # KV cells held: the prompt while any sequence runs, max_tokens per running one
+    cursor: int = 0  # prompt tokens already decoded (or shared from the template's prefix)
+    shared: int = 0  # leading prompt tokens whose cells belong to the shared prefix
+    reserved: int = 0  # KV cells held: the own prompt while any sequence runs, max_tokens per running one
     pieces: list[bytearray] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
@@ -126,12 +127,21 @@ def auto_sequences(passes: int) -> int:
     return max(passes, 64 if llama_supports_gpu_offload() else 16)
 
 
+MIN_SHARED_PREFIX = 8
+"""Below this many tokens, sharing the template's prefix saves less than it costs to set up."""
+
+
 class LlamaCppBackend:
     """Continuous batching over one llama.cpp context: up to ``max_seqs`` sequences of any queries in
     flight. A query's passes share its prompt's KV cells (the prompt tokens belong to all of its
     sequence ids); when a sequence ends its cells are freed, and the next query is admitted as soon as
     its prompt and passes fit. Every decode call carries one token per running sequence plus prompt
-    chunks of admitted queries, so the batch stays full while queries come and go."""
+    chunks of admitted queries, so the batch stays full while queries come and go.
+
+    Every query's prompt also starts with the same text: the few-shot examples, a system prompt, the
+    chat template's header. That prefix is decoded once, into a sequence of its own, and each admitted
+    query's sequences take its cells (as far as the query's tokens agree with it), so a query decodes
+    only its own question: with the tiny recipe's worked examples, 20 tokens instead of 200."""
 
     def __init__(self, teacher: Teacher, model_path: Path, max_seqs: int, passes: int = 1,
                  threads: int | None = None) -> None:
@@ -158,10 +168,11 @@ class LlamaCppBackend:
         queries = max(1, self.max_seqs // max(1, passes))
         self.cells = queries * max(0, teacher.n_ctx - s.max_tokens) + self.max_seqs * s.max_tokens
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.cells + 256  # slack: llama.cpp rounds and pads
+        self.prefix_seq = self.max_seqs  # the shared prefix's own sequence id, after the queries'
+        params.n_ctx = self.cells + teacher.n_ctx + 256  # the prefix, and slack: llama.cpp rounds and pads
         params.n_batch = max(512, self.max_seqs)
         params.n_ubatch = params.n_batch
-        params.n_seq_max = self.max_seqs
+        params.n_seq_max = self.max_seqs + 1
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = self.threads
         if teacher.flash_attn is not None:  # llama.cpp's enum: -1 auto, 0 off, 1 on
@@ -175,6 +186,7 @@ class LlamaCppBackend:
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
         self.formatter = None
         self.in_flight = 0
+        self.prompt_tokens_decoded = 0  # prompt tokens this engine ran through llama.cpp (shared: once)
         template = self.llm.metadata.get("tokenizer.chat_template")
         if teacher.template == "chat":
             if not template:
@@ -232,6 +244,39 @@ class LlamaCppBackend:
             raise TeacherError(f"teacher {self.teacher.name}: llama_decode failed ({rc}): the "
                                "context is too small for the prompt and max_tokens")
 
+    def template_prefix(self) -> list[int]:
+        """The tokens every prompt starts with: the prompt of a placeholder question, cut before it."""
+        marker = "\ue000QUESTION\ue000"  # private-use characters: in no template, never merged
+        text = self.prompt_text(marker)
+        head = text[: text.index(marker)]
+        tokens = self.llm.tokenize(head.encode("utf-8"), add_bos=not self._has_bos(text), special=True)
+        return tokens[:-1]  # the boundary token may merge with the question's first characters
+
+    def _share_prefix(self, mem: Any) -> list[int]:
+        """Decode the template's prefix into the prefix sequence; the tokens now held there."""
+        prefix = self.template_prefix()
+        if len(prefix) < MIN_SHARED_PREFIX:
+            return []
+        for start in range(0, len(prefix), self.n_batch):
+            chunk = prefix[start : start + self.n_batch]
+            self._decode([(t, start + i, (self.prefix_seq,), False) for i, t in enumerate(chunk)])
+        self.prompt_tokens_decoded += len(prefix)
+        return prefix
+
+    def _admit_shared(self, q: _Query, prefix: list[int], mem: Any) -> None:
+        """Give the query's sequences the cells of the prefix its prompt agrees with; at least the last
+        prompt token is its own, for its logits."""
+        n = 0
+        for a, b in zip(q.prompt[: len(q.prompt) - 1], prefix, strict=False):
+            if a != b:
+                break
+            n += 1
+        if n < MIN_SHARED_PREFIX:
+            return
+        for seq in q.seqs:
+            self.C.llama_memory_seq_cp(mem, self.prefix_seq, seq, 0, n)
+        q.shared = q.cursor = n
+
     def _tokens(self, question: str) -> tuple[list[int], str]:
         text = self.prompt_text(question)
         prompt = self.llm.tokenize(text.encode("utf-8"), add_bos=not self._has_bos(text), special=True)
@@ -263,6 +308,7 @@ class LlamaCppBackend:
         C = self.C
         mem = C.llama_get_memory(self.ctx)
         C.llama_memory_clear(mem, True)
+        prefix = self._share_prefix(mem)
         todo = iter(requests)
         waiting: Request | None = None
         free = list(range(self.max_seqs))[::-1]
@@ -297,9 +343,11 @@ class LlamaCppBackend:
                         break
                     seqs = [free.pop() for _ in waiting.seeds]
                     q = _Query(waiting, pending_query[0], pending_query[1], seqs, time.perf_counter(),
-                               reserved=need, pieces=[bytearray() for _ in seqs], counts=[0] * len(seqs),
+                               pieces=[bytearray() for _ in seqs], counts=[0] * len(seqs),
                                reasons=["length"] * len(seqs), running=set(seqs))
-                    reserved += need
+                    self._admit_shared(q, prefix, mem)
+                    q.reserved = need - q.shared
+                    reserved += q.reserved
                     for seq, seed in zip(seqs, waiting.seeds, strict=True):
                         samplers[seq] = self._sampler(seed, grammar)
                         owner[seq] = q
@@ -346,6 +394,7 @@ class LlamaCppBackend:
                     step += [(t, q.cursor + j, tuple(q.seqs), last and j == len(chunk) - 1)
                              for j, t in enumerate(chunk)]
                     q.cursor += len(chunk)
+                    self.prompt_tokens_decoded += len(chunk)
                 if not step:
                     continue
                 self._decode(step)
@@ -369,7 +418,7 @@ class LlamaCppBackend:
         q.running.discard(seq)
         released = self.teacher.sampling.max_tokens
         if not q.running:
-            released += len(q.prompt)  # the shared prompt cells went with the last sequence
+            released += len(q.prompt) - q.shared  # its own prompt cells went with the last sequence
         q.reserved -= released
         return released
 

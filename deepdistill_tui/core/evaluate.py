@@ -96,13 +96,13 @@ class StudentModel:
     fallback_reason: str | None = None
 
 
-def student_model(store: Store, recipe: Recipe, name: str) -> StudentModel:
+def student_model(store: Store, recipe: Recipe, name: str, emit: Emit = noop) -> StudentModel:
     from deepdistill_tui.core.models import fetch
 
     student = recipe.training.student
     if name == "base":
         if student.model is not None:
-            return StudentModel(name, fetch(student.model), None)
+            return StudentModel(name, fetch(student.model, emit), None)
         return StudentModel(name, None, None, f"the student {student.name} is a transformers checkpoint "
                             "with no GGUF file to sample")
     run = store.run(name)
@@ -178,7 +178,7 @@ def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
     ``evals``. ``stop`` ends it early; nothing is stored then."""
     from deepdistill_tui.core.models import file_sha256
 
-    model = student_model(store, recipe, model_name)
+    model = student_model(store, recipe, model_name, emit)
     queries = eval_queries(store, recipe)
     start = time.perf_counter()
     if model.gguf is not None:

@@ -111,6 +111,29 @@ class Waiting(Event):
     message: str
 
 
+# ---------------------------------------------------------------- models
+
+
+@_kind("download_progress")
+@dataclass(frozen=True)
+class DownloadProgress(Event):
+    """A model file (or a student's weights) coming from the Hub."""
+
+    name: str
+    done_bytes: int
+    total_bytes: int | None
+    bytes_per_s: float | None = None
+    eta_s: float | None = None
+    finished: bool = False
+
+    def text(self) -> str:
+        mb = 1 << 20
+        total = f"/{self.total_bytes / mb:,.0f}" if self.total_bytes else ""
+        rate = f" · {self.bytes_per_s / mb:.1f} MB/s" if self.bytes_per_s else ""
+        eta = f" · {self.eta_s:.0f} s left" if self.eta_s is not None and not self.finished else ""
+        return f"{self.done_bytes / mb:,.0f}{total} MB{rate}{eta}"
+
+
 # ---------------------------------------------------------------- sampling
 
 
@@ -266,5 +289,5 @@ class AblateArm(Event):
     row: dict[str, Any] | None = None
 
 
-PROGRESS = (SampleProgress, GradeProgress, PerplexityProgress, EvalProgress, TrainStep)
+PROGRESS = (SampleProgress, GradeProgress, PerplexityProgress, EvalProgress, TrainStep, DownloadProgress)
 """High-rate events: a face may keep only the newest of a kind."""

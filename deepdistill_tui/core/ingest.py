@@ -116,13 +116,24 @@ def _check_test_cases(value: Any, where: str) -> None:
         )
 
 
-def map_record(rec: dict[str, Any], src: Source, where: str) -> Query:
+def _question(rec: dict[str, Any], src: Source, where: str) -> str:
+    if src.question_template is not None:
+        try:
+            return src.question_template.format(**rec)
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError) as exc:
+            raise InputError(f"{where}: question_template: the record has no {exc}") from None
     cols = src.columns
     if cols.question not in rec:
         raise InputError(f"{where}: missing required column {cols.question!r}")
     question = rec[cols.question]
     if not isinstance(question, str):
         raise InputError(f"{where}: column {cols.question!r} must be a string, got {type(question).__name__}")
+    return question
+
+
+def map_record(rec: dict[str, Any], src: Source, where: str) -> Query:
+    cols = src.columns
+    question = _question(rec, src, where)
 
     category: str | None = src.category
     if cols.category and rec.get(cols.category) is not None:

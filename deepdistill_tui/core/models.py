@@ -11,7 +11,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepdistill_tui.core.download import cached_file, hub_file
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.events import Emit, noop
 from deepdistill_tui.core.recipe import ModelRef, resolve_data_path
 
 GGUF_MAGIC = b"GGUF"
@@ -49,18 +51,13 @@ def locate(ref: ModelRef) -> Path | None:
     if ref.assemble:
         return _assembled_path_if_present(ref.assemble)
     assert ref.hub
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, _, filename = ref.hub.partition(":")
-        cached = try_to_load_from_cache(repo, filename)
-    except Exception:  # an old or missing hub client: just say "not present"
-        return None
-    return Path(cached) if isinstance(cached, str) else None
+    repo, _, filename = ref.hub.partition(":")
+    return cached_file(repo, filename)
 
 
-def fetch(ref: ModelRef) -> Path:
-    """The model file, assembled or downloaded if needed. Raises with the cause when it cannot be had."""
+def fetch(ref: ModelRef, emit: Emit = noop) -> Path:
+    """The model file, assembled or downloaded if needed (a download reports its bytes through
+    ``emit``). Raises with the cause when it cannot be had."""
     present = locate(ref)
     if present is not None:
         return present
@@ -78,12 +75,7 @@ def fetch(ref: ModelRef) -> Path:
         return Path(getattr(module, func or "assemble")())
     assert ref.hub
     repo, _, filename = ref.hub.partition(":")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo, filename))
-    except Exception as exc:
-        raise DeepDistillError(f"cannot download {ref.hub} from the Hub ({exc})") from exc
+    return hub_file(repo, filename, emit)
 
 
 def check_gguf(path: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from deepdistill_tui.core.download import cached_snapshot
 from deepdistill_tui.core.models import locate
 from deepdistill_tui.core.recipe import Recipe
 from deepdistill_tui.core.store import Store
@@ -41,11 +43,12 @@ def model_statuses(recipe: Recipe) -> list[ModelStatus]:
         else:
             out.append(ModelStatus("teacher", t.name, f"{t.backend} {t.base_url or ''}".strip(), True))
     student = recipe.training.student
+    if student.hf_model is not None:
+        present = Path(student.hf_model).is_dir() or cached_snapshot(student.hf_model) is not None
+        out.append(ModelStatus("student", student.name, f"hf={student.hf_model}", present))
     if student.model is not None:
-        out.append(ModelStatus("student", student.name, student.model.describe(),
-                               locate(student.model) is not None))
-    else:
-        out.append(ModelStatus("student", student.name, f"hf={student.hf_model}", True))
+        out.append(ModelStatus("student GGUF" if student.hf_model else "student", student.name,
+                               student.model.describe(), locate(student.model) is not None))
     return out
 
 

@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -78,6 +79,22 @@ class Source(_Model):
     """Split for rows without a split column (``train`` or ``eval``)."""
     source_name: str | None = None
     limit: int | None = Field(default=None, ge=1)
+    question_template: str | None = None
+    """The question as the teachers see it, built from the record's columns with Python format fields:
+    MBPP's bare ``text`` names no function, so its tests can hardly pass; with
+    ``"{text}\n\nYour code should pass this test:\n{test_list[0]}"`` it names the function and shows
+    one example. Default: the ``question`` column as it is."""
+
+    @model_validator(mode="after")
+    def _template_parses(self) -> Source:
+        if self.question_template is not None:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(self.question_template) if f]
+            except ValueError as exc:
+                raise ValueError(f"question_template: {exc}") from None
+            if not fields:
+                raise ValueError("question_template uses no column: write at least one {column}")
+        return self
 
     @model_validator(mode="after")
     def _regex_compiles(self) -> Source:
@@ -305,19 +322,24 @@ class LoraConfig(_Model):
 class Student(_Model):
     name: str
     model: ModelRef | None = None
+    """The student's GGUF: the base that llama.cpp evaluates, and the tokenizer a trained student is
+    exported with. Alone, it is also what is trained (dequantized: the CPU recipes)."""
     hf_model: str | None = None
-    """A transformers model id or directory (GPU recipes); ``model`` is a GGUF to dequantize."""
+    """A transformers model id or directory to train (GPU recipes): the same model as ``model``, in
+    full precision."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> Student:
-        if (self.model is None) == (self.hf_model is None):
-            raise ValueError("give exactly one of model, hf_model")
+    def _a_source(self) -> Student:
+        if self.model is None and self.hf_model is None:
+            raise ValueError("give model (a GGUF file), hf_model (a transformers model), or both")
         return self
 
 
 class TrainingConfig(_Model):
     student: Student
     method: Literal["qlora", "lora", "full"] = "qlora"
+    backend: Literal["auto", "unsloth", "transformers"] = "auto"
+    """auto: Unsloth where a CUDA GPU and the gpu extra are present, else plain transformers + peft."""
     learning_rate: float = Field(default=8e-5, gt=0)
     epochs: float = Field(default=1, gt=0)
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
@@ -328,7 +350,9 @@ class TrainingConfig(_Model):
     grad_accum: int = Field(default=64, ge=1)
     lora: LoraConfig = LoraConfig()
     max_steps: int | None = Field(default=None, ge=1)
-    save_steps: int = Field(default=50, ge=1)
+    save_steps: float = Field(default=0.1, gt=0)
+    """Steps between checkpoints, or, below 1, a share of the run's steps (0.1: a checkpoint every
+    10%, whatever the data's size): how much a kill can cost."""
     stage2: TrainingStageTwo | None = None
     # Outputs besides the adapter: the merged model, and the merged student as GGUF (which implies the
     # merge) so that it can be the next round's teacher through the same sampler.
@@ -339,10 +363,16 @@ class TrainingConfig(_Model):
     is derived from it: global = nodes x GPUs x micro_batch x grad_accum."""
 
     @model_validator(mode="after")
+    def _whole_save_steps(self) -> TrainingConfig:
+        if self.save_steps >= 1 and self.save_steps != int(self.save_steps):
+            raise ValueError("save_steps: a whole number of steps, or a share of the run below 1")
+        return self
+
+    @model_validator(mode="after")
     def _gguf_needs_a_gguf_student(self) -> TrainingConfig:
         if self.gguf and self.student.model is None:
-            raise ValueError("`gguf` export copies the tokenizer from the student's GGUF file, and this "
-                             "student comes from the Hub: use `merge: true` and llama.cpp's converter")
+            raise ValueError("`gguf` export copies the tokenizer from the student's GGUF file: name it in "
+                             "student.model (beside hf_model)")
         return self
 
 
@@ -402,6 +432,16 @@ class Recipe(_Model):
     training: TrainingConfig
     eval: EvalConfig = EvalConfig()
     cluster: ClusterConfig | None = None
+
+    def sampled_teachers(self) -> list[Teacher]:
+        """The teachers whose answers something reads: the training teacher, the difficulty teachers
+        (their pass rates) and the band's. A teacher that only judges or scores perplexity is not
+        sampled: its answers would cost as much as the training teacher's and feed nothing."""
+        sel = self.selection
+        wanted = {sel.training_teacher, *sel.difficulty_teachers}
+        if sel.difficulty_band:
+            wanted.add(sel.difficulty_band.teacher)
+        return [t for t in self.teachers if t.name in wanted and t.backend != "am_import"]
 
     @model_validator(mode="after")
     def _teacher_names(self) -> Recipe:

@@ -154,8 +154,8 @@ def sampler_lock(db_path: Path, emit: Emit) -> Any:
 # ---------------------------------------------------------------- running
 
 
-def open_backend(teacher: Teacher, passes: int,
-                 sequences: int | None = None) -> tuple[Backend, Path | None]:
+def open_backend(teacher: Teacher, passes: int, sequences: int | None = None,
+                 emit: Emit = noop) -> tuple[Backend, Path | None]:
     """The teacher's backend, sized for ``passes`` per query and ``sequences`` in flight (default:
     the recipe's ``max_sequences``, else automatic; 1 when ``batch_passes`` is off)."""
     if teacher.backend == "llama_cpp":
@@ -165,7 +165,7 @@ def open_backend(teacher: Teacher, passes: int,
         problem = offload_problem(teacher, cuda_device_present(), bool(llama_supports_gpu_offload()))
         if problem:
             raise TeacherError(problem)  # before any download or load: days of CPU sampling otherwise
-        path = fetch(teacher.model)
+        path = fetch(teacher.model, emit)
         try:
             check_gguf(path)
         except DeepDistillError as exc:
@@ -186,7 +186,7 @@ def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int
     passes land in one transaction when its last pass ends, so a kill loses only queries in flight."""
     report = TeacherReport(teacher.name)
     passes = recipe.sampling.passes
-    backend, path = open_backend(teacher, passes)
+    backend, path = open_backend(teacher, passes, emit=emit)
     answers = None
     try:
         report.teacher_id = register_teacher(store, teacher, path)
@@ -239,8 +239,7 @@ def _emit_progress(emit: Emit, report: TeacherReport, total: int, in_flight: int
 def sample(store: Store, recipe: Recipe, *, teacher_name: str | None = None, limit: int | None = None,
            emit: Emit = noop, stop: threading.Event | None = None) -> list[TeacherReport]:
     """Sample every teacher (or one). A failing teacher is reported and the others go on."""
-    teachers = [recipe.teacher(teacher_name)] if teacher_name else [
-        t for t in recipe.teachers if t.backend != "am_import"]
+    teachers = [recipe.teacher(teacher_name)] if teacher_name else recipe.sampled_teachers()
     reports = []
     with sampler_lock(store.path, emit):
         for teacher in teachers:

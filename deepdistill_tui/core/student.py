@@ -14,21 +14,33 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from deepdistill_tui.core.download import cache_root, cached_snapshot, hub_snapshot
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.events import Emit, noop
 from deepdistill_tui.core.models import fetch, file_sha256
 from deepdistill_tui.core.recipe import Student
 
+# What training, merging and evaluation read of a Hub checkpoint; not the other formats it may carry.
+CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 
-def cache_root() -> Path:
-    base = os.environ.get("DEEPDISTILL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "deepdistill-tui")
-    return Path(base)
+
+def fetch_student(student: Student, emit: Emit = noop) -> None:
+    """Bring the student's weights into the local caches before training starts, with progress: a Hub
+    checkpoint (resumed if a download was interrupted), or its GGUF file."""
+    if student.hf_model and not Path(student.hf_model).is_dir():
+        hub_snapshot(student.hf_model, CHECKPOINT_FILES, emit)
+    elif student.model is not None:
+        fetch(student.model, emit)
 
 
 def student_checkpoint(student: Student) -> str:
-    """A path or Hub id that ``from_pretrained`` loads; converts a GGUF student the first time."""
+    """A folder (or Hub id) that ``from_pretrained`` loads: the recipe's folder, the snapshot
+    ``fetch_student`` made, or a GGUF student converted the first time."""
     if student.hf_model:
-        return student.hf_model
+        if Path(student.hf_model).is_dir():
+            return student.hf_model
+        snapshot = cached_snapshot(student.hf_model)
+        return str(snapshot) if snapshot else student.hf_model
     assert student.model is not None
     gguf = fetch(student.model)
     target = cache_root() / "students" / f"{student.name}-{file_sha256(gguf)[:16]}"

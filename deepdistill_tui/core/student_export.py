@@ -2,9 +2,10 @@
 
 The GGUF file closes the paper's loop at home: the trained student can be the next round's teacher
 through the same llama.cpp sampler. The writer is built on the ``gguf`` package (llama.cpp's own
-format library). The tokenizer and every hyperparameter are copied from the GGUF the student came
-from, so only the weights are new; that is why export needs a GGUF-sourced student (the CPU recipes).
-A Hub student is merged and saved, and the error says how to convert it with llama.cpp's converter.
+format library): tensor names come from its name map for the architecture, hyperparameters from the
+merged checkpoint's config, and the tokenizer (vocabulary, merges, special tokens, chat template) is
+copied from the student's own GGUF that the recipe names, so that the exported student reads and
+writes text exactly as the base did. Architectures: llama (SmolLM2, Llama) and qwen2 (Qwen2.5).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from typing import Any
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import Student
 
-# Architectures whose tensors this writer lays out the way llama.cpp reads them. Llama's attention
-# weights need a permutation (below); anything else is refused rather than written wrong.
-SUPPORTED_ARCHS = ("llama",)
+# transformers' model_type -> llama.cpp's architecture. Llama's attention weights need a permutation
+# (below); qwen2's rotary layout is the one llama.cpp reads (NEOX). Anything else is refused rather
+# than written wrong.
+ARCHS = {"llama": "llama", "qwen2": "qwen2"}
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama.cpp's general.file_type codes
-# Written by the writer itself or describing the old quantization: never copied from the source.
-_NOT_COPIED = ("GGUF.", "general.file_type", "general.quantization_version", "general.architecture")
 
 
 def merge_adapter(base: str, adapter: Path, out: Path) -> Path:
@@ -40,29 +40,36 @@ def merge_adapter(base: str, adapter: Path, out: Path) -> Path:
 
 
 def export_gguf(student: Student, merged: Path, out: Path, file_type: str = "f16") -> Path:
-    """Write ``merged`` (a checkpoint of ``student``'s architecture) as a GGUF file at ``out``."""
+    """Write ``merged`` (a llama or qwen2 checkpoint) as a GGUF file at ``out``, with the tokenizer of
+    ``student``'s GGUF."""
     import gguf
+    from transformers import AutoConfig
 
     from deepdistill_tui.core.models import fetch
 
     if student.model is None:
         raise DeepDistillError(
-            f"GGUF export copies the tokenizer from the student's GGUF file, and {student.name} comes from "
-            f"the Hub; the merged model is at {merged}: convert it with llama.cpp's convert_hf_to_gguf.py")
+            f"GGUF export copies the tokenizer from the student's GGUF file, and the recipe names none for "
+            f"{student.name} (training.student.model); the merged model is at {merged}")
     if file_type not in FILE_TYPES:
         raise DeepDistillError(f"GGUF file type {file_type!r} is not one of {', '.join(FILE_TYPES)}")
-    source = gguf.GGUFReader(fetch(student.model))
-    arch = str(source.fields["general.architecture"].contents())
-    if arch not in SUPPORTED_ARCHS:
-        raise DeepDistillError(f"GGUF export supports {', '.join(SUPPORTED_ARCHS)} students, not {arch}; "
+    config = AutoConfig.from_pretrained(merged)
+    arch = ARCHS.get(config.model_type)
+    if arch is None:
+        raise DeepDistillError(f"GGUF export supports {', '.join(ARCHS)} students, not {config.model_type}; "
                                f"the merged model is at {merged}")
-    weights = _gguf_named_weights(merged, arch, source)
+    source = gguf.GGUFReader(fetch(student.model))
+    weights = _gguf_named_weights(merged, arch, config)
+    _check_vocab(source, weights["token_embd.weight"], merged)
     tmp = out.with_name(f".{out.name}.partial")
     writer = gguf.GGUFWriter(tmp, arch)
-    _copy_metadata(source, writer)
+    writer.add_name(student.name)
+    _add_hyperparameters(writer, config)
+    _copy_tokenizer(source, writer)
     writer.add_file_type(FILE_TYPES[file_type])
-    for name in (t.name for t in source.tensors):
-        writer.add_tensor(name, *_encode(weights[name], file_type))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for name, value in weights.items():
+        writer.add_tensor(name, *_encode(value, file_type))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -71,13 +78,55 @@ def export_gguf(student: Student, merged: Path, out: Path, file_type: str = "f16
     return out
 
 
-def _gguf_named_weights(merged: Path, arch: str, source: Any) -> dict[str, Any]:
-    """The merged weights as float32 numpy arrays under llama.cpp's names, laid out as it reads them."""
+def _add_hyperparameters(writer: Any, config: Any) -> None:
+    """What llama.cpp reads to build the graph, from the checkpoint's own config."""
+    scaling = getattr(config, "rope_scaling", None) or {}
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind != "default":
+        raise DeepDistillError(f"GGUF export does not write {kind!r} rope scaling yet")
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config.num_key_value_heads or heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or 10000.0))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+
+
+def _copy_tokenizer(source: Any, writer: Any) -> None:
+    """Every tokenizer.* key of the source GGUF: vocabulary, merges, special ids, chat template."""
+    import gguf
+
+    for key, field in source.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = field.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(key, field.contents(), vtype, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(key, field.contents(), vtype)
+
+
+def _check_vocab(source: Any, embeddings: Any, merged: Path) -> None:
+    tokens = source.fields.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        raise DeepDistillError("the student's GGUF has no tokenizer to copy")
+    if len(tokens.data) != embeddings.shape[0]:
+        raise DeepDistillError(f"{merged}: {embeddings.shape[0]} embedding rows, but the student's GGUF "
+                               f"tokenizer has {len(tokens.data)} tokens; they must be the same model")
+
+
+def _gguf_named_weights(merged: Path, arch: str, config: Any) -> dict[str, Any]:
+    """The merged weights as float32 numpy arrays under llama.cpp's names, laid out as it reads them,
+    in block order."""
     import gguf
     from safetensors.numpy import load_file
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(merged)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.num_hidden_layers)
     state: dict[str, Any] = {}
     for part in sorted(merged.glob("*.safetensors")):
@@ -88,17 +137,21 @@ def _gguf_named_weights(merged: Path, arch: str, source: Any) -> dict[str, Any]:
         if name is None:
             raise DeepDistillError(f"{merged}: no GGUF name for tensor {key}")
         value = value.astype("float32")
-        if name.endswith("attn_q.weight"):
+        if arch == "llama" and name.endswith("attn_q.weight"):
             value = _unrotate(value, config.num_attention_heads)
-        elif name.endswith("attn_k.weight"):
+        elif arch == "llama" and name.endswith("attn_k.weight"):
             value = _unrotate(value, config.num_key_value_heads)
         out[name] = value
-    if "output.weight" not in out and "output.weight" in {t.name for t in source.tensors}:
-        out["output.weight"] = out["token_embd.weight"]  # tied in the checkpoint, stored apart in the source
-    missing = {t.name for t in source.tensors} - out.keys()
-    if missing:
-        raise DeepDistillError(f"{merged}: the checkpoint lacks {len(missing)} tensors, e.g. {min(missing)}")
-    return out
+    if getattr(config, "tie_word_embeddings", False):
+        out.pop("output.weight", None)  # llama.cpp reads the embeddings as the output head when absent
+    elif "output.weight" not in out:
+        raise DeepDistillError(f"{merged}: no output head (lm_head) and the embeddings are not tied")
+    return dict(sorted(out.items(), key=lambda kv: _order(kv[0])))
+
+
+def _order(name: str) -> tuple[int, str]:
+    parts = name.split(".")
+    return (int(parts[1]) if parts[0] == "blk" else (-1 if name.startswith("token_embd") else 1 << 30), name)
 
 
 def _unrotate(w: Any, heads: int) -> Any:
@@ -118,19 +171,6 @@ def _encode(w: Any, file_type: str) -> tuple[Any, Any, Any]:
         return np.ascontiguousarray(w, dtype=np.float16), None, None
     qtype = gguf.GGMLQuantizationType.Q8_0
     return gguf.quants.quantize(w, qtype), None, qtype  # the writer reads the shape from the bytes
-
-
-def _copy_metadata(source: Any, writer: Any) -> None:
-    import gguf
-
-    for key, field in source.fields.items():
-        if key.startswith(_NOT_COPIED):
-            continue
-        vtype = field.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(key, field.contents(), vtype, sub_type=field.types[-1])
-        else:
-            writer.add_key_value(key, field.contents(), vtype)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -10,7 +10,8 @@ _URL = re.compile(r"https?://|www\.[a-z0-9-]+\.[a-z]", re.IGNORECASE)
 # A Markdown table separator row (|---|:--:|) or an HTML table.
 _TABLE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$|<table\b", re.M | re.I)
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_WORD = re.compile(r"\w+")
+# Words, and the operators that tell "7 + 5" from "7 - 5" (a math problem is mostly its operators).
+_WORD = re.compile(r"\w+|[+\-*/=<>^×÷]")
 # Unicode categories that ordinary prose and mathematics do not use: controls, format characters,
 # private use, unassigned and surrogates, plus symbols outside math (emoji and the like).
 _UNUSUAL_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "So"})

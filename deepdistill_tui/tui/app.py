@@ -22,6 +22,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
 from deepdistill_tui.core.events import (
+    DownloadProgress,
     EvalFallback,
     EvalProgress,
     Event,
@@ -101,6 +102,7 @@ def _terminal_theme() -> str:
 class DeepDistillApp(App[None]):
     TITLE = "DeepDistill"
     CSS = """
+    #download { dock: bottom; height: 1; padding: 0 2; background: $boost; display: none; }
     #overview, #ingest-report { padding: 1 2; }
     #ingest-report { height: auto; }
     #queries { height: 1fr; }
@@ -146,6 +148,7 @@ class DeepDistillApp(App[None]):
                 yield EvalPane()
             with TabPane("Export", id="tab-export"):
                 yield ExportPane(base, self.recipe.name)
+        yield Static("", id="download")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -256,8 +259,16 @@ class DeepDistillApp(App[None]):
             pane = EvalPane
         elif isinstance(event, Waiting):
             pane = GradePane if event.stage == "grade" else SamplePane
+        elif isinstance(event, DownloadProgress):
+            self.show_download(event)
         if pane is not None:
             self.query_one(pane).handle(event)
+
+    def show_download(self, event: DownloadProgress) -> None:
+        """A model download, whatever tab is open: bytes, rate and time left, gone when done."""
+        line = self.query_one("#download", Static)
+        line.update(f"downloading [b]{event.name}[/]: {event.text()}")
+        line.display = not event.finished
 
     def on_stage_finished(self, message: StageFinished) -> None:
         self.running = None
@@ -280,6 +291,7 @@ class DeepDistillApp(App[None]):
         self._after_stage()
 
     def _after_stage(self) -> None:
+        self.query_one("#download", Static).display = False
         if self.quitting:
             self.exit()
             return

@@ -11,7 +11,8 @@ from deepdistill_tui.core.recipe import Recipe
 def render_overview(recipe: Recipe, ov: Overview, hardware: str) -> str:
     c = ov.counts
     models = "\n".join(
-        f"  {'[green]✔[/]' if m.present else '[red]✘[/]'} {m.role:<8} {m.name:<18} {m.origin}"
+        f"  {'[green]✔[/]' if m.present else '[yellow]↓[/]'} {m.role:<12} {m.name:<18} {m.origin}"
+        + ("" if m.present else "  [dim](not here yet: downloaded on first use)[/]")
         for m in ov.models
     )
     splits = ", ".join(f"{k} {v}" for k, v in sorted(ov.queries_by_split.items())) or "none"
@@ -22,7 +23,7 @@ def render_overview(recipe: Recipe, ov: Overview, hardware: str) -> str:
         f"[b]Progress[/]\n"
         f"  queries     {c['queries']:>8}   ({splits}; {cats})\n"
         f"  samples     {c['samples']:>8}   of {recipe.sampling.passes} passes x "
-        f"{len(recipe.teachers)} teachers per training query\n"
+        f"{len(recipe.sampled_teachers())} teachers per training query\n"
         f"  grades      {c['grades']:>8}\n"
         f"  selections  {c['selections']:>8}\n"
         f"  runs        {c['runs']:>8}\n\n"

@@ -71,6 +71,9 @@ def train(store: Store, recipe: Recipe, selection: str, *, run_id: str, emit: Em
     terminates the subprocess; the run stays resumable from its last checkpoint."""
     if store.scalar("SELECT 1 FROM selections WHERE name = ?", (selection,)) is None:
         raise DeepDistillError(f"no selection named {selection!r} in the store; select one first")
+    from deepdistill_tui.core.student import fetch_student
+
+    fetch_student(recipe.training.student, emit)  # here, where the download's progress can be seen
     run_dir = _run_dir(store, recipe, selection, run_id, runs_dir)
     emit(TrainRun(run_id, str(run_dir), resumed=(run_dir / "checkpoints").is_dir()))
     summary, error, code = _supervise(run_dir, emit, stop)

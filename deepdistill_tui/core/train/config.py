@@ -117,8 +117,11 @@ class TrainBackend:
 
     @classmethod
     def choose(cls, cfg: TrainingConfig, cuda: bool, unsloth_installed: bool) -> TrainBackend:
-        """unsloth (CUDA + unsloth installed, LoRA or QLoRA), else peft LoRA or full fine-tuning."""
+        """unsloth (CUDA + unsloth installed, LoRA or QLoRA), else peft LoRA or full fine-tuning;
+        ``training.backend`` can rule Unsloth out, or insist on it."""
         method: Method = "full" if cfg.method == "full" else "lora"
-        if not cuda:
-            return cls(False, method, "cpu")
-        return cls(unsloth_installed and method == "lora", method, "cuda")
+        usable = cuda and unsloth_installed and method == "lora"
+        if cfg.backend == "unsloth" and not usable:
+            raise DeepDistillError("training.backend is unsloth, which needs a CUDA GPU, the gpu extra "
+                                   "(unsloth) and a LoRA or QLoRA method")
+        return cls(usable and cfg.backend != "transformers", method, "cuda" if cuda else "cpu")

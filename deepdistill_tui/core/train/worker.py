@@ -187,7 +187,7 @@ def sft_config(cfg: TrainingConfig, run_dir: Path, backend: TrainBackend, seed: 
         packing=cfg.packing,
         completion_only_loss=True,
         logging_steps=1,
-        save_steps=cfg.save_steps,
+        save_steps=cfg.save_steps if cfg.save_steps < 1 else int(cfg.save_steps),
         save_total_limit=2,
         report_to="none",
         use_cpu=backend.on_cpu,
@@ -325,7 +325,8 @@ def run_training(run_dir: Path, emit: Emit, smoke: bool = False, engine: str | N
     summary = {"backend": backend.name, "model_loaded": loaded, "output": str(final),
                "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
-               "resumed_from": resume, "examples": len(rows)}
+               "resumed_from": resume, "examples": len(rows),
+               "tokens_per_s": _tokens_per_s(trainer.state, result.metrics.get("train_runtime") or 0.0)}
     if not is_main_process():
         return summary
     tok.save_pretrained(str(final))

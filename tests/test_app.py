@@ -37,11 +37,11 @@ async def test_overview_then_ingest_fills_the_data_tab(tmp_path: Path) -> None:
         await pilot.press("i")
         table = app.query_one("#queries", DataTable)
         await wait_until(pilot, lambda: table.row_count > 0)
-        assert table.row_count == 103
-        await wait_until(pilot, lambda: "queries          103" in str(overview.render()))
+        assert table.row_count == 200  # one page of the 422 kept
+        await wait_until(pilot, lambda: "queries          422" in str(overview.render()))
         report = app.query_one("#ingest-report", Static)
         text = str(report.render())
-        assert "kept 103" in text and "data/demo/math.jsonl (jsonl, math)" in text
+        assert "kept 422" in text and "data/demo/math.jsonl (jsonl, math)" in text
 
 
 async def test_bad_store_is_a_notification_not_a_crash(tmp_path: Path) -> None:
@@ -59,6 +59,7 @@ async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> 
 
     data = load_recipe("tiny").model_dump()
     data["sampling"]["query_limit"] = 1
+    data["selection"]["difficulty_teachers"] = ["gemma3-270m"]  # both teachers sample
     for t in data["teachers"]:
         t["sampling"]["max_tokens"] = 12
     recipe = Recipe.model_validate(data)
@@ -70,7 +71,7 @@ async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> 
         status = str(app.query_one("#sample-status", Static).render())
         assert "1/1 queries" in status
         per_teacher = str(app.query_one("#teachers", Static).render())
-        assert all(f"{t.name}" in per_teacher for t in recipe.teachers), per_teacher
+        assert all(f"{t.name}" in per_teacher for t in recipe.sampled_teachers()), per_teacher
     with Store(db) as s:
         assert s.count("samples") == 2 * 4
 

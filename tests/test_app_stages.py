@@ -119,7 +119,6 @@ async def test_starting_a_stage_while_one_runs_is_refused(tmp_path: Path) -> Non
 def slow_sampling_recipe() -> Recipe:
     data = load_recipe("tiny").model_dump()
     data["sampling"]["query_limit"] = 40
-    data["teachers"] = [t for t in data["teachers"] if t["name"] == "smollm2-135m"]
     data["selection"]["training_teacher"] = "smollm2-135m"
     data["selection"]["difficulty_teachers"] = []
     return Recipe.model_validate(data)
@@ -216,3 +215,26 @@ async def test_tiny_recipe_end_to_end_through_the_app(tmp_path: Path) -> None:
         await wait_until(pilot, lambda: table.row_count == 2, 30)
         models = [table.get_row_at(i)[0] for i in range(2)]
         assert models[0] == "base" and models[1].startswith("2")  # the trained run's id
+
+
+async def test_evaluate_tab_names_the_ablation_arms_and_says_whether_they_beat_the_base(
+        tmp_path: Path) -> None:
+    from deepdistill_tui.core.ablate import _save_arm
+    from deepdistill_tui.core.evaluate import _store_result
+
+    r, db, run = load_recipe("tiny"), tmp_path / "e.db", "20260101-000000-abcdef"
+    problems = [(f"q{i:02d}", "math") for i in range(40)]
+    with Store(db) as s:
+        _store_result(s, r, "base", problems, {f"q{i:02d}": 1 for i in range(8)}, 1.0, "llama.cpp", "a")
+        _store_result(s, r, run, problems, {f"q{i:02d}": 1 for i in range(30)}, 1.0, "llama.cpp", "b")
+        _save_arm(s, r, "base", None, None, "pool", {"arm": "base", "model": "base"})
+        _save_arm(s, r, "cv", "tiny-ablate-cv", run, "pool", {"arm": "cv", "model": run})
+    app = DeepDistillApp(r, db)
+    async with app.run_test(size=(120, 32)) as pilot:
+        await pilot.press("8")
+        table = app.query_one("#evals", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2)
+        assert table.get_row_at(0)[0] == "base" and table.get_row_at(1)[0] == f"cv ({run})"
+        assert "├" in str(table.get_row_at(1)[4])  # its interval, drawn
+        status = str(app.query_one("#eval-status", Static).render())
+        assert f"cv ({run}): better than the base" in status

@@ -165,7 +165,7 @@ def test_from_run_carries_the_pilot_and_states_every_change(tmp_path: Path) -> N
     readme = (out / "README.md").read_text()
     assert f"Carried from pilot run {run_id}" in readme
     lr_row = next(line for line in readme.splitlines() if line.startswith("| `training.learning_rate`"))
-    assert "0.0001 | 8e-05" in lr_row and "full fine-tuning" in lr_row
+    assert "0.0005 | 8e-05" in lr_row and "full fine-tuning" in lr_row
     assert "| `training.method` | 'lora' | 'full' |" in readme
     assert "| `selection.cv_threshold` |" in readme and "carried from the pilot" in readme
 

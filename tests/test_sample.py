@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from deepdistill_tui.core.events import noop
 from deepdistill_tui.core.ingest import ingest
 from deepdistill_tui.core.models import fetch
 from deepdistill_tui.core.recipe import Recipe, load_recipe
@@ -24,8 +25,9 @@ from deepdistill_tui.core.store import Store
 
 
 def tiny(**teacher_overrides: Any) -> Recipe:
-    """The tiny recipe with short answers, so that tests stay fast."""
+    """The tiny recipe with short answers, so that tests stay fast, and both of its teachers sampled."""
     data = load_recipe("tiny").model_dump()
+    data["selection"]["difficulty_teachers"] = ["gemma3-270m"]
     for t in data["teachers"]:
         t["sampling"]["max_tokens"] = 24
         t.update(teacher_overrides.get(t["name"], {}))
@@ -40,7 +42,7 @@ def ingested(store: Store) -> Store:
 
 def test_passes_are_stored_with_provenance_and_resume_is_a_no_op(ingested: Store) -> None:
     recipe = tiny()
-    reports = sample(ingested, recipe, limit=2)
+    reports = sample(ingested, recipe, limit=2, emit=noop)
     assert [r.error for r in reports] == [None, None]
     assert ingested.count("samples") == 2 * 4 * 2
     rows = ingested.conn.execute(
@@ -52,14 +54,14 @@ def test_passes_are_stored_with_provenance_and_resume_is_a_no_op(ingested: Store
     for tid in {r[0] for r in rows}:  # a seed per (query, pass) of each teacher
         seeds = [r[6] for r in rows if r[0] == tid]
         assert len(set(seeds)) == len(seeds) == 8
-    again = sample(ingested, recipe, limit=2)
+    again = sample(ingested, recipe, limit=2, emit=noop)
     assert [r.samples for r in again] == [0, 0] and ingested.count("samples") == 16
 
 
 def test_changed_sampling_parameter_is_a_new_teacher(ingested: Store) -> None:
-    sample(ingested, tiny(), teacher_name="smollm2-135m", limit=1)
+    sample(ingested, tiny(), teacher_name="smollm2-135m", limit=1, emit=noop)
     changed = tiny(**{"smollm2-135m": {"sampling": {"temperature": 0.9, "max_tokens": 24}}})
-    sample(ingested, changed, teacher_name="smollm2-135m", limit=1)
+    sample(ingested, changed, teacher_name="smollm2-135m", limit=1, emit=noop)
     assert ingested.count("teachers") == 2 and ingested.count("samples") == 8
 
 
@@ -71,7 +73,7 @@ def test_bad_model_files_fail_their_teacher_only(ingested: Store, tmp_path: Path
     truncated.write_bytes(real.read_bytes()[: 1 << 20])
     for bad, cause in ((wrong_magic, "is not a GGUF file"), (truncated, "cannot load")):
         recipe = tiny(**{"gemma3-270m": {"model": {"path": str(bad)}}})
-        reports = {r.teacher: r for r in sample(ingested, recipe, limit=1)}
+        reports = {r.teacher: r for r in sample(ingested, recipe, limit=1, emit=noop)}
         assert reports["smollm2-135m"].error is None
         error = reports["gemma3-270m"].error
         assert error is not None and error.startswith("teacher gemma3-270m:") and cause in error
@@ -81,7 +83,7 @@ def test_bad_model_files_fail_their_teacher_only(ingested: Store, tmp_path: Path
 
 def test_prompt_longer_than_context_is_skipped_not_fatal(ingested: Store) -> None:
     recipe = tiny(**{"smollm2-135m": {"n_ctx": 256, "sampling": {"max_tokens": 250}}})
-    [report] = sample(ingested, recipe, teacher_name="smollm2-135m", limit=2)
+    [report] = sample(ingested, recipe, teacher_name="smollm2-135m", limit=2, emit=noop)
     assert report.error is None and len(report.skipped) == 2
     assert "exceeds n_ctx 256" in report.skipped[0]
     assert ingested.count("samples") == 0
@@ -160,12 +162,13 @@ def openai_recipe(base_url: str, **extra: Any) -> Recipe:
         {**data["teachers"][0], "sampling": {**data["teachers"][0]["sampling"], "max_tokens": 16}},
     ]
     data["selection"]["training_teacher"] = "served"
-    data["selection"]["difficulty_teachers"] = []
+    data["selection"]["difficulty_teachers"] = ["smollm2-135m"]
+    data["grading"]["judge_teacher"] = None
     return Recipe.model_validate(data)
 
 
 def test_openai_backend_against_a_real_local_server(ingested: Store, llama_server: str) -> None:
-    [report] = sample(ingested, openai_recipe(llama_server), teacher_name="served", limit=2)
+    [report] = sample(ingested, openai_recipe(llama_server), teacher_name="served", limit=2, emit=noop)
     assert report.error is None and report.samples == 8
     rows = ingested.conn.execute("SELECT response, completion_tokens FROM samples").fetchall()
     assert all(ct > 0 for _, ct in rows) and any(r.strip() for r, _ in rows)
@@ -216,7 +219,7 @@ def test_a_cluster_shard_samples_through_the_endpoint_given_on_the_command_line(
 
 def test_endpoint_down_fails_that_teacher_and_others_go_on(ingested: Store) -> None:
     recipe = openai_recipe(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)
-    reports = {r.teacher: r for r in sample(ingested, recipe, limit=1)}
+    reports = {r.teacher: r for r in sample(ingested, recipe, limit=1, emit=noop)}
     assert reports["served"].error is not None
     assert reports["served"].error.startswith("teacher served: http://127.0.0.1:")
     assert "failed after 4 attempts" in reports["served"].error
@@ -239,7 +242,7 @@ def test_garbage_from_the_endpoint_is_a_clear_error(ingested: Store) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         recipe = openai_recipe(f"http://127.0.0.1:{server.server_address[1]}/v1")
-        [report] = sample(ingested, recipe, teacher_name="served", limit=1)
+        [report] = sample(ingested, recipe, teacher_name="served", limit=1, emit=noop)
     finally:
         server.shutdown()
     assert report.error is not None and "malformed response" in report.error
@@ -334,7 +337,7 @@ def test_the_store_is_the_same_whatever_the_sequences_in_flight(tmp_path: Path) 
         with Store(tmp_path / f"s{sequences}.db") as s:
             ingest(s, load_recipe("tiny").data)
             recipe = tiny(**{"smollm2-135m": {"max_sequences": sequences}})
-            [report] = sample(s, recipe, teacher_name="smollm2-135m", limit=6)
+            [report] = sample(s, recipe, teacher_name="smollm2-135m", limit=6, emit=noop)
             assert report.error is None and report.queries == 6 and report.samples == 24
             results.append(s.conn.execute(
                 "SELECT query_id, group_concat(pass_index) FROM (SELECT * FROM samples"

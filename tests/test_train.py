@@ -109,7 +109,7 @@ def test_trained_student_exports_to_gguf_and_samples_as_a_teacher(tmp_path: Path
     nxt = Recipe.model_validate(data)
     with Store(tmp_path / "round2.db") as store:
         ingest(store, nxt.data)
-        [report] = sample(store, nxt, teacher_name="student-round-2", limit=2)
+        [report] = sample(store, nxt, teacher_name="student-round-2", limit=2, emit=noop)
         assert report.error is None and store.count("samples") == 4
 
 

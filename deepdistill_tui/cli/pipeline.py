@@ -55,12 +55,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def print_ablation(console: Any, rows: list[dict[str, Any]]) -> None:
+    from rich import box
     from rich.table import Table
 
     from deepdistill_tui.core.ablate import table_cells
 
-    table = Table("arm", "responses", "tokens", "steps", "final loss", "pass@1 [95% CI]",
-                  "vs base [95% CI]", title="Ablation (held-out split)", title_justify="left")
+    table = Table("arm", "resp.", "tokens", "steps", "loss", "pass@1 [95% CI]", "vs base [95% CI]",
+                  box=box.SIMPLE_HEAD, title="Ablation (held-out split)", title_justify="left")
+    for column in table.columns:
+        column.no_wrap = True
     for r in rows:
         table.add_row(*table_cells(r))
     console.print(table)

@@ -43,8 +43,10 @@ class Reporter:
     def __init__(self, console: Any, *, stage_lines: bool = False) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
+        # Transient: the bars are for while work runs; each command prints its result when done.
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeRemainingColumn(), console=console, transient=True)
         self.stage_lines = stage_lines
         """Print a line as each stage starts, is skipped or fails (``run`` and ``ablate``)."""
         self._tasks: dict[str, Any] = {}

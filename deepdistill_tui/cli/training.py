@@ -22,23 +22,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def print_evals(console: Any, rows: list[dict[str, Any]]) -> None:
+    """One row per evaluated model: pass@1 and the difference from the base with their intervals; per
+    category and the verdicts in words below. Fits 80 columns."""
+    from rich import box
     from rich.table import Table
 
-    cats = sorted({c for r in rows for c in r["by_category"]})
-    table = Table("model", "engine", "k", "problems", "pass@1 [95% CI]", "vs base [95% CI]", *cats,
+    table = Table("model", "n x k", "pass@1 [95% CI]", "vs base [95% CI]", box=box.SIMPLE_HEAD,
                   title="Evaluation (held-out split)", title_justify="left")
+    for column in table.columns:
+        column.no_wrap = True
     for r in rows:
         d = r.get("delta_vs_base")
-        table.add_row(r["model"], r["engine"].split(" ")[0], str(r["k"]), str(r["problems"]), _pct(r),
-                      _delta(d) if d and d.get("problems") else "-",
-                      *(_pct(r["by_category"][c]) if c in r["by_category"] else "-" for c in cats))
+        table.add_row(r["model"], f"{r['problems']} x {r['k']}", _pct(r),
+                      _delta(d) if d and d.get("problems") else "-")
     console.print(table)
     for r in rows:
+        cats = ", ".join(f"{c} {_pct(v)}" for c, v in sorted(r["by_category"].items()))
+        console.print(f"{r['model']}: {cats}")
         d = r.get("delta_vs_base")
         if d and d.get("problems"):
-            console.print(f"{r['model']}: {d['verdict']}.")
+            console.print(f"  {d['verdict']}.")
         if not r["engine"].startswith("llama.cpp"):
-            console.print(f"[yellow]{r['model']}: answered by {r['engine']}[/]")
+            console.print(f"  [yellow]answered by {r['engine']}[/]")
 
 
 def _pct(r: dict[str, Any]) -> str:

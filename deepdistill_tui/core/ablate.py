@@ -223,6 +223,16 @@ def _save_arm(store: Store, recipe: Recipe, arm: str, selection: str | None, tra
     return row or {}
 
 
+def arm_models(store: Store, recipe: Recipe) -> dict[str, str]:
+    """The evaluated model (``base`` or a run id) of each finished arm, mapped to the arm's name."""
+    out = {}
+    for arm in ARMS:
+        row = _arm_state(store, recipe, arm).get("result")
+        if row:
+            out[str(row["model"])] = arm
+    return out
+
+
 def ablation_table(store: Store, recipe: Recipe, arms: list[str] | None = None) -> list[dict[str, Any]]:
     """Finished arms in ARMS order, each with its evaluation (pass@1, interval, delta vs base)."""
     from deepdistill_tui.core.evaluate import comparison

@@ -17,7 +17,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.events import DownloadProgress, Emit, noop
+from deepdistill_tui.core.events import DownloadProgress, Emit
 
 PROGRESS_EVERY_S = 0.5
 BLOCK = 1 << 20
@@ -47,7 +47,7 @@ def cached_file(repo: str, filename: str) -> Path | None:
     return Path(theirs) if isinstance(theirs, str) else None
 
 
-def hub_file(repo: str, filename: str, emit: Emit = noop) -> Path:
+def hub_file(repo: str, filename: str, emit: Emit) -> Path:
     """The file, from a cache or downloaded (resuming a partial download)."""
     present = cached_file(repo, filename)
     if present is not None:
@@ -68,7 +68,7 @@ def cached_snapshot(repo: str) -> Path | None:
     return folder if (folder / ".complete").is_file() else None
 
 
-def hub_snapshot(repo: str, patterns: Iterable[str], emit: Emit = noop) -> Path:
+def hub_snapshot(repo: str, patterns: Iterable[str], emit: Emit) -> Path:
     """The repository's files that match ``patterns``, in one folder of this project's cache (what
     ``from_pretrained`` loads a student from)."""
     present = cached_snapshot(repo)

@@ -96,13 +96,13 @@ class StudentModel:
     fallback_reason: str | None = None
 
 
-def student_model(store: Store, recipe: Recipe, name: str, emit: Emit = noop) -> StudentModel:
+def student_model(store: Store, recipe: Recipe, name: str, emit: Emit | None = None) -> StudentModel:
     from deepdistill_tui.core.models import fetch
 
     student = recipe.training.student
     if name == "base":
         if student.model is not None:
-            return StudentModel(name, fetch(student.model, emit), None)
+            return StudentModel(name, fetch(student.model, emit or noop), None)
         return StudentModel(name, None, None, f"the student {student.name} is a transformers checkpoint "
                             "with no GGUF file to sample")
     run = store.run(name)
@@ -173,7 +173,7 @@ def transformers_answers(recipe: Recipe, model: StudentModel, queries: list[Quer
 
 
 def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
-             emit: Emit = noop, stop: threading.Event | None = None) -> dict[str, Any]:
+             emit: Emit, stop: threading.Event | None = None) -> dict[str, Any]:
     """pass@1 of the base student or of a training run's output, with its interval; stored in
     ``evals``. ``stop`` ends it early; nothing is stored then."""
     from deepdistill_tui.core.models import file_sha256

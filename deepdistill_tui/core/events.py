@@ -26,8 +26,11 @@ class Event:
 Emit = Callable[[Event], None]
 
 
-def noop(_: Event) -> None:
+def _noop(_: Event) -> None:
     """The sink of a caller that does not listen."""
+
+
+noop = _noop
 
 
 _KINDS: dict[str, type[Event]] = {}

@@ -118,7 +118,7 @@ def export(store: Store, recipe: Recipe, selection: str, fmt: str, out: str | Pa
     """Write the selection to ``out`` atomically; returns the number of records. ``out`` must be new,
     or this project's own earlier export (recognised by its marker); anything else there is an error."""
     if fmt not in FORMATS:
-        raise DeepDistillError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise DeepDistillError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     out = Path(os.path.abspath(out))  # "." has no name to put a marker beside
     check_replaceable(out, fmt)
     records = iter_records(store, recipe, selection)
@@ -171,12 +171,12 @@ def check_replaceable(out: Path, fmt: str) -> None:
         if out.is_dir() and not out.is_symlink() and (out / MARKER).is_file():
             return
         raise DeepDistillError(f"{out} exists and is not an earlier hf export of this project "
-                               f"(no {MARKER} inside): choose a new --out")
+                               f"(no {MARKER} inside): choose a new output path")
     if out.is_file() and not out.is_symlink() and _marker_of(out).is_file() \
             and _marker_of(out).read_text().strip() == _digest(out):
         return
     kind = "a folder" if out.is_dir() else "a file this project did not write"
-    raise DeepDistillError(f"{out} exists and is {kind}: choose a new --out (an export replaces only "
+    raise DeepDistillError(f"{out} exists and is {kind}: choose a new output path (an export replaces only "
                            "its own earlier output)")
 
 

@@ -226,7 +226,7 @@ def judge_factory(recipe: Recipe) -> Callable[[], Backend] | None:
     return make
 
 
-def grade_store(store: Store, recipe: Recipe, *, emit: Emit = noop,
+def grade_store(store: Store, recipe: Recipe, *, emit: Emit,
                 stop: threading.Event | None = None, workers: int | None = None) -> dict[str, Any]:
     """Grade every ungraded sample; results land in transactions of CHUNK grades. One grader per store
     at a time: a second one waits, then grades what the first left (nothing is graded twice)."""
@@ -302,13 +302,14 @@ def _file_item(rec: dict[str, Any], where: str) -> Item:
 
 
 def grade_file(src: Path, dst: Path, cfg: GradingConfig, *, workers: int | None = None,
-               judge: Callable[[], Backend] | None = None, emit: Emit = noop) -> dict[str, Any]:
+               judge: Callable[[], Backend] | None = None, emit: Emit | None = None) -> dict[str, Any]:
     """JSONL in, the same records plus verify_score, passed and status out, in input order.
 
     The whole input is validated before any grading, and the output appears only when complete.
     """
     if dst.is_dir():
-        raise InputError(f"{dst}: is a directory; --output needs a file path")
+        raise InputError(f"{dst}: is a directory; the output must be a file path")
+    emit = emit or noop
     records = list(iter_jsonl(src))
     items = [_file_item(rec, f"{src}:{line}") for line, rec in records]
     statuses: Counter[str] = Counter()

@@ -55,7 +55,7 @@ def locate(ref: ModelRef) -> Path | None:
     return cached_file(repo, filename)
 
 
-def fetch(ref: ModelRef, emit: Emit = noop) -> Path:
+def fetch(ref: ModelRef, emit: Emit | None = None) -> Path:
     """The model file, assembled or downloaded if needed (a download reports its bytes through
     ``emit``). Raises with the cause when it cannot be had."""
     present = locate(ref)
@@ -75,7 +75,7 @@ def fetch(ref: ModelRef, emit: Emit = noop) -> Path:
         return Path(getattr(module, func or "assemble")())
     assert ref.hub
     repo, _, filename = ref.hub.partition(":")
-    return hub_file(repo, filename, emit)
+    return hub_file(repo, filename, emit or noop)
 
 
 def check_gguf(path: Path) -> None:

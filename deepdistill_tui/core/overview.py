@@ -27,7 +27,8 @@ class Overview:
     queries_by_category: dict[str, int]
     models: list[ModelStatus] = field(default_factory=list)
     last_ingest: dict[str, Any] | None = None
-    next_step: str = ""
+    next_step: tuple[str, str] = ("", "")
+    """(stage, why): see suggest_next."""
 
 
 def _group_counts(store: Store, column: str) -> dict[str, int]:
@@ -64,16 +65,16 @@ def overview(store: Store, recipe: Recipe) -> Overview:
     return ov
 
 
-def suggest_next(ov: Overview) -> str:
+def suggest_next(ov: Overview) -> tuple[str, str]:
+    """(the stage to run next, why), in the store's terms; each face says how (a key, a command)."""
     missing = [m.name for m in ov.models if not m.present]
     if ov.counts["queries"] == 0:
-        return "Ingest the recipe's queries (key i, or `deepdistill-tui ingest`)."
-    if missing:
-        return f"Fetch the missing model(s): {', '.join(missing)}."
+        return "ingest", "Ingest the recipe's queries."
     if ov.counts["samples"] == 0:
-        return "Sample answers from the teachers (`deepdistill-tui sample`)."
+        fetched = f" ({', '.join(missing)} will be downloaded first)" if missing else ""
+        return "sample", f"Sample answers from the teachers{fetched}."
     if ov.counts["grades"] < ov.counts["samples"]:
-        return "Grade the new samples (`deepdistill-tui grade`)."
+        return "grade", "Grade the new samples."
     if ov.counts["selections"] == 0:
-        return "Look at the statistics, then save a selection (`deepdistill-tui select`)."
-    return "Train the student on a selection (`deepdistill-tui train`)."
+        return "select", "Look at the statistics, then save a selection."
+    return "train", "Train the student on a selection."

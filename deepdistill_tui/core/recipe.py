@@ -512,12 +512,12 @@ def with_endpoints(recipe: Recipe, pairs: list[str]) -> Recipe:
     for pair in pairs:
         name, sep, url = pair.partition("=")
         if not sep or not url.startswith(("http://", "https://")):
-            raise RecipeError(f"--endpoint {pair!r}: expected NAME=http://HOST:PORT/v1")
+            raise RecipeError(f"endpoint {pair!r}: expected NAME=http://HOST:PORT/v1")
         if name not in by_name:
-            raise RecipeError(f"--endpoint {pair!r}: no teacher {name!r}; the recipe has "
+            raise RecipeError(f"endpoint {pair!r}: no teacher {name!r}; the recipe has "
                               f"{', '.join(by_name)}")
         if by_name[name]["backend"] != "openai":
-            raise RecipeError(f"--endpoint {pair!r}: teacher {name} uses {by_name[name]['backend']}, "
+            raise RecipeError(f"endpoint {pair!r}: teacher {name} uses {by_name[name]['backend']}, "
                               "not an OpenAI-compatible server")
         by_name[name]["base_url"] = url
     return Recipe.model_validate(data)

@@ -155,7 +155,7 @@ def sampler_lock(db_path: Path, emit: Emit) -> Any:
 
 
 def open_backend(teacher: Teacher, passes: int, sequences: int | None = None,
-                 emit: Emit = noop) -> tuple[Backend, Path | None]:
+                 emit: Emit | None = None) -> tuple[Backend, Path | None]:
     """The teacher's backend, sized for ``passes`` per query and ``sequences`` in flight (default:
     the recipe's ``max_sequences``, else automatic; 1 when ``batch_passes`` is off)."""
     if teacher.backend == "llama_cpp":
@@ -165,7 +165,7 @@ def open_backend(teacher: Teacher, passes: int, sequences: int | None = None,
         problem = offload_problem(teacher, cuda_device_present(), bool(llama_supports_gpu_offload()))
         if problem:
             raise TeacherError(problem)  # before any download or load: days of CPU sampling otherwise
-        path = fetch(teacher.model, emit)
+        path = fetch(teacher.model, emit or noop)
         try:
             check_gguf(path)
         except DeepDistillError as exc:
@@ -181,7 +181,7 @@ def open_backend(teacher: Teacher, passes: int, sequences: int | None = None,
 
 
 def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int | None = None,
-                   emit: Emit = noop, stop: threading.Event | None = None) -> TeacherReport:
+                   emit: Emit, stop: threading.Event | None = None) -> TeacherReport:
     """Every missing pass of every query, through the backend's continuous batching; each query's
     passes land in one transaction when its last pass ends, so a kill loses only queries in flight."""
     report = TeacherReport(teacher.name)
@@ -237,7 +237,7 @@ def _emit_progress(emit: Emit, report: TeacherReport, total: int, in_flight: int
 
 
 def sample(store: Store, recipe: Recipe, *, teacher_name: str | None = None, limit: int | None = None,
-           emit: Emit = noop, stop: threading.Event | None = None) -> list[TeacherReport]:
+           emit: Emit, stop: threading.Event | None = None) -> list[TeacherReport]:
     """Sample every teacher (or one). A failing teacher is reported and the others go on."""
     teachers = [recipe.teacher(teacher_name)] if teacher_name else recipe.sampled_teachers()
     reports = []

@@ -32,7 +32,7 @@ def shard_path(out_dir: Path, index: int) -> Path:
 def write_shards(store: Store, shards: int, out_dir: Path) -> list[dict[str, Any]]:
     """shards files of the training queries (with any samples and grades they already have)."""
     if shards < 1:
-        raise DeepDistillError("--shards must be at least 1")
+        raise DeepDistillError("the number of shards must be at least 1")
     if store.scalar("SELECT count(*) FROM queries WHERE split = 'train'") == 0:
         raise DeepDistillError(f"{store.path} has no training queries to shard; ingest first")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from deepdistill_tui.core.store import Store
 class StageContext:
     """What a face hands a stage: where its events go and the signal that stops it."""
 
-    emit: Emit = noop
+    emit: Emit
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -318,7 +318,7 @@ def run_stage(store: Store, name: str, recipe: Recipe | None, params: Any = None
     ``skip_if_done``: a stage with recipe inputs that already succeeded for the same values is not
     run again (how ``run`` resumes a pipeline)."""
     stage = _stage(name)
-    ctx = ctx or StageContext()
+    ctx = ctx or StageContext(noop)
     params = params if params is not None else stage.params()
     if not isinstance(params, stage.params):
         raise TypeError(f"stage {name} takes {stage.params.__name__}, not {type(params).__name__}")

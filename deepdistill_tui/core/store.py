@@ -274,7 +274,7 @@ class Store:
     def __init__(self, path: str | Path = DEFAULT_DB) -> None:
         self.path = Path(path)
         if self.path.is_dir():
-            raise DeepDistillError(f"--db {self.path} is a directory, not a database file")
+            raise DeepDistillError(f"store {self.path} is a directory, not a database file")
         try:
             existed = self.path.exists() and self.path.stat().st_size > 0
             self.conn = connect(self.path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deepdistill_tui.core.download import cache_root, cached_snapshot, hub_snapshot
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.events import Emit, noop
+from deepdistill_tui.core.events import Emit
 from deepdistill_tui.core.models import fetch, file_sha256
 from deepdistill_tui.core.recipe import Student
 
@@ -24,7 +24,7 @@ from deepdistill_tui.core.recipe import Student
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 
 
-def fetch_student(student: Student, emit: Emit = noop) -> None:
+def fetch_student(student: Student, emit: Emit) -> None:
     """Bring the student's weights into the local caches before training starts, with progress: a Hub
     checkpoint (resumed if a download was interrupted), or its GGUF file."""
     if student.hf_model and not Path(student.hf_model).is_dir():

@@ -163,6 +163,7 @@ class DeepDistillApp(App[None]):
 
     @work(thread=True, exclusive=True, group="refresh", exit_on_error=False)
     def refresh_data(self) -> None:
+        from deepdistill_tui.core.ablate import arm_models
         from deepdistill_tui.core.evaluate import comparison
         from deepdistill_tui.core.grade import recent_grades, status_counts
         from deepdistill_tui.core.models import detect_hardware
@@ -180,6 +181,7 @@ class DeepDistillApp(App[None]):
                     "graded": recent_grades(store),
                     "selections": list_selections(store),
                     "evals": comparison(store, self.recipe),
+                    "arms": arm_models(store, self.recipe),
                 }
         except DeepDistillError as exc:
             self.call_from_thread(self.notify, str(exc), severity="error", title="Store")
@@ -200,7 +202,7 @@ class DeepDistillApp(App[None]):
         show_selections(self.query_one("#selections", DataTable), snap["selections"])
         self.query_one(TrainPane).set_selections(names)
         self.query_one(ExportPane).set_selections(names)
-        self.query_one(EvalPane).show(snap["evals"])
+        self.query_one(EvalPane).show(snap["evals"], snap["arms"])
         if snap["status_counts"]:
             self.query_one(SelectPane).refresh_preview()
 

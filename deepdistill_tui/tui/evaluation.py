@@ -33,7 +33,9 @@ class EvalPane(Vertical):
             case EvalFallback(message=message):
                 self.app.notify(message, severity="warning")
 
-    def show(self, rows: list[dict[str, Any]]) -> None:
+    def show(self, rows: list[dict[str, Any]], arms: dict[str, str] | None = None) -> None:
+        """One row per evaluated model; a model that is an arm of ``ablate`` is named by its arm."""
+        arms = arms or {}
         table = self.query_one("#evals", DataTable)
         cats = sorted({c for r in rows for c in r["by_category"]})
         table.clear(columns=True)
@@ -41,11 +43,11 @@ class EvalPane(Vertical):
                           "vs base [95% CI]", *cats)
         for r in rows:
             d = r.get("delta_vs_base") or {}
-            table.add_row(r["model"], r["k"], r["problems"], pct(r), interval_bar(r),
+            table.add_row(label(r["model"], arms), r["k"], r["problems"], pct(r), interval_bar(r),
                           delta_text(d) if d.get("problems") else "-",
                           *(pct(r["by_category"][c]) if c in r["by_category"] else "-" for c in cats))
         if rows:
-            verdicts = [f"[b]{r['model']}[/]: {r['delta_vs_base']['verdict']}" for r in rows
+            verdicts = [f"[b]{label(r['model'], arms)}[/]: {r['delta_vs_base']['verdict']}" for r in rows
                         if (r.get("delta_vs_base") or {}).get("problems")]
             fallbacks = [f"{r['model']} answered by {r['engine']}" for r in rows
                          if not r["engine"].startswith("llama.cpp")]
@@ -54,6 +56,13 @@ class EvalPane(Vertical):
 
 
 BAR = 24
+
+
+def label(model: str, arms: dict[str, str]) -> str:
+    arm = arms.get(model)
+    if arm is None or arm == "base":
+        return model
+    return f"{arm} ({model})"
 
 
 def interval_bar(r: dict[str, Any], width: int = BAR) -> str:

@@ -28,10 +28,19 @@ def render_overview(recipe: Recipe, ov: Overview, hardware: str) -> str:
         f"  selections  {c['selections']:>8}\n"
         f"  runs        {c['runs']:>8}\n\n"
         f"[b]Models[/]\n{models}\n\n"
-        f"[b]Next[/]  {ov.next_step}\n\n"
+        f"[b]Next[/]  {next_step(ov)}\n\n"
         "[dim]Keys: 1-9 tabs · i ingest · s sample · g grade · a analyze · ctrl+s save selection · "
         "T train · e evaluate · o export · x stop · ? help · ctrl+p commands[/]"
     )
+
+
+NEXT_KEYS = {"ingest": "i", "sample": "s", "grade": "g", "select": "ctrl+s in the Select tab", "train": "T"}
+
+
+def next_step(ov: Overview) -> str:
+    stage, why = ov.next_step
+    key = NEXT_KEYS.get(stage)
+    return f"{why} (key {key})" if key else why
 
 
 def render_ingest(recipe: Recipe, last: dict[str, Any] | None) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
-from deepdistill_tui.core.events import Emit, Event, TrainFailed, TrainFinished, TrainRun, from_json, noop
+from deepdistill_tui.core.events import Emit, Event, TrainFailed, TrainFinished, TrainRun, from_json
 from deepdistill_tui.core.recipe import Recipe
 from deepdistill_tui.core.store import Store
 from deepdistill_tui.core.train.config import RunConfig
@@ -65,7 +65,7 @@ def _run_dir(store: Store, recipe: Recipe, selection: str, run_id: str, runs_dir
     return run_dir
 
 
-def train(store: Store, recipe: Recipe, selection: str, *, run_id: str, emit: Emit = noop,
+def train(store: Store, recipe: Recipe, selection: str, *, run_id: str, emit: Emit,
           runs_dir: Path | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     """SFT in a subprocess under the runs row ``run_id``; its events go to ``emit``. Setting ``stop``
     terminates the subprocess; the run stays resumable from its last checkpoint."""

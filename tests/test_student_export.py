@@ -26,7 +26,7 @@ def tiny_model(arch: str, path: Path, tied: bool) -> Any:
     torch.manual_seed(0)
     common: dict[str, Any] = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96,
                               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                              "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+                              "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 100000.0,
                               "tie_word_embeddings": tied, "initializer_range": 0.2}
     config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -53,7 +53,11 @@ def test_random_model_round_trips_through_llama_cpp(tmp_path: Path, arch: str, t
     llm.eval(ids)
     got = np.asarray(llm.scores[: len(ids)])
     assert llm.metadata["general.architecture"] == arch
-    assert (got.argmax(-1) == expected.argmax(-1)).all()
+    # Not llama.cpp's default base: a writer that misses the config's rotary settings shows here.
+    assert float(llm.metadata[f"{arch}.rope.freq_base"]) == 100000.0
+    # llama.cpp's top token is transformers' top token, or one tied with it to within rounding
+    chosen = expected[np.arange(len(ids)), got.argmax(-1)]
+    assert (chosen >= expected.max(-1) - 1e-3).all()
     # llama.cpp keeps its KV cache in f16: agreement to a fraction of a percent, not to the last bit.
     assert np.abs(got - expected).max() < 5e-3 * np.abs(expected).max()
     assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.99999

@@ -160,8 +160,8 @@ def test_eval_through_llama_cpp_on_base_and_exported_student(tmp_path: Path) -> 
                          " 'eval', NULL, ?, NULL, NULL, 'test', 0)",
                          (json.dumps({"stdin_stdout": [{"input": "", "output": "5"}]}),))
         run_id = train(store, r, "s")["run_id"]
-        base = evaluate(store, r, "base")
-        trained = evaluate(store, r, run_id)
+        base = evaluate(store, r, "base", emit=noop)
+        trained = evaluate(store, r, run_id, emit=noop)
         rows = comparison(store, r)
     assert [row["model"] for row in rows] == ["base", run_id]
     for res in (base, trained):

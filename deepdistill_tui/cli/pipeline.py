@@ -39,29 +39,30 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     recipe = load_recipe_arg(args)
     arms = tuple(parse_arms(args.arms))
-    rows: list[dict[str, Any]] = run_command(args, "ablate", AblateParams(arms), recipe=recipe,
-                                             stage_lines=True).summary["arms"]
+    summary = run_command(args, "ablate", AblateParams(arms), recipe=recipe, stage_lines=True).summary
+    rows: list[dict[str, Any]] = summary["arms"]
     if args.report:
         from pathlib import Path
 
         arms_flag = f" --arms {args.arms}" if args.arms else ""
         command = f"deepdistill-tui ablate --recipe {recipe.name}{arms_flag}"
-        Path(args.report).write_text(markdown_report(recipe, rows, command))
+        Path(args.report).write_text(markdown_report(recipe, rows, command, summary["contrasts"]))
     if args.json:
         print_json(rows)
     else:
-        print_ablation(console_for(), rows)
+        print_ablation(console_for(), rows, summary["contrasts"])
     return 0
 
 
-def print_ablation(console: Any, rows: list[dict[str, Any]]) -> None:
+def print_ablation(console: Any, rows: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> None:
     from rich import box
     from rich.table import Table
 
-    from deepdistill_tui.core.ablate import table_cells
+    from deepdistill_tui.core.ablate import contrast_text, table_cells
 
-    table = Table("arm", "resp.", "tokens", "steps", "loss", "pass@1 [95% CI]", "vs base [95% CI]",
-                  box=box.SIMPLE_HEAD, title="Ablation (held-out split)", title_justify="left")
+    table = Table("arm", "n", "tokens", "steps", "loss", "pass@1 [95% CI]", "vs base [95% CI]",
+                  box=box.SIMPLE_HEAD, pad_edge=False, title="Ablation (held-out split)",
+                  title_justify="left")
     for column in table.columns:
         column.no_wrap = True
     for r in rows:
@@ -71,6 +72,8 @@ def print_ablation(console: Any, rows: list[dict[str, Any]]) -> None:
         d = r.get("delta_vs_base") or {}
         if d.get("problems"):
             console.print(f"{r['arm']}: {d['verdict']}.")
+    for c in pairs:
+        console.print(f"{contrast_text(c)}.")
 
 
 def cmd_app(args: argparse.Namespace) -> int:

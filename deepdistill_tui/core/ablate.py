@@ -250,6 +250,32 @@ def ablation_table(store: Store, recipe: Recipe, arms: list[str] | None = None) 
     return out
 
 
+CONTRASTS = (("cv", "random"), ("cv", "all"), ("cv", "low-lr"))
+"""The paper's questions: does CV-selected data teach more than as much random data, or than all of
+it; does the same data teach as much at a tenth of the learning rate?"""
+
+
+def contrasts(store: Store, recipe: Recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Paired differences between finished arms over the same problems, with their intervals."""
+    from deepdistill_tui.core.intervals import paired_difference, significance
+
+    models = {r["arm"]: r["model"] for r in rows}
+    per_query = {m: json.loads(pq) for m, pq in store.conn.execute(
+        "SELECT model, per_query FROM evals WHERE recipe_name = ? AND split = ? AND per_query IS NOT NULL",
+        (recipe.name, recipe.eval.split))}
+    out = []
+    for a, b in CONTRASTS:
+        if a not in models or b not in models or models[b] not in per_query or models[a] not in per_query:
+            continue
+        pa, pb = per_query[models[a]], per_query[models[b]]
+        common = sorted(set(pa) & set(pb))
+        delta, lo, hi = paired_difference([pb[q][1] for q in common], [pa[q][1] for q in common],
+                                          recipe.seed)
+        out.append({"arm": a, "against": b, "delta": delta, "ci_low": lo, "ci_high": hi,
+                    "problems": len(common), "verdict": significance(lo, hi, than=b)})
+    return out
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -267,7 +293,13 @@ def table_cells(r: dict[str, Any]) -> list[str]:
             f"{_pct(r['pass_at_1'])}% [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]", delta]
 
 
-def markdown_report(recipe: Recipe, rows: list[dict[str, Any]], command: str) -> str:
+def contrast_text(c: dict[str, Any]) -> str:
+    return (f"{c['arm']} vs {c['against']}: {100 * c['delta']:+.1f} points "
+            f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}], {c['verdict'].split(' (')[0]}")
+
+
+def markdown_report(recipe: Recipe, rows: list[dict[str, Any]], command: str,
+                    pairs: list[dict[str, Any]] | None = None) -> str:
     """The table as Markdown, with the command and the machine that produced it."""
     lines = [f"# Ablation: recipe `{recipe.name}`", "",
              f"Command: `{command}`  ", f"Machine: {machine()}  ",
@@ -282,6 +314,9 @@ def markdown_report(recipe: Recipe, rows: list[dict[str, Any]], command: str) ->
                   "paired over the same problems.", ""]
         lines += [f"- {r['arm']}: {r['delta_vs_base']['verdict']}." for r in rows
                   if (r.get("delta_vs_base") or {}).get("problems")]
+    if pairs:
+        lines += ["", "Between arms, paired over the same problems:", ""]
+        lines += [f"- {contrast_text(c)}." for c in pairs]
     return "\n".join(lines) + "\n"
 
 

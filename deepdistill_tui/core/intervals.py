@@ -37,10 +37,10 @@ def paired_difference(base: Sequence[float], other: Sequence[float], seed: int,
     return float(d.mean()), lo, hi
 
 
-def significance(low: float, high: float) -> str:
+def significance(low: float, high: float, than: str = "the base") -> str:
     """In words, for a difference's interval."""
     if low > 0:
-        return "better than the base (the 95% interval of the difference is above zero)"
+        return f"better than {than} (the 95% interval of the difference is above zero)"
     if high < 0:
-        return "worse than the base (the 95% interval of the difference is below zero)"
-    return "no significant difference from the base (the 95% interval of the difference includes zero)"
+        return f"worse than {than} (the 95% interval of the difference is below zero)"
+    return f"no significant difference from {than} (the 95% interval of the difference includes zero)"

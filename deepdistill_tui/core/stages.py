@@ -245,9 +245,10 @@ def _export(store: Store, recipe: Recipe, p: ExportParams, run: RunContext) -> d
 
 
 def _ablate(store: Store, recipe: Recipe, p: AblateParams, run: RunContext) -> dict[str, Any]:
-    from deepdistill_tui.core.ablate import ablate, parse_arms
+    from deepdistill_tui.core.ablate import ablate, contrasts, parse_arms
 
-    return {"arms": ablate(store, recipe, parse_arms(",".join(p.arms)), run)}
+    rows = ablate(store, recipe, parse_arms(",".join(p.arms)), run)
+    return {"arms": rows, "contrasts": contrasts(store, recipe, rows)}
 
 
 # ---------------------------------------------------------------- the registry

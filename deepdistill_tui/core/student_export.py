@@ -80,8 +80,8 @@ def export_gguf(student: Student, merged: Path, out: Path, file_type: str = "f16
 
 def _add_hyperparameters(writer: Any, config: Any) -> None:
     """What llama.cpp reads to build the graph, from the checkpoint's own config."""
-    scaling = getattr(config, "rope_scaling", None) or {}
-    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    rope = _rope(config)
+    kind = rope.get("rope_type") or rope.get("type") or "default"
     if kind != "default":
         raise DeepDistillError(f"GGUF export does not write {kind!r} rope scaling yet")
     heads = config.num_attention_heads
@@ -93,9 +93,20 @@ def _add_hyperparameters(writer: Any, config: Any) -> None:
     writer.add_head_count(heads)
     writer.add_head_count_kv(config.num_key_value_heads or heads)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or 10000.0))
+    writer.add_rope_freq_base(float(rope.get("rope_theta") or 10000.0))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
+
+
+def _rope(config: Any) -> dict[str, Any]:
+    """Rotary settings wherever this transformers keeps them: v5 folds ``rope_theta`` and the scaling
+    into ``rope_parameters``; v4 has a ``rope_theta`` attribute and ``rope_scaling``. Reading only the
+    v4 attribute under v5 silently wrote llama.cpp's default base (10000 instead of SmolLM2's 100000)."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    rope.update(getattr(config, "rope_scaling", None) or {})
+    if getattr(config, "rope_theta", None) is not None:
+        rope.setdefault("rope_theta", config.rope_theta)
+    return rope
 
 
 def _copy_tokenizer(source: Any, writer: Any) -> None:

@@ -1,6 +1,7 @@
 """Sampling throughput, three ways over the same prompts, seeds and max_tokens, side by side in one run:
 
-- loop: llama-cpp-python's create_chat_completion, one answer at a time;
+- loop: llama-cpp-python's create_completion (create_chat_completion for a chat teacher), one answer at
+  a time, on the prompt the sampler sends;
 - per-query batch: one query's N passes as one batch (the engine with N sequences, one query in flight);
 - continuous: up to S sequences of any queries in flight (S = 16 by default, the CPU setting).
 
@@ -20,8 +21,16 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
-from deepdistill_tui.core.backends import LlamaCppBackend, Request, chat_messages, default_threads
+from deepdistill_tui.core.backends import (
+    COMPLETION_STOP,
+    LlamaCppBackend,
+    Request,
+    chat_messages,
+    completion_prompt,
+    default_threads,
+)
 from deepdistill_tui.core.models import fetch
 from deepdistill_tui.core.recipe import Teacher, load_recipe
 
@@ -48,12 +57,19 @@ def loop(teacher: Teacher, model: str, n: int, prompts: list[str]) -> tuple[int,
                 n_gpu_layers=teacher.n_gpu_layers, flash_attn=bool(teacher.flash_attn))
     s = teacher.sampling
     tokens, t0 = 0, time.perf_counter()
+    knobs: dict[str, Any] = {"max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
+                             "top_k": s.top_k}
     for q in prompts:
         for seed in range(n):
-            out = llm.create_chat_completion(chat_messages(teacher, q), max_tokens=s.max_tokens,  # type: ignore[arg-type]
-                                             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                             seed=seed)
-            tokens += out["usage"]["completion_tokens"]  # type: ignore[index]
+            # The prompt the sampler sends: worked examples and a stop for a completion teacher.
+            out: Any
+            if teacher.template == "completion":
+                out = llm.create_completion(completion_prompt(teacher, q), stop=[COMPLETION_STOP],
+                                            seed=seed, **knobs)
+            else:
+                out = llm.create_chat_completion(chat_messages(teacher, q), seed=seed,  # type: ignore[arg-type]
+                                                 **knobs)
+            tokens += out["usage"]["completion_tokens"]
     dt = time.perf_counter() - t0
     llm.close()
     return tokens, dt

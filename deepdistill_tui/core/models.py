@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepdistill_tui.core.download import cached_file, hub_file
+from deepdistill_tui.core.download import cache_root, cached_file, hub_file
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.events import Emit, noop
 from deepdistill_tui.core.recipe import ModelRef, resolve_data_path
@@ -39,6 +39,14 @@ def _assembled_path_if_present(spec: str) -> Path | None:
 
 def locate(ref: ModelRef) -> Path | None:
     """The model file if it is already on this machine, else None. Never downloads or builds."""
+    source = _locate_source(ref)
+    if source is None or ref.quantize is None:
+        return source
+    out = requantized_path(source, ref.quantize)
+    return out if out.is_file() else None
+
+
+def _locate_source(ref: ModelRef) -> Path | None:
     if ref.path:
         p = resolve_data_path(ref.path)
         return p if p.is_file() else None
@@ -56,9 +64,14 @@ def locate(ref: ModelRef) -> Path | None:
 
 
 def fetch(ref: ModelRef, emit: Emit | None = None) -> Path:
-    """The model file, assembled or downloaded if needed (a download reports its bytes through
-    ``emit``). Raises with the cause when it cannot be had."""
-    present = locate(ref)
+    """The model file, assembled, downloaded or requantized if needed (a download reports its bytes
+    through ``emit``). Raises with the cause when it cannot be had."""
+    source = _fetch_source(ref, emit)
+    return requantize(source, ref.quantize) if ref.quantize else source
+
+
+def _fetch_source(ref: ModelRef, emit: Emit | None) -> Path:
+    present = _locate_source(ref)
     if present is not None:
         return present
     if ref.path:
@@ -76,6 +89,47 @@ def fetch(ref: ModelRef, emit: Emit | None = None) -> Path:
     assert ref.hub
     repo, _, filename = ref.hub.partition(":")
     return hub_file(repo, filename, emit or noop)
+
+
+QUANT_TYPES = {"q4_0": 2, "q8_0": 7}  # llama.cpp's llama_ftype codes
+
+
+def requantized_path(source: Path, quantize: str) -> Path:
+    """Where the requantized copy of ``source`` is cached: keyed by the source's path, size and
+    mtime, so that a replaced source is requantized again."""
+    st = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "quantized" / f"{source.stem}-{key}.{quantize}.gguf"
+
+
+def requantize(source: Path, quantize: str) -> Path:
+    """``source`` as a GGUF of type ``quantize``, made once with llama.cpp's own quantizer (a few
+    seconds for a small model) and written atomically."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    out = requantized_path(source, quantize)
+    if out.is_file():
+        return out
+    check_gguf(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[quantize]
+    params.allow_requantize = True  # the source may itself be quantized (q4_1 from PyPI)
+    params.nthread = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    try:
+        with suppress_stdout_stderr(disable=False):  # its log of every tensor would garble the app
+            rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(),
+                                                ctypes.byref(params))
+        if rc != 0:
+            raise DeepDistillError(f"llama.cpp could not requantize {source} to {quantize} (code {rc})")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def check_gguf(path: Path) -> None:

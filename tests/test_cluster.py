@@ -224,6 +224,35 @@ def test_shards_split_the_training_queries_and_merge_back_once(tmp_path: Path) -
         assert s.count("samples") == s.count("grades") == len(parts[1])
 
 
+def test_merge_keeps_each_grade_with_the_response_it_graded(tmp_path: Path) -> None:
+    """A pass sampled both in the store (a wrong answer, failed) and in a shard (a right one, passed):
+    the merged store holds the shard's response with the shard's grade, never the wrong answer with
+    the pass (the old merge kept the store's sample and took the shard's grade). A pass the shard
+    sampled anew but has not graded drops the store's stale grade rather than lend it."""
+    from tests.test_select import put
+
+    main, shard = tmp_path / "main.db", tmp_path / "shard-0000.db"
+    for path in (main, shard):
+        with Store(path) as s:
+            put(s, {("q1", "r1"): [0.0, 0.0], ("q2", "r1"): [0.0]})
+    with Store(shard) as s, s.write() as conn:
+        conn.execute("UPDATE samples SET response = 'right' WHERE query_id = 'q1' AND pass_index = 0")
+        conn.execute("UPDATE grades SET verify_score = 1, passed = 1, created_at = created_at + 1"
+                     " WHERE query_id = 'q1' AND pass_index = 0")
+        conn.execute("UPDATE samples SET response = 'new' WHERE query_id = 'q2'")
+        conn.execute("DELETE FROM grades WHERE query_id = 'q2'")
+    out = run_cli("merge", "--db", str(main), str(shard))
+    assert out.returncode == 0, out.stderr
+    assert "2 replaced" in out.stdout, out.stdout
+    with Store(main) as s:
+        rows = s.conn.execute("SELECT s.query_id, s.pass_index, s.response, g.passed FROM samples s"
+                              " LEFT JOIN grades g USING (query_id, teacher_id, pass_index)"
+                              " ORDER BY 1, 2").fetchall()
+    assert rows == [("q1", 0, "right", 1), ("q1", 1, "<think>r</think>a q11", 0), ("q2", 0, "new", None)]
+    again = run_cli("merge", "--db", str(main), str(shard))
+    assert "0 samples, 0 grades, 0 replaced" in again.stdout, again.stdout
+
+
 @pytest.mark.slow
 def test_bundle_trainer_runs_under_torchrun_with_two_processes_and_resumes(tmp_path: Path) -> None:
     """The tiny recipe with a cluster section: select, export, bundle; then the bundle's own training

@@ -345,8 +345,8 @@ def forgery_programs() -> list[tuple[str, str, str, str]]:
          "assert isinstance(f(1), int) and f(1) == 2\n"),
         ("StopIteration through map", "assert", "def f(x): raise StopIteration",
          "assert all(map(lambda x: f(x) == x * 2, range(5)))\n"),
-        ("exception the test swallows", "assert", "def f(x): raise ValueError('no')",
-         "try:\n    assert f(1) == 2\nexcept Exception:\n    pass\n"),
+        ("protocol failure the test swallows", "assert", "import os\ndef f(x): os._exit(0)",
+         "try:\n    assert f(1) == 2\nexcept BaseException:\n    pass\n"),
         ("huge reply", "assert", "def f(x): return 'x' * (1 << 25)", FORGE_TESTS),
         ("read the tests from any process", "assert",
          "import os\nsrc = b''\nfor p in os.listdir('/proc'):\n"
@@ -369,11 +369,10 @@ def forgery_programs() -> list[tuple[str, str, str, str]]:
 
 
 def _sandbox_uids_alive() -> list[str]:
-    """Live processes of the sandbox uids. Zombies (state Z) are dead: bwrap's exited intermediate
-    process is reparented to the machine's init, which reaps it in its own time."""
-    out = subprocess.run(["ps", "-eo", "uid=,stat=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines()
-            if 61000 <= int(line.split()[0]) < 65000 and not line.split()[1].startswith("Z")]
+    """Processes of the sandbox uids, zombies included: a sandbox's teardown reaps every process of it
+    (killing bwrap's init first), so none may be left behind, not even a zombie."""
+    out = subprocess.run(["ps", "-eo", "pid=,uid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if 61000 <= int(line.split()[1]) < 65000]
 
 
 @needs_sandbox
@@ -385,6 +384,7 @@ def test_hostile_programs_fail_and_leave_the_host_untouched(tmp_path: Path,
     canary.chmod(0o644)
     listener = Listener()
     limits = Limits(wall_s=3, cpu_s=3, memory_mb=256)
+    before = set(_sandbox_uids_alive())
     try:
         programs = [(name, mode, code, FORGE_TESTS)
                     for name, mode, code in hostile_programs(canary, listener.port)]
@@ -406,7 +406,7 @@ def test_hostile_programs_fail_and_leave_the_host_untouched(tmp_path: Path,
         assert grade_code(None, f"```python\n{killer}\n```", {"assert": FORGE_TESTS}, limits).score == 1.0
         time.sleep(1)
         assert listener.connections == 0
-        assert _sandbox_uids_alive() == []
+        assert set(_sandbox_uids_alive()) - before == set()  # not even a zombie
         assert canary.read_text() == "untouched"
     finally:
         listener.close()

@@ -22,7 +22,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import open_store
     from deepdistill_tui.core.shards import merge_shards
 
-    with open_store(args) as store:
+    with open_store(args, "merge") as store:
         added = merge_shards(store, [Path(p) for p in args.shards])
     print("merged " + ", ".join(f"{n} {table}" for table, n in added.items()) + f" into {args.db}")
     return 0
@@ -39,7 +39,7 @@ def cmd_cluster_export(args: argparse.Namespace) -> int:
         raise DeepDistillError("--from-run needs --db, the pilot's database")
     if args.db and not Path(args.db).is_file():
         raise DeepDistillError(f"--db {args.db} does not exist")
-    store = Store(args.db) if args.db else None
+    store = Store(args.db, create=False) if args.db else None
     try:
         written = write_cluster_bundle(recipe, Path(args.out), store, args.from_run)
     finally:

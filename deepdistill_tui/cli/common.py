@@ -27,10 +27,15 @@ def load_recipe_arg(args: argparse.Namespace) -> Any:
     return recipe
 
 
-def open_store(args: argparse.Namespace) -> Any:
+CREATING_STAGES = ("ingest", "import-am", "run", "merge")
+"""The commands that write data of their own and so may start a new store; every other one refuses a
+missing --db rather than leave an empty store behind a typo."""
+
+
+def open_store(args: argparse.Namespace, stage: str | None = None) -> Any:
     from deepdistill_tui.core.store import Store
 
-    return Store(args.db)
+    return Store(args.db, create=stage in CREATING_STAGES)
 
 
 def run_command(args: argparse.Namespace, stage: str, params: Any, *, recipe: Any = None,
@@ -43,7 +48,7 @@ def run_command(args: argparse.Namespace, stage: str, params: Any, *, recipe: An
     if recipe is None and with_recipe:
         recipe = load_recipe_arg(args)
     console = console_for(stderr=getattr(args, "json", False))
-    with open_store(args) as store, Reporter(console, stage_lines=stage_lines) as reporter:
+    with open_store(args, stage) as store, Reporter(console, stage_lines=stage_lines) as reporter:
         return run_stage(store, stage, recipe, params, StageContext(reporter))
 
 

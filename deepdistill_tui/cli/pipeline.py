@@ -19,7 +19,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = parse_stages(args.stages)
     console = console_for()
 
-    with open_store(args) as store, Reporter(console, stage_lines=True) as reporter:
+    with open_store(args, "run") as store, Reporter(console, stage_lines=True) as reporter:
         def show(event: Event) -> None:
             reporter(event)
             if isinstance(event, StageFinished):

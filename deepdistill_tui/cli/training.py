@@ -42,6 +42,12 @@ def print_evals(console: Any, rows: list[dict[str, Any]]) -> None:
         d = r.get("delta_vs_base")
         if d and d.get("problems"):
             console.print(f"  {d['verdict']}.")
+            if d["problems"] != r["problems"]:
+                console.print(f"  [yellow]compared with the base on the {d['problems']} problems both "
+                              "answered[/]")
+        if r.get("not_graded"):
+            console.print(f"  [yellow]{r['not_graded']} answers were not graded (no sandbox ran their code)"
+                          " and count as failures[/]")
         if not r["engine"].startswith("llama.cpp"):
             console.print(f"  [yellow]answered by {r['engine']}[/]")
 

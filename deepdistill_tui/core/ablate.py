@@ -261,8 +261,8 @@ def contrasts(store: Store, recipe: Recipe, rows: list[dict[str, Any]]) -> list[
 
     models = {r["arm"]: r["model"] for r in rows}
     per_query = {m: json.loads(pq) for m, pq in store.conn.execute(
-        "SELECT model, per_query FROM evals WHERE recipe_name = ? AND split = ? AND per_query IS NOT NULL",
-        (recipe.name, recipe.eval.split))}
+        "SELECT model, per_query FROM evals WHERE recipe_name = ? AND split = ? AND per_query IS NOT NULL"
+        " ORDER BY queries, k, created_at", (recipe.name, recipe.eval.split))}  # the largest one wins
     out = []
     for a, b in CONTRASTS:
         if a not in models or b not in models or models[b] not in per_query or models[a] not in per_query:

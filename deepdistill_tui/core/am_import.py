@@ -159,7 +159,8 @@ def import_am(store: Store, paths: Iterable[str | Path], *,
               max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> ImportReport:
     """Import AM-format files in one transaction. Re-importing the same files changes nothing."""
     thresholds = {**PAPER_PASS_THRESHOLDS, **(thresholds or {})}
-    files = [parse_am_name(Path(p)) for p in paths]
+    # A file named twice (or by two spellings of its path) is one file: it adds nothing the second time.
+    files = list({Path(p).resolve(): parse_am_name(Path(p)) for p in paths}.values())
     if not files:
         raise InputError("import-am: no files given")
     report = ImportReport(files=len(files))
@@ -183,7 +184,8 @@ def import_am(store: Store, paths: Iterable[str | Path], *,
 
 def _import_file(conn: Any, f: AmFile, now: float, thresholds: dict[str, float], seen: set[str],
                  max_line_bytes: int) -> tuple[int, int, int]:
-    """Stream one file into the open transaction: (responses, queries new to the store, duplicates)."""
+    """Stream one file into the open transaction: (responses and queries new to the store,
+    duplicates in the file)."""
     qs: list[tuple[Any, ...]] = []
     ss: list[tuple[Any, ...]] = []
     gs: list[tuple[Any, ...]] = []
@@ -192,11 +194,13 @@ def _import_file(conn: Any, f: AmFile, now: float, thresholds: dict[str, float],
     n = new_queries = duplicates = 0
 
     def flush() -> None:
-        nonlocal new_queries
+        nonlocal new_queries, n
         before = conn.total_changes
         conn.executemany(_Q, qs)
         new_queries += conn.total_changes - before
+        before = conn.total_changes
         conn.executemany(_S, ss)
+        n += conn.total_changes - before  # responses new to the store, not lines read
         conn.executemany(_G, gs)
         conn.executemany(_R, rs)
         for batch in (qs, ss, gs, rs):
@@ -215,7 +219,6 @@ def _import_file(conn: Any, f: AmFile, now: float, thresholds: dict[str, float],
             rs.extend(rows.released)
         ss.append(rows.sample)
         gs.append(rows.grade)
-        n += 1
         if len(ss) >= BATCH:
             flush()
     flush()

@@ -6,10 +6,16 @@ of the expected output is wrong). The score is passed cases / total cases, over 
 
 Assert programs run in the harness (sandboxed/harness.py), which executes the candidate's code in a
 second process and only ever sees plain data from it; the verdict is the harness's last output line.
+
+A verdict is only ever about the code. A sandbox that did not start (the launcher inside never said so,
+the harness died or was unreachable) is retried in a fresh sandbox with a fresh uid, and after
+``ATTEMPTS`` such failures the item is ``sandbox_error``: no score, graded again by the next ``grade``.
+Tests the harness cannot run are ``error``, never a 0.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -24,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from deepdistill_tui.core import sandbox
-from deepdistill_tui.core.sandbox import Limits, SandboxUnavailable
+from deepdistill_tui.core.sandbox import Limits, SandboxFailed, SandboxUnavailable
 
 GRADER = "sandbox-bwrap"
 MAX_CASES = 10
+ATTEMPTS = 3
+RETRY_PAUSE_S = 0.5
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.S)
 _SANDBOXED = Path(__file__).with_name("sandboxed")
 
@@ -65,8 +73,8 @@ def run_stdio(code: str, cases: list[dict[str, str]], limits: Limits) -> CodeRes
     cases = cases[:MAX_CASES]
     passed, notes, timeouts = 0, [], 0
     for i, case in enumerate(cases):
-        res = sandbox.run([sandbox.SANDBOX_PYTHON, "-I", "-S", "/sandbox/candidate.py"],
-                          {"candidate.py": code}, stdin=case["input"].encode(), limits=limits)
+        res = sandbox.run(["/sandbox/candidate.py"], {"candidate.py": code},
+                          stdin=case["input"].encode(), limits=limits, launch=True)
         got = res.stdout.decode("utf-8", errors="replace")
         if res.timed_out:
             timeouts += 1
@@ -106,10 +114,13 @@ class HarnessServer:
     def alive(self) -> bool:
         return self.box.proc.poll() is None
 
-    def submit(self, tests: bytes, fds: list[int]) -> None:
-        """Hand a job over: the tests and [from candidate, to candidate, verdict] pipe ends."""
-        socket.send_fds(self.sock, [b"%d\n" % len(tests)], fds)
-        self.sock.sendall(tests)
+    def submit(self, job: bytes, fds: list[int]) -> None:
+        """Hand a job over: the job's JSON and [from candidate, to candidate, verdict] pipe ends."""
+        try:
+            socket.send_fds(self.sock, [b"%d\n" % len(job)], fds)
+            self.sock.sendall(job)
+        except OSError as exc:
+            raise SandboxFailed(f"the harness is gone ({exc})") from None
 
     def close(self) -> None:
         self.sock.close()
@@ -144,11 +155,13 @@ class HarnessPool:
             server.close()
 
 
-def run_assert(code: str, tests: str, limits: Limits, pool: HarnessPool | None = None) -> CodeResult:
+def run_assert(code: str, tests: Tests, limits: Limits, pool: HarnessPool | None = None) -> CodeResult:
     """The candidate in a fresh sandbox, the tests in a harness server's fresh child, two pipes
-    between them and a third for the verdict."""
+    between them and a third for the verdict. Raises SandboxFailed when either side did not run."""
     own_pool = pool is None
     pool = pool or HarnessPool()
+    job = json.dumps({"tests": tests.program, "prelude": tests.prelude,
+                      "entry_point": tests.entry_point}).encode("utf-8")
     to_cand_r, to_cand_w = os.pipe()
     to_harness_r, to_harness_w = os.pipe()
     verdict_r, verdict_w = os.pipe()
@@ -159,29 +172,34 @@ def run_assert(code: str, tests: str, limits: Limits, pool: HarnessPool | None =
     start = time.perf_counter()
     try:
         candidate = sandbox.Box(
-            [sandbox.SANDBOX_PYTHON, "-I", "-S", "/sandbox/worker.py", str(to_cand_r), str(to_harness_w)],
+            ["/sandbox/worker.py", str(to_cand_r), str(to_harness_w)],
             {"candidate.py": code, "worker.py": _sandboxed_file("worker.py")}, limits,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(to_cand_r, to_harness_w))
+            pass_fds=(to_cand_r, to_harness_w), launch=True)
         server = pool.acquire(limits)
-        server.submit(tests.encode("utf-8"), [to_harness_r, to_cand_w, verdict_w])
+        server.submit(job, [to_harness_r, to_cand_w, verdict_w])
         # Each pipe end now lives in its sandbox alone: one left open here would keep a dead peer's
         # pipe from reporting end-of-file. Close each exactly once: other threads reuse the numbers.
         while ours:
             os.close(ours.pop())
         verdict = _read_until(verdict_r, start + limits.wall_s, limits.output_bytes)
+        started = candidate.started()
     finally:
         for fd in [*ours, verdict_r]:
             os.close(fd)
         if candidate is not None:
             candidate.close()
         if server is not None:
-            if verdict is not None and not own_pool:
+            if verdict and not own_pool:
                 pool.release(server)
             else:
-                server.close()  # past its deadline (its child may still run), or a one-off
+                server.close()  # past its deadline (its child may still run), dead, or a one-off
+    if not started:
+        raise SandboxFailed("the candidate's sandbox did not run its program")
     if verdict is None:
         return CodeResult(0.0, "timeout", f"no verdict within {limits.wall_s:g} s")
+    if not verdict.strip():
+        raise SandboxFailed("the harness ended without a verdict")
     return _verdict(verdict)
 
 
@@ -206,9 +224,11 @@ def _verdict(output: bytes) -> CodeResult:
         verdict = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
         verdict = None
+    if isinstance(verdict, dict) and isinstance(verdict.get("error"), str):
+        return CodeResult(None, "error", verdict["error"][:2000])
     if (not isinstance(verdict, dict) or not isinstance(verdict.get("passed"), int)
             or not isinstance(verdict.get("total"), int)):
-        return CodeResult(0.0, "error", "no verdict from the harness")
+        return CodeResult(None, "error", "no verdict from the harness")
     passed, total = verdict["passed"], verdict["total"]
     detail = str(verdict.get("detail") or "")[:2000]
     if total <= 0:
@@ -227,6 +247,9 @@ class Tests:
 
     stdio: list[dict[str, str]] | None = None
     program: str | None = None
+    prelude: str | None = None
+    """The problem's own code (HumanEval's prompt): its names are the prompt's, never the candidate's."""
+    entry_point: str | None = None
 
 
 def code_tests(test_cases: Any) -> Tests | str:
@@ -254,7 +277,9 @@ def code_tests(test_cases: Any) -> Tests | str:
         setup = tc.get("test_setup_code") or ""
         return Tests(program=f"{setup}\n" + "\n".join(map(str, tc["test_list"])) + "\n")
     if isinstance(tc.get("test"), str) and isinstance(tc.get("entry_point"), str):
-        return Tests(program=f"{tc['test']}\ncheck({tc['entry_point']})\n")
+        prompt = tc.get("prompt")
+        return Tests(program=f"{tc['test']}\ncheck({tc['entry_point']})\n",
+                     prelude=prompt if isinstance(prompt, str) else None, entry_point=tc["entry_point"])
     if isinstance(tc.get("inputs"), list) and isinstance(tc.get("outputs"), list):
         if len(tc["inputs"]) != len(tc["outputs"]) or not tc["inputs"]:
             return "inputs and outputs differ in length (or are empty)"
@@ -298,7 +323,9 @@ def _call_cases(fn: str, inputs: list[Any], outputs: list[Any]) -> Tests | str:
 
 
 def grade_code(answer: str | None, response: str, test_cases: Any, limits: Limits,
-               pool: HarnessPool | None = None) -> CodeResult:
+               pool: HarnessPool | None = None, question: str | None = None) -> CodeResult:
+    """``question``, when it is the problem's Python (HumanEval's prompt) and the tests name an entry
+    point, is the prelude whose definitions the candidate cannot replace."""
     if test_cases is None:
         return CodeResult(None, "error", "no test cases")
     tests = code_tests(test_cases)
@@ -307,10 +334,28 @@ def grade_code(answer: str | None, response: str, test_cases: Any, limits: Limit
     code = extract_code(answer, response)
     if code is None:
         return CodeResult(0.0, "wrong_format", "no fenced code block")
+    if tests.entry_point and tests.prelude is None and question and _defines(question, tests.entry_point):
+        tests = Tests(program=tests.program, prelude=question, entry_point=tests.entry_point)
+    why = ""
+    for attempt in range(ATTEMPTS):
+        try:
+            if tests.program is not None:
+                return run_assert(code, tests, limits, pool)
+            assert tests.stdio is not None
+            return run_stdio(code, tests.stdio, limits)
+        except SandboxUnavailable as exc:
+            return CodeResult(None, "sandbox_unavailable", str(exc))
+        except SandboxFailed as exc:
+            why = str(exc)
+            if attempt + 1 < ATTEMPTS:
+                time.sleep(RETRY_PAUSE_S * (attempt + 1))
+    return CodeResult(None, "sandbox_error", f"{why} ({ATTEMPTS} attempts): not graded")
+
+
+def _defines(source: str, name: str) -> bool:
+    """Does ``source`` parse as Python and define ``name`` at its top level?"""
     try:
-        if tests.program is not None:
-            return run_assert(code, tests.program, limits, pool)
-        assert tests.stdio is not None
-        return run_stdio(code, tests.stdio, limits)
-    except SandboxUnavailable as exc:
-        return CodeResult(None, "sandbox_unavailable", str(exc))
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body)

@@ -25,7 +25,7 @@ from typing import Any
 
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
 from deepdistill_tui.core.events import Emit, EvalFallback, EvalProgress, noop
-from deepdistill_tui.core.grade import Grader, Item
+from deepdistill_tui.core.grade import NOT_GRADED, Grader, Item
 from deepdistill_tui.core.intervals import bootstrap_interval, paired_difference, significance
 from deepdistill_tui.core.recipe import ModelRef, Recipe, SamplingParams, Teacher
 from deepdistill_tui.core.store import Store
@@ -195,17 +195,21 @@ def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
     # The student is judged on its answers: no format filter (a base model writes no <think>).
     grading = recipe.grading.model_copy(update={"require_reasoning": False})
     passed: dict[str, int] = {}
+    not_graded: dict[str, int] = {}
     with Grader(grading) as grader:
         for item, g in grader.grade(items):
             passed[item.key[0]] = passed.get(item.key[0], 0) + int(g.passed)
-    return _store_result(store, recipe, model_name, queries, passed, time.perf_counter() - start,
-                         engine, sha)
+            if g.status in NOT_GRADED:  # no code ran: say so beside the figure, which counts it as 0
+                not_graded[item.key[0]] = not_graded.get(item.key[0], 0) + 1
+    return _store_result(store, recipe, model_name, queries, passed, not_graded,
+                         time.perf_counter() - start, engine, sha)
 
 
 def _store_result(store: Store, recipe: Recipe, model_name: str, queries: list[Any],
-                  passed: dict[str, int], seconds: float, engine: str, sha: str | None) -> dict[str, Any]:
+                  passed: dict[str, int], not_graded: dict[str, int], seconds: float, engine: str,
+                  sha: str | None) -> dict[str, Any]:
     k = recipe.eval.k
-    per_query = {qid: [cat, passed.get(qid, 0) / k] for qid, cat, *_ in queries}
+    per_query = {qid: [cat, passed.get(qid, 0) / k, not_graded.get(qid, 0)] for qid, cat, *_ in queries}
     result = {"model": model_name, "split": recipe.eval.split, "k": k, "engine": engine,
               "model_sha256": sha, **_summary(per_query, recipe.seed), "seconds": round(seconds, 1)}
     with store.write() as conn:
@@ -213,8 +217,8 @@ def _store_result(store: Store, recipe: Recipe, model_name: str, queries: list[A
             "INSERT INTO evals (recipe_name, model, split, k, queries, pass_at_1, by_category, created_at,"
             " ci_low, ci_high, per_query, model_sha256, engine)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(recipe_name, model, split) DO UPDATE SET k = excluded.k,"
-            " queries = excluded.queries, pass_at_1 = excluded.pass_at_1,"
+            " ON CONFLICT(recipe_name, model, split, k, queries) DO UPDATE SET"
+            " pass_at_1 = excluded.pass_at_1,"
             " by_category = excluded.by_category, created_at = excluded.created_at,"
             " ci_low = excluded.ci_low, ci_high = excluded.ci_high, per_query = excluded.per_query,"
             " model_sha256 = excluded.model_sha256, engine = excluded.engine",
@@ -226,25 +230,28 @@ def _store_result(store: Store, recipe: Recipe, model_name: str, queries: list[A
 
 def _summary(per_query: dict[str, list[Any]], seed: int) -> dict[str, Any]:
     """pass@1 with its interval over problems, overall and per category."""
-    def one(values: list[float]) -> dict[str, Any]:
+    def one(rows: list[list[Any]]) -> dict[str, Any]:
+        values = [row[1] for row in rows]
         lo, hi = bootstrap_interval(values, seed)
         return {"pass_at_1": sum(values) / len(values), "ci_low": lo, "ci_high": hi,
-                "problems": len(values)}
+                "problems": len(values), "not_graded": sum(row[2] if len(row) > 2 else 0 for row in rows)}
 
-    by_cat: dict[str, list[float]] = {}
-    for cat, share in per_query.values():
-        by_cat.setdefault(cat, []).append(share)
-    return {**one([share for _, share in per_query.values()]),
-            "by_category": {c: one(v) for c, v in sorted(by_cat.items())}}
+    by_cat: dict[str, list[list[Any]]] = {}
+    for row in per_query.values():
+        by_cat.setdefault(row[0], []).append(row)
+    return {**one(list(per_query.values())), "by_category": {c: one(v) for c, v in sorted(by_cat.items())}}
 
 
 def comparison(store: Store, recipe: Recipe) -> list[dict[str, Any]]:
     """Every evaluated model of the recipe, base first; a trained model also gets ``delta_vs_base``:
     the paired difference over the problems both answered, with its interval, overall and per category."""
+    # Per model, the evaluation over the most problems (then the largest k, then the newest).
     rows = store.conn.execute(
-        "SELECT model, k, per_query, engine, model_sha256 FROM evals WHERE recipe_name = ? AND split = ?"
-        " AND per_query IS NOT NULL ORDER BY model != 'base', created_at",
-        (recipe.name, recipe.eval.split)).fetchall()
+        "SELECT model, k, per_query, engine, model_sha256 FROM evals e WHERE recipe_name = ? AND split = ?"
+        " AND per_query IS NOT NULL AND NOT EXISTS (SELECT 1 FROM evals b WHERE b.recipe_name ="
+        " e.recipe_name AND b.split = e.split AND b.model = e.model AND b.per_query IS NOT NULL"
+        " AND (b.queries, b.k, b.created_at) > (e.queries, e.k, e.created_at))"
+        " ORDER BY model != 'base', created_at", (recipe.name, recipe.eval.split)).fetchall()
     out = []
     base: dict[str, list[Any]] | None = None
     for model, k, per_query_json, engine, sha in rows:

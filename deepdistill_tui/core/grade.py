@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -40,6 +41,9 @@ from deepdistill_tui.core.text import split_response
 from deepdistill_tui.core.workers import DeadlinePool
 
 CHUNK = 256
+NOT_GRADED = ("sandbox_unavailable", "sandbox_error")
+"""Statuses of grades that ran no code: stored so that stats and the app show them, graded again by the
+next ``grade``, and counted apart by ``eval`` rather than as failures."""
 
 
 @dataclass
@@ -161,7 +165,8 @@ class Grader:
     def _grade_code(self, items: list[Item]) -> Iterator[tuple[Item, Grade]]:
         def one(item: Item) -> tuple[Item, Grade]:
             t0 = time.perf_counter()
-            r = grade_code(item.answer, item.response, item.test_cases, self.limits, self._harnesses)
+            r = grade_code(item.answer, item.response, item.test_cases, self.limits, self._harnesses,
+                           question=item.question)
             return item, self._grade(item, "code", Verdict(r.score, r.status, r.detail),
                                      time.perf_counter() - t0)
 
@@ -192,13 +197,18 @@ _UNGRADED = (
     " s.answer, q.ground_truth, q.test_cases, q.constraints FROM samples s"
     " JOIN queries q ON q.query_id = s.query_id"
     " LEFT JOIN grades g ON g.query_id = s.query_id AND g.teacher_id = s.teacher_id"
-    "  AND g.pass_index = s.pass_index WHERE g.query_id IS NULL ORDER BY s.query_id, s.teacher_id,"
-    " s.pass_index"
+    f"  AND g.pass_index = s.pass_index WHERE g.query_id IS NULL OR g.status IN {NOT_GRADED}"
+    " ORDER BY s.query_id, s.teacher_id, s.pass_index"
 )
+# A grade is final, except one that ran no code (no sandbox here, or one that would not start): the
+# next `grade` replaces it.
 _INSERT = (
     "INSERT INTO grades (query_id, teacher_id, pass_index, verify_score, passed, status, grader,"
     " grader_version, seconds, detail, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT(query_id, teacher_id, pass_index) DO NOTHING"
+    " ON CONFLICT(query_id, teacher_id, pass_index) DO UPDATE SET verify_score = excluded.verify_score,"
+    " passed = excluded.passed, status = excluded.status, grader = excluded.grader,"
+    " grader_version = excluded.grader_version, seconds = excluded.seconds, detail = excluded.detail,"
+    f" created_at = excluded.created_at WHERE grades.status IN {NOT_GRADED}"
 )
 
 
@@ -301,6 +311,19 @@ def _file_item(rec: dict[str, Any], where: str) -> Item:
                 answer, None if gt is None else str(gt), rec.get("test_cases"), rec.get("constraints"))
 
 
+def partial_path(dst: Path) -> Path:
+    """A temp file of this process's own beside ``dst`` (two runs with one --output must not write into
+    one file), after removing the ones that processes now dead (kill -9) left behind."""
+    prefix = f".{dst.name}."
+    for old in dst.parent.glob(f"{prefix}*.partial"):
+        owner = old.name[len(prefix):].split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            old.unlink(missing_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=".partial", dir=dst.parent)
+    os.close(fd)
+    return Path(name)
+
+
 def grade_file(src: Path, dst: Path, cfg: GradingConfig, *, workers: int | None = None,
                judge: Callable[[], Backend] | None = None, emit: Emit | None = None) -> dict[str, Any]:
     """JSONL in, the same records plus verify_score, passed and status out, in input order.
@@ -313,8 +336,8 @@ def grade_file(src: Path, dst: Path, cfg: GradingConfig, *, workers: int | None 
     records = list(iter_jsonl(src))
     items = [_file_item(rec, f"{src}:{line}") for line, rec in records]
     statuses: Counter[str] = Counter()
-    tmp = dst.with_name(f".{dst.name}.partial")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(dst)
     try:
         with Grader(cfg, workers=workers, judge=judge) as grader, tmp.open("w", encoding="utf-8") as out:
             for first in range(0, len(items), CHUNK):

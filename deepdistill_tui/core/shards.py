@@ -35,6 +35,7 @@ def write_shards(store: Store, shards: int, out_dir: Path) -> list[dict[str, Any
         raise DeepDistillError("the number of shards must be at least 1")
     if store.scalar("SELECT count(*) FROM queries WHERE split = 'train'") == 0:
         raise DeepDistillError(f"{store.path} has no training queries to shard; ingest first")
+    _refuse_other_shards(out_dir, shards)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = []
     for i in range(shards):
@@ -42,6 +43,17 @@ def write_shards(store: Store, shards: int, out_dir: Path) -> list[dict[str, Any
             counts = _fill(shard, store.path.resolve(), i, shards)
         report.append({"shard": i, "path": str(shard_path(out_dir, i)), **counts})
     return report
+
+
+def _refuse_other_shards(out_dir: Path, shards: int) -> None:
+    """Shard files already in ``out_dir`` are reused only when they are this very split: files of
+    another count hold other queries (re-sharding 3 ways over 5 put 147 of 215 queries in two shards)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DeepDistillError(f"{out_dir}: exists and is not a folder")
+    found = sorted(out_dir.glob("shard-*.db")) if out_dir.is_dir() else []
+    if found and {p.name for p in found} != {shard_path(out_dir, i).name for i in range(shards)}:
+        raise DeepDistillError(f"{out_dir}: holds {len(found)} shard files of another split ({found[0].name}"
+                               f" ...); shard into an empty folder")
 
 
 def _fill(shard: Store, main: Path, index: int, shards: int) -> dict[str, int]:
@@ -63,8 +75,10 @@ def _fill(shard: Store, main: Path, index: int, shards: int) -> dict[str, int]:
 
 def merge_shards(store: Store, paths: list[Path]) -> dict[str, int]:
     """Fold each shard's queries, teachers, samples and grades into the store (one transaction per
-    shard). A grade in the shard replaces the store's (it is the newer); everything else is added."""
-    added = dict.fromkeys(MERGED_TABLES, 0)
+    shard). A sample and its grade travel together: where the shard's response for a pass differs
+    from the store's, the shard's sample replaces the store's and the store's grade goes with it
+    (``replaced``), so no grade is ever paired with another response than the one it graded."""
+    added = dict.fromkeys((*MERGED_TABLES, "replaced"), 0)
     for path in paths:
         if not path.is_file():
             raise DeepDistillError(f"shard {path} does not exist")
@@ -78,17 +92,37 @@ def merge_shards(store: Store, paths: list[Path]) -> dict[str, int]:
     return added
 
 
+_KEY = "query_id, teacher_id, pass_index"
+# The shard's passes whose response differs from the store's sample of the same pass.
+_DIFFERENT = (f"SELECT {_KEY} FROM shard_db.samples s JOIN main.samples m USING ({_KEY})"
+              " WHERE s.response IS NOT m.response OR s.prefill IS NOT m.prefill")
+
+
 def _merge_one(store: Store, path: Path) -> dict[str, int]:
     conn = store.conn
     conn.execute("ATTACH DATABASE ? AS shard_db", (str(path),))
-    added = {}
+    added: dict[str, int] = {}
     try:
         with store.write():
-            for table in MERGED_TABLES:
-                verb = "INSERT OR REPLACE" if table == "grades" else "INSERT OR IGNORE"
+            conn.execute(f"CREATE TEMP TABLE merge_replaced AS {_DIFFERENT}")
+            added["replaced"] = int(conn.execute("SELECT count(*) FROM merge_replaced").fetchone()[0])
+            where = f"({_KEY}) IN (SELECT {_KEY} FROM merge_replaced)"
+            conn.execute(f"DELETE FROM main.grades WHERE {where}")
+            conn.execute(f"DELETE FROM main.samples WHERE {where}")
+            for table in ("queries", "teachers", "samples"):
                 before = conn.total_changes
-                conn.execute(f"{verb} INTO {table} SELECT * FROM shard_db.{table}")
-                added[table] = conn.total_changes - before
+                conn.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM shard_db.{table}")
+                added[table] = conn.total_changes - before - (added["replaced"] if table == "samples" else 0)
+            # Only the grades of the very responses the store now holds (the shard's grade is the newer).
+            before = conn.total_changes
+            conn.execute("INSERT OR REPLACE INTO main.grades SELECT g.* FROM shard_db.grades g"
+                         f" JOIN shard_db.samples s USING ({_KEY}) JOIN main.samples m USING ({_KEY})"
+                         " WHERE s.response IS m.response AND s.prefill IS m.prefill AND NOT EXISTS ("
+                         " SELECT 1 FROM main.grades x WHERE x.query_id = g.query_id"
+                         " AND x.teacher_id = g.teacher_id AND x.pass_index = g.pass_index"
+                         " AND x.created_at IS g.created_at AND x.verify_score IS g.verify_score)")
+            added["grades"] = conn.total_changes - before
+            conn.execute("DROP TABLE temp.merge_replaced")
     except sqlite3.DatabaseError as exc:
         raise DeepDistillError(f"{path}: cannot merge ({exc})") from exc
     finally:

@@ -175,6 +175,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (recipe_name, arm)
     ) WITHOUT ROWID;
     """,
+    # An evaluation is keyed by what it measured (its k and its number of problems), so that a quick
+    # one with a smaller limit or k never overwrites the full one (207 problems once became 12).
+    """
+    CREATE TABLE evals_keyed (
+        recipe_name TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        split       TEXT NOT NULL,
+        k           INTEGER NOT NULL,
+        queries     INTEGER NOT NULL,
+        pass_at_1   REAL NOT NULL,
+        by_category TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        ci_low REAL, ci_high REAL, per_query TEXT, model_sha256 TEXT, engine TEXT,
+        PRIMARY KEY (recipe_name, model, split, k, queries)
+    ) WITHOUT ROWID;
+    INSERT INTO evals_keyed SELECT recipe_name, model, split, k, queries, pass_at_1, by_category,
+        created_at, ci_low, ci_high, per_query, model_sha256, engine FROM evals;
+    DROP TABLE evals;
+    ALTER TABLE evals_keyed RENAME TO evals;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -184,7 +204,7 @@ def stage_lock(db_path: Path, stage: str, on_wait: Callable[[str], None]) -> Ite
     """One process per database at a time for a stage that walks the store's remaining work (sample,
     grade): a second one says so through ``on_wait`` and waits for the first, then finds little left.
     The lock is an flock on DB.STAGE.lock, released by the kernel if its holder dies."""
-    lock_path = db_path.with_name(f"{db_path.name}.{stage}.lock")
+    lock_path = _lock_path(db_path, stage)
     with lock_path.open("a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -197,9 +217,19 @@ def stage_lock(db_path: Path, stage: str, on_wait: Callable[[str], None]) -> Ite
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _lock_path(db_path: Path, stage: str) -> Path:
+    """DB.STAGE.lock beside the database's real file: a symlink or another spelling of the path must
+    take the same lock (two graders once ran at once through a symlink)."""
+    real = db_path.resolve()
+    lock = real.with_name(f"{real.name}.{stage}.lock")
+    if lock.is_dir():
+        raise DeepDistillError(f"{lock}: is a directory; it must be free for the {stage} lock file")
+    return lock
+
+
 def lock_held(db_path: Path, stage: str) -> bool:
     """Is a process holding ``stage``'s lock on this database right now?"""
-    lock_path = db_path.with_name(f"{db_path.name}.{stage}.lock")
+    lock_path = _lock_path(db_path, stage)
     if not lock_path.exists():
         return False
     with lock_path.open("a") as fh:
@@ -258,6 +288,22 @@ def check_integrity(conn: sqlite3.Connection, path: Path) -> None:
     _checked.add(key)
 
 
+def refuse_foreign(path: Path) -> None:
+    """Refuse, untouched, a SQLite file that is not a store of ours: opening it normally would switch it
+    to WAL and add our tables. Read through a read-only connection that changes nothing."""
+    ro = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        version = int(ro.execute("PRAGMA user_version").fetchone()[0])
+        tables = [name for (name,) in ro.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY 1")]
+    finally:
+        ro.close()
+    if tables and (version == 0 or "queries" not in tables or "runs" not in tables):
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise DeepDistillError(f"{path}: a SQLite database of another program (tables: {shown});"
+                               " not a deepdistill-tui store, left untouched")
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """A connection in autocommit mode: transactions are explicit (``Store.write``)."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -271,12 +317,19 @@ def connect(path: str | Path) -> sqlite3.Connection:
 class Store:
     """The project database. Open one per process; never carry it across fork()."""
 
-    def __init__(self, path: str | Path = DEFAULT_DB) -> None:
+    def __init__(self, path: str | Path = DEFAULT_DB, *, create: bool = True) -> None:
+        """``create=False`` (every command that only reads or works on data already there) refuses a
+        missing file instead of leaving a new empty store behind a mistyped path."""
         self.path = Path(path)
         if self.path.is_dir():
             raise DeepDistillError(f"store {self.path} is a directory, not a database file")
         try:
             existed = self.path.exists() and self.path.stat().st_size > 0
+            if not existed and not create:
+                raise DeepDistillError(f"{self.path}: no store here (ingest, import-am or run creates one;"
+                                       " --db names another)")
+            if existed:
+                refuse_foreign(self.path)
             self.conn = connect(self.path)
             if existed:
                 check_integrity(self.conn, self.path)

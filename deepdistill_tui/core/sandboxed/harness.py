@@ -9,13 +9,26 @@ A and B share nothing but two pipes: separate PID namespaces, separate uids, sep
 working directory is the read-only /sandbox. Every name B reports becomes, for the tests, either a proxy
 that calls B and turns B's reply back into plain data (Python literals only, parsed, never evaluated) or
 a plain constant; B's names that are dunders or builtins are dropped, so the candidate cannot redefine
-``range``, ``all`` or ``__name__`` under the tests. Nothing B sends is ever imported or used to choose
-code. An exception raised by candidate code (StopIteration included) fails the test it happened in,
-even if the test catches it. The verdict is the one line this process writes to its private copy of
-stdout; the tests' own prints go to /dev/null.
+``range``, ``all`` or ``__name__`` under the tests, and so are the names the problem's prompt defines
+(the prelude, run here: HumanEval's ``poly`` or ``encode_cyclic`` are the prompt's, never the
+candidate's). Nothing B sends is ever imported or used to choose code.
 
-The tests are scored per unit, over at most 10 units: each top-level ``assert`` of a program made of
-several (MBPP style), else each top-level ``test_*`` function, else the whole program as one unit.
+Two kinds of failure reach the tests differently:
+- An exception the candidate's code raised is raised in the test as its nearest built-in type, so a test
+  that expects one (``try: f(-1) except ValueError: ...``) passes an honest solution. StopIteration
+  becomes RuntimeError (as PEP 479 does in generators), so it can never end a test's loop early.
+- A protocol failure (B exited or crashed, sent a reply that is not plain data or is over 16 MB, or
+  raised SystemExit, KeyboardInterrupt or GeneratorExit) is a BaseException no ``except Exception``
+  catches, and the unit fails even when a test catches it anyway.
+A failure of the tests themselves (they do not compile, run out of memory, pass an argument that is not
+plain data) is no verdict at all: the job reports an error and the item stays ungraded.
+
+The verdict is the one line this process writes to its private copy of stdout; the tests' own prints go
+to /dev/null. The tests are scored per unit, over at most 10 units: each top-level statement holding an
+``assert`` of a program with several top-level asserts (MBPP style; the other statements are set-up,
+and a set-up that fails fails every unit after it, or counts as one failed unit when none is left),
+else each top-level ``test_*`` function, else the whole program as one unit. Coroutines that a test
+function or a top-level call returns are run to the end.
 """
 
 import ast
@@ -34,12 +47,38 @@ MAX_LINE = 1 << 24
 _BUILTIN_NAMES = frozenset(dir(builtins))
 
 
-class CandidateError(Exception):
-    """B died, broke the protocol, or returned something that is not plain data."""
+class CandidateError(BaseException):
+    """B died, broke the protocol, or returned something that is not plain data: a BaseException, so
+    that a test's ``except Exception`` cannot swallow it (and the unit fails even if a test catches it)."""
 
 
-class CandidateRaised(BaseException):
-    """Candidate code raised: a BaseException so that a test's `except Exception` cannot swallow it."""
+class HarnessFault(Exception):
+    """The tests cannot be run here: no verdict on the candidate."""
+
+
+_NOT_CATCHABLE = ("SystemExit", "KeyboardInterrupt", "GeneratorExit")
+
+
+def rebuilt(raised):
+    """The exception to raise in the test for what B reports as [type, message, built-in base], or
+    None for one that must fail the unit."""
+    parts = [str(part)[:200] for part in raised] if isinstance(raised, list) else []
+    name = parts[0] if parts else "an exception"
+    message = parts[1] if len(parts) > 1 else ""
+    base = parts[2] if len(parts) > 2 else "Exception"
+    if base in _NOT_CATCHABLE or name in _NOT_CATCHABLE:
+        return None  # the caller fails the unit: no test may catch these
+    cls = getattr(builtins, base, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = Exception
+    if issubclass(cls, (StopIteration, StopAsyncIteration)):
+        cls = RuntimeError
+    for candidate_cls in cls.__mro__:  # some built-ins want more arguments (UnicodeDecodeError)
+        try:
+            return candidate_cls(f"{name}: {message}" if name != cls.__name__ else message)
+        except TypeError:
+            continue
+    return Exception(message)
 
 
 def literal(text):
@@ -83,52 +122,62 @@ def literal(text):
 
 
 class Candidate:
-    """The pipe to B and what B raised during the current test unit."""
+    """The pipe to B. ``dead`` is why B can no longer answer; ``broken`` is the protocol failure of the
+    current unit (reset for each), which fails it whatever the test caught."""
 
     def __init__(self, rfd, wfd):
         self.rd = os.fdopen(rfd, "r", encoding="utf-8", errors="replace")
         self.wr = os.fdopen(wfd, "wb")
-        self.raised = None
+        self.broken = None
         self.dead = None
+
+    def fail(self, reason, *, dead=False):
+        self.broken = self.broken or reason
+        if dead:
+            self.dead = self.dead or reason
+        raise CandidateError(reason)
 
     def receive(self):
         if self.dead:
-            raise CandidateError(self.dead)
+            self.fail(self.dead)
         line = self.rd.readline(MAX_LINE)
         if not line.endswith("\n"):
-            self.dead = "the candidate process exited" if not line else "a reply over 16 MB"
-            raise CandidateError(self.dead)
+            self.fail("the candidate process exited" if not line else "a reply over 16 MB", dead=True)
         try:
             msg = ast.literal_eval(line)
-        except (SyntaxError, ValueError, RecursionError, MemoryError, TypeError) as exc:
-            self.dead = "the candidate broke the protocol"
-            raise CandidateError(self.dead) from exc
+        except (SyntaxError, ValueError, RecursionError, MemoryError, TypeError):
+            self.fail("the candidate broke the protocol", dead=True)
         if not isinstance(msg, dict):
-            self.dead = "the candidate broke the protocol"
-            raise CandidateError(self.dead)
+            self.fail("the candidate broke the protocol", dead=True)
         return msg
 
     def call(self, name, args, kwargs):
         if self.dead:
-            raise CandidateError(self.dead)
+            self.fail(self.dead)
         try:
             # marshal: plain data only, and B (which trusts us) reads it without importing anything.
             request = marshal.dumps((name, args, kwargs))
         except ValueError:
-            raise CandidateError("the tests passed a value that is not plain data to " + name) from None
+            raise HarnessFault("the tests passed a value that is not plain data to " + name) from None
+        except MemoryError:
+            raise HarnessFault("the tests' arguments to " + name + " exhaust the harness's memory") from None
         try:
             self.wr.write(b"%d\n" % len(request) + request)
             self.wr.flush()
-        except OSError as exc:
-            self.dead = "the candidate process exited"
-            raise CandidateError(self.dead) from exc
+        except OSError:
+            self.fail("the candidate process exited", dead=True)
         reply = self.receive()
         if isinstance(reply.get("ok"), str):
-            return literal(reply["ok"])
-        raised = reply.get("exc")
-        text = " ".join(str(part)[:200] for part in raised) if isinstance(raised, list) else "an exception"
-        self.raised = "the candidate raised " + text
-        raise CandidateRaised(self.raised)
+            try:
+                return literal(reply["ok"])
+            except CandidateError as exc:
+                self.fail(str(exc))
+        if "exc" in reply:
+            error = rebuilt(reply["exc"])
+            if error is None:
+                self.fail("the candidate raised " + str(reply["exc"])[:100])
+            raise error
+        self.fail("the candidate broke the protocol", dead=True)
 
     def proxy(self, name):
         def call(*args, **kwargs):
@@ -138,14 +187,22 @@ class Candidate:
         return call
 
 
-def namespace(cand, names):
-    """The tests' globals: the candidate's own names only, as proxies or plain constants."""
-    env = {"__name__": "__main__", "__builtins__": builtins}
+def namespace(cand, names, prelude=None, entry_point=None):
+    """The tests' globals: the prompt's own definitions (the prelude, trusted: it comes with the
+    tests), then the candidate's names that the prompt does not define, as proxies or plain
+    constants. The entry point is the one name the candidate must supply even if the prompt has it."""
+    env = {"__name__": "__main__", "__builtins__": builtins, "__ddt_settle__": settle}
+    if prelude:
+        try:
+            exec(compile(prelude, "prompt.py", "exec"), env)
+        except Exception as exc:
+            raise HarnessFault("the prompt's code does not run: " + type(exc).__name__) from None
+    protected = {name for name in env if name != entry_point}
     if not isinstance(names, dict):
-        raise CandidateError("the candidate broke the protocol")
+        cand.fail("the candidate broke the protocol", dead=True)
     for name, kind in names.items():
         if (not isinstance(name, str) or not name.isidentifier() or name.startswith("__")
-                or name in _BUILTIN_NAMES or not isinstance(kind, str)):
+                or name in _BUILTIN_NAMES or name in protected or not isinstance(kind, str)):
             continue
         if kind == "callable":
             env[name] = cand.proxy(name)
@@ -155,16 +212,48 @@ def namespace(cand, names):
     return env
 
 
+def settle(value):
+    """A coroutine a test returned, run to its end (an async test never awaited would pass anything)."""
+    import inspect
+
+    if inspect.iscoroutine(value):
+        import asyncio
+
+        return asyncio.run(value)
+    return value
+
+
+class _Settle(ast.NodeTransformer):
+    """Top-level calls whose value is dropped (``check(candidate)``) go through ``settle``."""
+
+    def visit_Module(self, node):
+        for i, stmt in enumerate(node.body):
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+                call = ast.Call(ast.Name("__ddt_settle__", ast.Load()), [stmt.value], [])
+                node.body[i] = ast.copy_location(ast.Expr(call), stmt)
+        return ast.fix_missing_locations(node)
+
+
+def _holds_assert(node):
+    if isinstance(node, ast.Assert):
+        return True
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return False  # a definition asserts nothing until it is called
+    return any(isinstance(n, ast.Assert) for n in ast.walk(node))
+
+
 def plan(tests):
-    """(setup and unit statements in order, the number of units, test functions to call after)."""
-    tree = ast.parse(tests, "tests.py")
-    asserts = [n for n in tree.body if isinstance(n, ast.Assert)]
+    """(set-up and unit statements in order, test functions to call after, the number of units)."""
+    try:
+        tree = _Settle().visit(ast.parse(tests, "tests.py"))
+    except (SyntaxError, ValueError) as exc:  # ValueError: a NUL byte
+        raise HarnessFault(f"the tests do not parse: {exc}") from None
     funcs = [n.name for n in tree.body
              if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test")
              and not n.args.args]
-    if len(asserts) >= 2:
-        steps = [(n, isinstance(n, ast.Assert)) for n in tree.body]
-        return steps, [], min(len(asserts), MAX_UNITS)
+    if sum(isinstance(n, ast.Assert) for n in tree.body) >= 2:
+        steps = [(n, _holds_assert(n)) for n in tree.body]
+        return steps, [], min(sum(is_unit for _, is_unit in steps), MAX_UNITS)
     if funcs and not _calls_any(tree, funcs):
         return [(n, False) for n in tree.body], funcs[:MAX_UNITS], len(funcs[:MAX_UNITS])
     return [(tree, True)], [], 1
@@ -176,47 +265,53 @@ def _calls_any(tree, names):
 
 
 def run_unit(cand, env, code):
-    """One unit: None when it passed, else why it failed."""
-    cand.raised = None
+    """One unit: None when it passed, else why it failed. A fault of the tests propagates."""
+    cand.broken = None
     try:
         exec(code, env)
     except AssertionError as exc:
         return "assertion failed " + _where(exc)
-    except CandidateRaised:
-        return cand.raised
     except CandidateError as exc:
         return str(exc)
+    except HarnessFault:
+        raise
+    except MemoryError:
+        raise HarnessFault("the tests exhaust the harness's memory") from None
     except Exception as exc:
         return type(exc).__name__ + ": " + str(exc)[:200] + " " + _where(exc)
-    if cand.raised:
-        return cand.raised + " (caught by the test, still a failure)"
+    if cand.broken:
+        return cand.broken + " (caught by the test, still a failure)"
     return None
 
 
-def grade(cand, tests):
+def _compiled(node):
+    return compile(node if isinstance(node, ast.Module) else ast.Module([node], []), "tests.py", "exec")
+
+
+def grade(cand, job):
+    steps, funcs, total = plan(job["tests"])
     hello = cand.receive()
     if "load_error" in hello:
         reason = ": ".join(str(p)[:300] for p in hello["load_error"]) if isinstance(
             hello["load_error"], list) else "?"
-        return 0, 1, "candidate failed to load: " + reason
-    env = namespace(cand, hello.get("names"))
-    steps, funcs, total = plan(tests)
+        return 0, max(total, 1), "candidate failed to load: " + reason
+    env = namespace(cand, hello.get("names"), job.get("prelude"), job.get("entry_point"))
     passed, notes, units = 0, [], 0
     for node, is_unit in steps:
         if is_unit and units >= MAX_UNITS:
             continue
-        code = compile(node if isinstance(node, ast.Module) else ast.Module([node], []), "tests.py", "exec")
-        why = run_unit(cand, env, code)
+        why = run_unit(cand, env, _compiled(node))
         if is_unit:
             units += 1
             passed += why is None
             if why:
                 notes.append(f"test {units}: {why}")
         elif why:
+            # Every unit not yet run fails with the set-up; after the last one, the set-up is a unit.
             notes.append("set-up failed: " + why)
-            return passed, total, "; ".join(notes)
+            return passed, total if units < total else total + 1, "; ".join(notes)
     for name in funcs:
-        why = run_unit(cand, env, compile(f"{name}()", "tests.py", "exec"))
+        why = run_unit(cand, env, compile(f"__ddt_settle__({name}())", "tests.py", "exec"))
         passed += why is None
         if why:
             notes.append(f"{name}: {why}")
@@ -228,23 +323,27 @@ def _where(exc):
     return f"(tests.py line {frames[-1].lineno})" if frames else ""
 
 
-def run_job(from_cand, to_cand, verdict_fd, tests):
+def run_job(from_cand, to_cand, verdict_fd, job_text):
     """In a fresh child: grade one candidate, write the verdict, exit. The tests' prints go nowhere."""
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     cand = Candidate(from_cand, to_cand)
     try:
-        passed, total, detail = grade(cand, tests)
-    except SyntaxError as exc:
-        passed, total, detail = 0, 0, f"the tests do not parse: {exc}"
+        job = json.loads(job_text)
+        passed, total, detail = grade(cand, job)
+        verdict = {"passed": passed, "total": total, "detail": detail[:2000]}
+    except HarnessFault as exc:
+        verdict = {"error": str(exc)[:2000]}
+    except CandidateError as exc:  # B failed before the tests began (it never said hello)
+        verdict = {"passed": 0, "total": 1, "detail": str(exc)[:2000]}
     except BaseException as exc:
-        passed, total, detail = 0, 1, type(exc).__name__ + ": " + str(exc)[:300]
-    verdict = {"passed": passed, "total": total, "detail": detail[:2000]}
+        verdict = {"error": "the harness failed: " + type(exc).__name__ + ": " + str(exc)[:300]}
     os.write(verdict_fd, ("\n" + json.dumps(verdict) + "\n").encode())
 
 
 def receive_job(sock):
-    """(tests, [from candidate, to candidate, verdict]) or None when the host hangs up."""
+    """(the job as JSON text: tests, prelude, entry_point; [from candidate, to candidate, verdict]) or
+    None when the host hangs up."""
     header, fds, _, _ = socket.recv_fds(sock, 16, 3)
     while header and not header.endswith(b"\n"):
         more = sock.recv(16)
@@ -271,12 +370,12 @@ def serve(sock_fd):
         job = receive_job(sock)
         if job is None:
             return
-        tests, fds = job
+        job_text, fds = job
         if os.fork() == 0:
             sock.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             try:
-                run_job(fds[0], fds[1], fds[2], tests)
+                run_job(fds[0], fds[1], fds[2], job_text)
             finally:
                 os._exit(0)
         for fd in fds:

@@ -1,0 +1,148 @@
+"""Outputs and stores under misuse (the red team's findings 9-13): no run's output mixed with another's,
+no foreign database touched, no store created by a typo, one lock per real file, no shard folder or
+import or evaluation silently double-counted. Each failed on the code before the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.store import Store, lock_held, stage_lock
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "deepdistill_tui", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_two_grade_file_runs_with_one_output_never_mix(tmp_path: Path) -> None:
+    """Both finish, each wrote its own temp file, and the output is one complete run's records."""
+    rows = [{"id": i, "category": "math", "response": f"\\boxed{{{i % 7}}}", "ground_truth": str(i % 5)}
+            for i in range(3000)]
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = [sys.executable, "-m", "deepdistill_tui", "grade-file", "--input", str(src), "--output", str(dst),
+            "--workers", "1"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [o["id"] for o in out] == list(range(3000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+def test_a_dead_runs_partial_output_is_removed_by_the_next(tmp_path: Path) -> None:
+    from deepdistill_tui.core.grade import partial_path
+
+    dst = tmp_path / "out.jsonl"
+    dead = tmp_path / ".out.jsonl.999999999-x.partial"  # no such pid
+    dead.write_text("half a line")
+    mine = partial_path(dst)
+    assert not dead.exists() and mine.exists() and mine.name.startswith(".out.jsonl.")
+
+
+def foreign_db(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("command", [["stats"], ["selections"], ["ingest"], ["grade"]])
+def test_another_programs_database_is_refused_byte_for_byte_untouched(tmp_path: Path,
+                                                                     command: list[str]) -> None:
+    db = tmp_path / "theirs.db"
+    foreign_db(db)
+    before = digest(db)
+    r = cli(*command, "--db", str(db))
+    assert r.returncode == 2 and "another program" in r.stderr and "invoices" in r.stderr, r.stderr
+    assert digest(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.db"]  # no -wal, no -shm
+
+
+@pytest.mark.parametrize("command", [["stats"], ["selections"], ["select", "--name", "x"],
+                                     ["export", "--selection", "x", "--out", "{dir}/x.jsonl"],
+                                     ["eval"], ["shard", "--shards", "2", "--out", "{dir}/sh"]])
+def test_a_mistyped_db_leaves_no_store_behind(tmp_path: Path, command: list[str]) -> None:
+    db = tmp_path / "typo.db"
+    r = cli(*[a.format(dir=tmp_path) for a in command], "--db", str(db))
+    assert r.returncode == 2 and "no store here" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_symlink_to_the_store_takes_the_same_lock(tmp_path: Path) -> None:
+    real = tmp_path / "real.db"
+    Store(real).close()
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    waited: list[str] = []
+    with stage_lock(real, "grader", waited.append):
+        assert lock_held(link, "grader") and lock_held(tmp_path / "." / "real.db", "grader")
+    assert not lock_held(link, "grader") and waited == []
+
+
+def test_a_lock_path_that_is_a_folder_is_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    Store(db).close()
+    (tmp_path / "s.db.grader.lock").mkdir()
+    with pytest.raises(DeepDistillError, match="is a directory"), stage_lock(db, "grader", print):
+        pass
+
+
+def test_shard_refuses_a_folder_of_another_split(tmp_path: Path) -> None:
+    from deepdistill_tui.core.ingest import ingest
+    from deepdistill_tui.core.recipe import load_recipe
+
+    db = tmp_path / "main.db"
+    with Store(db) as s:
+        ingest(s, load_recipe("tiny").data)
+    assert cli("shard", "--db", str(db), "--shards", "5", "--out", str(tmp_path / "sh")).returncode == 0
+    r = cli("shard", "--db", str(db), "--shards", "3", "--out", str(tmp_path / "sh"))
+    assert r.returncode == 2 and "another split" in r.stderr, r.stderr
+    assert len(list((tmp_path / "sh").glob("shard-*.db"))) == 5
+    again = cli("shard", "--db", str(db), "--shards", "5", "--out", str(tmp_path / "sh"))
+    assert again.returncode == 0, again.stderr  # the same split again is harmless
+
+
+def test_a_file_given_twice_is_imported_once(tmp_path: Path) -> None:
+    from deepdistill_tui.core.am_import import import_am
+    from deepdistill_tui.core.synthetic import write_am_files
+
+    files = write_am_files(tmp_path / "am", 20, categories=("math",), passes=1)
+    with Store(tmp_path / "s.db") as s:
+        first = import_am(s, [*files, files[0], str(files[0].parent / "." / files[0].name)])
+        assert first.files == len(files) and first.responses == s.count("samples") == 20 * len(files)
+        again = import_am(s, files)
+        assert again.responses == 0 and again.new_queries == 0
+
+
+def test_a_smaller_evaluation_never_replaces_a_larger_one(tmp_path: Path) -> None:
+    from deepdistill_tui.core.evaluate import _store_result, comparison
+    from deepdistill_tui.core.recipe import load_recipe
+
+    recipe = load_recipe("tiny")
+    full = [(f"q{i}", "math") for i in range(207)]
+    with Store(tmp_path / "s.db") as s:
+        for model, share in (("base", 0), ("run-1", 1)):
+            _store_result(s, recipe, model, full, {q: share * recipe.eval.k for q, _ in full}, {}, 1.0,
+                          "llama.cpp", None)
+        quick = full[:12]
+        _store_result(s, recipe, "run-1", quick, {}, {}, 1.0, "llama.cpp", None)
+        assert s.count("evals") == 3
+        rows = {r["model"]: r for r in comparison(s, recipe)}
+    assert rows["run-1"]["problems"] == 207 and rows["run-1"]["pass_at_1"] == 1.0
+    assert rows["run-1"]["delta_vs_base"]["problems"] == 207

@@ -46,6 +46,24 @@ def tiny_yaml(**replace: str) -> str:
 
 GOOD = '{"id": 1, "category": "math", "response": "\\\\boxed{4}", "ground_truth": "4"}\n'
 
+
+def parquet(rows: list[dict[str, object]]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+TINY_SOURCES = ("    - {path: data/demo/math.jsonl, category: math, columns: {ground_truth: answer}}\n"
+                "    - {path: data/demo/code.jsonl, category: code}\n"
+                "    - {path: data/demo/chat.jsonl, category: other}\n")
+PARQUET_SOURCE = "    - {path: gt.parquet, format: parquet, category: math, columns: {ground_truth: answer}}\n"
+AM_ROW = '{"question": "q", "answer": "a", "verify_score": SCORE}\n'
+
 # (name, files to write {name: content}, command (with {dir} and {db}), words the error must hold)
 Case = tuple[str, dict[str, bytes | str], list[str], list[str]]
 CASES: list[Case] = [
@@ -134,6 +152,46 @@ CASES: list[Case] = [
     ("sample: unknown teacher", {}, ["sample", "--teacher", "nobody", "--db", "{db}"], ["nobody"]),
     ("grade: endpoint without a name", {}, ["grade", "--endpoint", "http://x", "--db", "{db}"],
      ["http://x", "NAME="]),
+    # The red team's inputs (issue: grades that hold): each used to end in a traceback, exit 1.
+    ("recipe: 5,000-digit integer", {"r.yaml": tiny_yaml(**{"seed: 7": "seed: " + "9" * 5000})},
+     ["stats", "--recipe", "{dir}/r.yaml", "--db", "{db}"], ["r.yaml", "line 10", "digits"]),
+    ("recipe: nesting 3,000 deep", {"r.yaml": "name: x\ndescription: " + "[" * 3000 + "]" * 3000 + "\n"},
+     ["stats", "--recipe", "{dir}/r.yaml", "--db", "{db}"], ["r.yaml", "nested deeper"]),
+    ("recipe: a list as a key", {"r.yaml": "name: x\n? [1, 2]\n: y\n"},
+     ["stats", "--recipe", "{dir}/r.yaml", "--db", "{db}"], ["r.yaml", "line 2", "a key must be"]),
+    ("recipe: a map as a key", {"r.yaml": "name: x\n? {a: 1}\n: y\n"},
+     ["stats", "--recipe", "{dir}/r.yaml", "--db", "{db}"], ["r.yaml", "a key must be"]),
+    ("recipe: seed 2**70", {"r.yaml": tiny_yaml(**{"  seed: 7\n\ntraining": f"  seed: {2**70}\n\ntraining"})},
+     ["stats", "--recipe", "{dir}/r.yaml", "--db", "{db}"], ["r.yaml", "selection.seed", "64 bits"]),
+    ("import-am: pass number of 20 digits", {"math_r1_99999999999999999999pass.jsonl": AM_ROW.replace(
+        "SCORE", "1")}, ["import-am", "{dir}/math_r1_99999999999999999999pass.jsonl", "--db", "{db}"],
+     ["99999999999999999999pass.jsonl", "K in 1..1000"]),
+    ("import-am: verify_score 7 for math", {"math_r1_1pass.jsonl": AM_ROW.replace("SCORE", "7")},
+     ["import-am", "{dir}/math_r1_1pass.jsonl", "--db", "{db}"], ["math_r1_1pass.jsonl:1", "outside 0..1"]),
+    ("import-am: verify_score -3 for science", {"science_r1_1pass.jsonl": AM_ROW.replace("SCORE", "-3")},
+     ["import-am", "{dir}/science_r1_1pass.jsonl", "--db", "{db}"], ["science_r1_1pass.jsonl:1", "0..5"]),
+    ("ingest: Parquet NaN ground truth",
+     {"gt.parquet": parquet([{"question": "What is 1 + 1?", "answer": float("nan")}]),
+      "r.yaml": tiny_yaml(**{TINY_SOURCES: PARQUET_SOURCE})},
+     ["ingest", "--recipe", "{dir}/r.yaml", "--db", "{db}"], ["gt.parquet", "answer", "nan"]),
+    ("ingest: Parquet inf ground truth",
+     {"gt.parquet": parquet([{"question": "What is 1 + 1?", "answer": float("inf")}]),
+      "r.yaml": tiny_yaml(**{TINY_SOURCES: PARQUET_SOURCE})},
+     ["ingest", "--recipe", "{dir}/r.yaml", "--db", "{db}"], ["gt.parquet", "answer", "inf"]),
+    ("grade-file: output under /proc", {"in.jsonl": GOOD},
+     ["grade-file", "--input", "{dir}/in.jsonl", "--output", "/proc/ddt-nope/o.jsonl"], ["/proc/ddt-nope"]),
+    ("grade-file: output under a file", {"in.jsonl": GOOD},
+     ["grade-file", "--input", "{dir}/in.jsonl", "--output", "{dir}/in.jsonl/o.jsonl"], ["in.jsonl"]),
+    ("grade-file: --workers -1", {"in.jsonl": GOOD},
+     ["grade-file", "--input", "{dir}/in.jsonl", "--output", "{dir}/o", "--workers", "-1"], ["--workers"]),
+    ("grade: --workers 0", {}, ["grade", "--workers", "0", "--db", "{db}"], ["--workers"]),
+    ("shard: under a file", {"f": "x"}, ["shard", "--shards", "2", "--out", "{dir}/f/sh", "--db", "{db}"],
+     ["/f"]),
+    ("shard: --shards 0", {}, ["shard", "--shards", "0", "--out", "{dir}/sh", "--db", "{db}"], ["--shards"]),
+    ("cluster-export: under a file", {"f": "x"},
+     ["cluster-export", "--recipe", "full-72b", "--out", "{dir}/f/bundle"], ["/f", "is a file"]),
+    ("cluster-export: under /proc", {},
+     ["cluster-export", "--recipe", "full-72b", "--out", "/proc/ddt-nope/bundle"], ["/proc/ddt-nope"]),
 ]
 
 

@@ -566,3 +566,35 @@ def test_two_graders_on_one_store_grade_each_sample_once(tmp_path: Path) -> None
     assert sum(graded) == 400 and sorted(graded)[0] == 0
     with Store(db) as s:
         assert s.count("grades") == 400
+
+
+@needs_sandbox
+def test_grades_that_ran_no_code_are_graded_again(tmp_path: Path) -> None:
+    """A store graded where bubblewrap was missing keeps `sandbox_unavailable` (no score, no pass), and
+    the next `grade` with a sandbox grades those samples for real; a real grade is never redone."""
+    from deepdistill_tui.core.store import Store
+    from tests.test_select import put
+
+    db = tmp_path / "s.db"
+    with Store(db) as s:
+        put(s, {(f"q{i}", "gemma3-270m"): [None] * 2 for i in range(3)})
+        tests = json.dumps({"stdin_stdout": [{"input": "", "output": "2"}]})
+        with s.write() as conn:
+            conn.execute("UPDATE queries SET category = 'code', test_cases = ?", (tests,))
+            conn.execute("UPDATE samples SET response = '<think>r</think>```python\nprint(2)\n```',"
+                         " reasoning = 'r', answer = '```python\nprint(2)\n```'")
+    cmd = [sys.executable, "-m", "deepdistill_tui", "grade", "--db", str(db), "--recipe", "tiny",
+           "--workers", "1"]
+    subprocess.run(cmd, env={**os.environ, "PATH": str(tmp_path)}, check=True, capture_output=True,
+                   timeout=300)
+    with Store(db) as s:
+        assert s.conn.execute("SELECT DISTINCT status, verify_score, passed FROM grades").fetchall() == [
+            ("sandbox_unavailable", None, 0)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    with Store(db) as s:
+        assert s.conn.execute("SELECT DISTINCT status, verify_score, passed FROM grades").fetchall() == [
+            ("ok", 1.0, 1)]
+        first = s.scalar("SELECT max(created_at) FROM grades")
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    with Store(db) as s:
+        assert s.scalar("SELECT max(created_at) FROM grades") == first

@@ -3,6 +3,7 @@ progress in bytes with an ETA, a killed download resumed where it stopped, and o
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -20,6 +21,7 @@ import yaml
 SIZE = 3 << 20  # 3 MB
 CHUNK = 64 << 10
 BLOB = bytes(range(256)) * (SIZE // 256)
+SHA256 = hashlib.sha256(BLOB).hexdigest()
 FETCH = """
 import json, sys
 from deepdistill_tui.core.models import fetch
@@ -42,7 +44,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _headers(self, status: int, start: int) -> None:
         self.send_response(status)
-        self.send_header("ETag", '"blob-etag-1"')
+        self.send_header("ETag", f'"{SHA256}"')  # the Hub's ETag of an LFS file is its sha256
         self.send_header("X-Repo-Commit", "c" * 40)
         self.send_header("Content-Length", str(SIZE - start))
         self.send_header("Accept-Ranges", "bytes")
@@ -110,6 +112,21 @@ def test_a_killed_download_resumes_and_reports_bytes(tmp_path: Path, hub: FakeHu
     assert final and final[-1]["done_bytes"] == SIZE and final[-1]["total_bytes"] == SIZE
 
 
+def test_a_damaged_partial_download_is_caught_by_its_digest(tmp_path: Path, hub: FakeHub) -> None:
+    """A .part of the right length's first half but the wrong bytes resumes into a file of the right
+    size: its sha256 differs from the Hub's, so it is deleted and fetched again from byte 0."""
+    env = _env(tmp_path, f"http://127.0.0.1:{hub.server_address[1]}")
+    hub.delay_s = 0.0
+    part = tmp_path / "cache" / "hub" / "acme--tiny-GGUF" / "tiny.gguf.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * (SIZE // 2))
+    done = subprocess.run([sys.executable, "-c", FETCH], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    path = Path(json.loads(done.stdout.splitlines()[-1])["path"])
+    assert path.read_bytes() == BLOB and not part.exists()
+    assert hub.ranges == [SIZE // 2, 0]  # resumed, found damaged, fetched whole
+
+
 @pytest.mark.parametrize("offline", ["unreachable", "HF_HUB_OFFLINE"])
 def test_offline_is_one_line(tmp_path: Path, offline: str) -> None:
     extra = {"HF_HUB_OFFLINE": "1"} if offline == "HF_HUB_OFFLINE" else {}
@@ -119,6 +136,9 @@ def test_offline_is_one_line(tmp_path: Path, offline: str) -> None:
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml").read_text())
     recipe["teachers"][0]["model"] = {"hub": "acme/tiny-GGUF:tiny.gguf"}  # the teacher that samples
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    from deepdistill_tui.core.store import Store
+
+    Store(tmp_path / "x.db").close()  # sample works on a store that exists (it never creates one)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("deepdistill-tui: error")]

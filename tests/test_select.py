@@ -233,6 +233,16 @@ def test_export_replaces_only_its_own_output(store: Store, tmp_path: Path, fmt: 
         out.write_text(out.read_text() + "{}\n")  # edited by hand since: no longer ours to replace
         with pytest.raises(DeepDistillError, match="did not write"):
             export(store, recipe(), "e", fmt, out)
+    else:
+        (out / "my-notes.md").write_text("mine")  # a file the user added to the export's folder
+        with pytest.raises(DeepDistillError, match="did not write"):
+            export(store, recipe(), "e", fmt, out)
+        assert (out / "my-notes.md").read_text() == "mine"
+        (out / "my-notes.md").unlink()
+        data = next(p for p in sorted(out.rglob("*.arrow")))
+        data.write_bytes(data.read_bytes() + b"x")  # edited since
+        with pytest.raises(DeepDistillError, match="not as the export wrote it"):
+            export(store, recipe(), "e", fmt, out)
 
 
 def test_export_unknown_selection_writes_nothing(store: Store, tmp_path: Path) -> None:

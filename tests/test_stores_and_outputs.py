@@ -146,3 +146,12 @@ def test_a_smaller_evaluation_never_replaces_a_larger_one(tmp_path: Path) -> Non
         rows = {r["model"]: r for r in comparison(s, recipe)}
     assert rows["run-1"]["problems"] == 207 and rows["run-1"]["pass_at_1"] == 1.0
     assert rows["run-1"]["delta_vs_base"]["problems"] == 207
+
+
+def test_eval_of_a_run_whose_files_are_gone_is_one_line(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as s:
+        run_id = s.start_run("train", "tiny", None, {"selection": "tiny"})
+        s.finish_run(run_id, "ok", {"gguf": str(tmp_path / "gone.gguf"), "output": str(tmp_path / "gone")})
+    r = cli("eval", "--model", run_id, "--db", str(tmp_path / "s.db"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "gone.gguf" in r.stderr and "train again" in r.stderr

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from deepdistill_tui.core.backends import Request
+from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.events import Emit, TrainStep, noop
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.select import run_selection
@@ -141,6 +142,22 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     with Store(db) as store:
         assert store.scalar("SELECT count(*) FROM runs WHERE command = 'train'") == 1
         assert store.scalar("SELECT status FROM runs WHERE command = 'train'") == "ok"
+
+
+def test_a_recipe_edited_since_refuses_to_resume_silently(tmp_path: Path) -> None:
+    """An unfinished run started at one learning rate is not taken up with another: the error names the
+    value and its two settings; the same values resume it; --fresh (no resume) is the way past."""
+    from deepdistill_tui.core.train import resumable_run
+
+    r = recipe(max_steps=9)
+    with Store(tmp_path / "t.db") as store:
+        run_id = store.start_run("train", r.name, r.to_json(), {"selection": "s",
+                                                                  "run_dir": str(tmp_path)})
+        store.finish_run(run_id, "interrupted")
+        assert resumable_run(store, r, "s") == run_id
+        edited = recipe(max_steps=9, learning_rate=2e-4)
+        with pytest.raises(DeepDistillError, match=r"training\.learning_rate 0\.001 -> 0\.0002.*--fresh"):
+            resumable_run(store, edited, "s")
 
 
 def test_eval_through_llama_cpp_on_base_and_exported_student(tmp_path: Path) -> None:

@@ -12,11 +12,15 @@ Heavy imports (torch, transformers, textual) happen inside the commands that nee
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from deepdistill_tui import __version__
 from deepdistill_tui.cli.cluster import add_parsers as add_cluster_parsers
+from deepdistill_tui.cli.common import positive_int
 from deepdistill_tui.cli.data import cmd_import_am, cmd_ingest, cmd_recipes
 from deepdistill_tui.cli.grading import cmd_grade, cmd_grade_file
 from deepdistill_tui.cli.pipeline import cmd_ablate, cmd_app, cmd_run
@@ -29,14 +33,23 @@ from deepdistill_tui.core.store import DEFAULT_DB
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _global_options(defaults: bool) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit 2, like every other bad input (subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"deepdistill-tui: error: {self.prog.removeprefix('deepdistill-tui').strip()}"
+              f"{': ' if self.prog != 'deepdistill-tui' else ''}{message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _global_options(defaults: bool) -> tuple[_Parser, _Parser]:
     """--db and --recipe, accepted before the command (as --help shows them) and after it. Only the
     top level holds the defaults: a subcommand's own default would silently replace a value given
     before the command."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--db", default=DEFAULT_DB if defaults else argparse.SUPPRESS, metavar="PATH",
                         help=f"SQLite database (default: ./{DEFAULT_DB})")
-    with_recipe = argparse.ArgumentParser(add_help=False)
+    with_recipe = _Parser(add_help=False)
     with_recipe.add_argument("--recipe", default=None if defaults else argparse.SUPPRESS,
                              metavar="NAME|PATH", help="recipes/NAME.yaml or a YAML file (default: tiny)")
     return common, with_recipe
@@ -46,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     top_common, top_recipe = _global_options(defaults=True)
     common, with_recipe = _global_options(defaults=False)
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deepdistill-tui", parents=[top_common, top_recipe],
         description="Difficulty-graded reasoning data and SFT (DeepDistill), at home. "
                     "Without a command: the terminal app.",
@@ -67,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", parents=[common, with_recipe],
                        help="generate the missing passes of every (query, teacher)")
     p.add_argument("--teacher", metavar="NAME", help="only this teacher")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N training queries")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N training queries")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--endpoint", action="append", metavar="NAME=URL",
                    help="serve teacher NAME from this OpenAI-compatible URL (repeatable)")
@@ -75,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grade", parents=[common, with_recipe],
                        help="a verify_score for every ungraded sample")
-    p.add_argument("--workers", type=int, metavar="N", help="grading processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="grading processes (default: all cores)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--endpoint", action="append", metavar="NAME=URL",
                    help="the judge teacher NAME's OpenAI-compatible URL (repeatable)")
@@ -86,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="OUT.jsonl")
     p.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME|PATH",
                    help="thresholds, timeouts and judge from this recipe (default: the paper's)")
-    p.add_argument("--workers", type=int, metavar="N")
+    p.add_argument("--workers", type=positive_int, metavar="N")
     p.set_defaults(handler=cmd_grade_file)
 
     p = sub.add_parser("stats", parents=[common, with_recipe],
@@ -151,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(exc: OSError) -> str:
+    name = exc.filename
+    if isinstance(exc, FileExistsError) and name and os.path.isfile(name):
+        return f"{name}: is a file, where a folder is needed"
+    return f"{name}: {exc.strerror or exc}" if name else str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -159,6 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except DeepDistillError as exc:
         print(f"deepdistill-tui: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output under /proc, under a file, in a read-only folder, a full disk
+        print(f"deepdistill-tui: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except sqlite3.OperationalError as exc:  # a read-only store, a locked file system
+        print(f"deepdistill-tui: error: {getattr(args, 'db', None) or 'the store'}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("deepdistill-tui: interrupted", file=sys.stderr)

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from deepdistill_tui.cli.common import positive_int
+
 
 def cmd_shard(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import open_store
@@ -62,7 +64,7 @@ def cmd_cluster_export(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any, common: argparse.ArgumentParser, with_recipe: argparse.ArgumentParser) -> None:
     p = sub.add_parser("shard", parents=[common],
                        help="split the training queries into shard databases for array jobs")
-    p.add_argument("--shards", type=int, required=True, metavar="N")
+    p.add_argument("--shards", type=positive_int, required=True, metavar="N")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(handler=cmd_shard)
 

@@ -18,6 +18,17 @@ def console_for(stderr: bool = False) -> Any:
 DEFAULT_RECIPE = "tiny"
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts: ``--workers -1`` used to reach the pool and end in a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text} is not a count from 1 to 1000000")
+    return value
+
+
 def load_recipe_arg(args: argparse.Namespace) -> Any:
     from deepdistill_tui.core.recipe import load_recipe, with_endpoints
 

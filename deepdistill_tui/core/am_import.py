@@ -60,12 +60,19 @@ class ImportReport:
                 "responses_per_s": round(self.responses / self.seconds) if self.seconds else None}
 
 
+SCORE_RANGE = {"math": (0.0, 1.0), "code": (0.0, 1.0), "if": (0.0, 1.0), "science": (0.0, 5.0),
+               "other": (0.0, 1.0)}
+"""The paper's verify_score scales (section 3): science is a 0..5 judge, the rest a share."""
+MAX_PASSES = 1000
+
+
 def parse_am_name(path: Path) -> AmFile:
     m = _NAME.match(path.name)
-    if not m or m["cat"] not in CATEGORIES or m["teacher"] not in AM_TEACHERS or int(m["k"]) < 1:
+    if (not m or m["cat"] not in CATEGORIES or m["teacher"] not in AM_TEACHERS
+            or len(m["k"]) > 4 or not 1 <= int(m["k"]) <= MAX_PASSES):
         raise InputError(
             f"{path}: file name must be CATEGORY_TEACHER_Kpass.jsonl with CATEGORY in "
-            f"{'/'.join(CATEGORIES)}, TEACHER in {'/'.join(AM_TEACHERS)}, K >= 1 "
+            f"{'/'.join(CATEGORIES)}, TEACHER in {'/'.join(AM_TEACHERS)}, K in 1..{MAX_PASSES} "
             "(e.g. math_r1_1pass.jsonl)"
         )
     return AmFile(path, m["cat"], m["teacher"], int(m["k"]) - 1)
@@ -139,6 +146,9 @@ def _rows(f: AmFile, rec: dict[str, Any], where: str, now: float, thresholds: di
     tid = am_teacher_id(f.teacher)
     score = _number(rec, "verify_score", where)
     assert score is not None
+    low, high = SCORE_RANGE[category]
+    if not low <= score <= high:  # 7 or -3 would pass or fail a query by itself
+        raise InputError(f"{where}: verify_score {score:g} is outside {low:g}..{high:g} for {category}")
     ppl = _number(rec, "ppl", where, required=False)
     reasoning, answer = split_response(response)
     detail = {k: rec[k] for k in ("ppl", *RELEASED_RATES, "model_name", "answer_source")

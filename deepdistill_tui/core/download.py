@@ -3,13 +3,17 @@
 A multi-GB model over a home connection gets interrupted. huggingface_hub (1.x) restarts an
 interrupted file from its first byte; here a file grows in ``NAME.part`` beside its final place, a
 new attempt asks the server for the rest (an HTTP range), and the file is renamed into place only
-when its size matches what the Hub announced. The Hub's own cache is still read first, so a file
+when its size and its digest match what the Hub announced (the ETag of an LFS file is its sha256, of a
+git file its git blob sha1): a damaged partial file once resumed into a file of the right size and
+the wrong content, served from the cache from then on. A file whose digest does not match is deleted
+and fetched once more from its first byte. The Hub's own cache is still read first, so a file
 downloaded by other tools is not fetched twice. Offline (``HF_HUB_OFFLINE=1``, or no route to the
 Hub), a file that is in neither cache is one line of error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterable
@@ -56,9 +60,9 @@ def hub_file(repo: str, filename: str, emit: Emit) -> Path:
     if _offline():
         raise DeepDistillError(f"{name} is not in the local Hub cache and the Hub cannot be reached "
                                "(offline, HF_HUB_OFFLINE is set); download it once with a network")
-    url, size = _metadata(repo, filename, name)
+    url, size, etag = _metadata(repo, filename, name)
     target = _target(repo, filename)
-    _download(url, size, target, name, emit)
+    _download_verified(url, size, etag, target, name, emit)
     return target
 
 
@@ -84,8 +88,8 @@ def hub_snapshot(repo: str, patterns: Iterable[str], emit: Emit) -> Path:
     for filename in files:
         target = folder / filename
         if not target.is_file():
-            url, size = _metadata(repo, filename, f"{repo}:{filename}")
-            _download(url, size, target, f"{repo}:{filename}", emit)
+            url, size, etag = _metadata(repo, filename, f"{repo}:{filename}")
+            _download_verified(url, size, etag, target, f"{repo}:{filename}", emit)
     (folder / ".complete").write_text("\n".join(files) + "\n")
     return folder
 
@@ -99,8 +103,8 @@ def _unreachable(name: str, exc: BaseException) -> DeepDistillError:
                             f"({type(exc).__name__}); download it once with a network")
 
 
-def _metadata(repo: str, filename: str, name: str) -> tuple[str, int | None]:
-    """(URL to GET, size in bytes) from the Hub's HEAD, which also checks that the file exists."""
+def _metadata(repo: str, filename: str, name: str) -> tuple[str, int | None, str | None]:
+    """(URL to GET, size in bytes, ETag) from the Hub's HEAD, which also checks that the file exists."""
     import httpx
     from huggingface_hub import errors, get_hf_file_metadata, hf_hub_url
 
@@ -115,7 +119,7 @@ def _metadata(repo: str, filename: str, name: str) -> tuple[str, int | None]:
                                "(hf auth login)") from None
     except (httpx.TransportError, errors.OfflineModeIsEnabled, OSError) as exc:
         raise _unreachable(name, exc) from None
-    return url, meta.size
+    return url, meta.size, meta.etag
 
 
 def _repo_files(repo: str) -> list[str]:
@@ -130,12 +134,42 @@ def _repo_files(repo: str) -> list[str]:
         raise _unreachable(repo, exc) from None
 
 
-def _download(url: str, size: int | None, target: Path, name: str, emit: Emit) -> None:
-    """GET the rest of ``target.part`` (a range request), then rename it into place."""
+def digest_matches(path: Path, etag: str | None, size: int) -> bool | None:
+    """Does the file match the Hub's ETag? None when the ETag is no digest we know (then only the
+    size is checked): 64 hex digits are an LFS file's sha256, 40 a git file's blob sha1."""
+    etag = (etag or "").lower()
+    if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag):
+        h = hashlib.sha256()
+    elif len(etag) == 40 and all(c in "0123456789abcdef" for c in etag):
+        h = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+    else:
+        return None
+    with path.open("rb") as fh:
+        while block := fh.read(BLOCK):
+            h.update(block)
+    return h.hexdigest() == etag
+
+
+def _download_verified(url: str, size: int | None, etag: str | None, target: Path, name: str,
+                       emit: Emit) -> None:
+    """``_download``, then the digest: a mismatch deletes the file and fetches it once more whole."""
+    part = target.with_name(target.name + ".part")
+    for attempt in (1, 2):
+        _download(url, size, part, name, emit)
+        if digest_matches(part, etag, part.stat().st_size) is not False:
+            os.replace(part, target)
+            return
+        part.unlink()
+        if attempt == 2:
+            raise DeepDistillError(f"download of {name} does not match the Hub's digest {etag} twice;"
+                                   " the file was deleted")
+
+
+def _download(url: str, size: int | None, part: Path, name: str, emit: Emit) -> None:
+    """GET the rest of ``part`` (a range request) until it holds ``size`` bytes."""
     import httpx
     from huggingface_hub.utils import build_hf_headers
 
-    part = target.with_name(target.name + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.is_file() else 0
     if size is not None and have > size:
@@ -161,7 +195,6 @@ def _download(url: str, size: int | None, target: Path, name: str, emit: Emit) -
     got = part.stat().st_size
     if size is not None and got != size:
         raise DeepDistillError(f"download of {name} ended at {got} of {size} bytes; run again to resume")
-    os.replace(part, target)
     meter.finish()
 
 

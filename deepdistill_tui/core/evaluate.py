@@ -113,7 +113,11 @@ def student_model(store: Store, recipe: Recipe, name: str, emit: Emit | None = N
     gguf = run["result"].get("gguf")
     if gguf and Path(gguf).exists():
         return StudentModel(name, Path(gguf), None)
-    return StudentModel(name, None, str(run["result"]["output"]),
+    adapter = Path(str(run["result"].get("output") or ""))
+    if not (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").is_file():
+        raise DeepDistillError(f"training run {name}: neither its GGUF ({gguf or 'none exported'}) nor its"
+                               f" model folder ({adapter}) is on this machine any more; train again")
+    return StudentModel(name, None, str(adapter),
                         f"training run {name} exported no GGUF file (set training.gguf)")
 
 

@@ -149,8 +149,31 @@ def _write_hf(records: Iterator[dict[str, Any]], tmp: Path, names: list[str]) ->
     n = _write_parquet(records, tmp / "data.parquet", names)
     ds = datasets.Dataset.from_parquet(str(tmp / "data.parquet"), cache_dir=str(tmp / "cache"))
     ds.save_to_disk(str(tmp / "dataset"))
-    (tmp / "dataset" / MARKER).write_text(json.dumps({"format": "hf", "records": n}))
+    files = _manifest(tmp / "dataset")
+    (tmp / "dataset" / MARKER).write_text(json.dumps({"format": "hf", "records": n, "files": files}))
     return n
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` but the marker, by relative path, with its sha256."""
+    return {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER}
+
+
+def _own_hf_export(out: Path) -> str | None:
+    """None when ``out`` holds exactly what an earlier hf export wrote; else what is wrong."""
+    try:
+        listed = json.loads((out / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, dict):
+        return "its marker lists no files (an export of an older version)"
+    found = _manifest(out)
+    extra = sorted(set(found) - set(listed))
+    if extra:
+        return f"it holds files the export did not write ({extra[0]})"
+    changed = sorted(name for name, digest in listed.items() if found.get(name) != digest)
+    return f"its file {changed[0]} is not as the export wrote it" if changed else None
 
 
 def _marker_of(out: Path) -> Path:
@@ -168,10 +191,14 @@ def check_replaceable(out: Path, fmt: str) -> None:
     if not out.exists() and not out.is_symlink():
         return
     if fmt == "hf":
-        if out.is_dir() and not out.is_symlink() and (out / MARKER).is_file():
+        if not (out.is_dir() and not out.is_symlink() and (out / MARKER).is_file()):
+            raise DeepDistillError(f"{out} exists and is not an earlier hf export of this project "
+                                   f"(no {MARKER} inside): choose a new output path")
+        problem = _own_hf_export(out)
+        if problem is None:
             return
-        raise DeepDistillError(f"{out} exists and is not an earlier hf export of this project "
-                               f"(no {MARKER} inside): choose a new output path")
+        raise DeepDistillError(f"{out} exists and is not only an earlier hf export of this project: "
+                               f"{problem}; choose a new output path (nothing of yours is deleted)")
     if out.is_file() and not out.is_symlink() and _marker_of(out).is_file() \
             and _marker_of(out).read_text().strip() == _digest(out):
         return

@@ -8,6 +8,7 @@ then near-duplicates. The whole ingest is one transaction: bad input anywhere le
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections import Counter
@@ -79,6 +80,8 @@ def _opt_text(value: Any, where: str, column: str) -> str | None:
         return None
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and not math.isfinite(value):  # Parquet carries NaN; JSONL refuses it
+        raise InputError(f"{where}: column {column!r} is {value}, not a finite number")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     raise InputError(f"{where}: column {column!r} must be a string or number, got {type(value).__name__}")

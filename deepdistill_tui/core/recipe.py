@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from deepdistill_tui.core.errors import RecipeError
 
@@ -42,6 +50,15 @@ a plain ``pip install`` (or a wheel) carries them; the repository's top-level ``
 class _Model(BaseModel):
     # No NaN or infinity anywhere: a timeout of .inf would wait forever, a NaN threshold keeps nothing.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_64_bits(cls, value: Any) -> Any:
+        """Every integer a recipe sets is stored (SQLite) or seeds a generator: 64 bits at most
+        (``selection.seed: 2**70`` used to end in an OverflowError deep in selection)."""
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise ValueError("must be an integer of at most 64 bits (below 9223372036854775808)")
+        return value
 
 
 # ---------------------------------------------------------------- data
@@ -489,24 +506,48 @@ TrainingConfig.model_rebuild()
 class _NoAliasLoader(yaml.SafeLoader):
     """safe_load without anchors and aliases: a billion-laughs recipe is refused before it expands."""
 
+    MAX_DEPTH = 64
+    _depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.constructor.ConstructorError(
                 None, None, "YAML aliases are not allowed in recipes", event.start_mark
             )
-        return super().compose_node(parent, index)
+        # The composer recurses per level: 3,000 levels ended in a RecursionError traceback.
+        self._depth += 1
+        try:
+            if self._depth > self.MAX_DEPTH:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"nested deeper than {self.MAX_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # past Python's 4,300-digit limit for int()
+            raise yaml.constructor.ConstructorError(
+                None, None, "integer with too many digits", node.start_mark) from None
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        """A key given twice is an error: YAML would keep the last one silently."""
+        """A key given twice is an error: YAML would keep the last one silently. Keys are plain scalars."""
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain value, not a list or a mapping", key_node.start_mark)
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
 
 
 def with_endpoints(recipe: Recipe, pairs: list[str]) -> Recipe:
@@ -554,7 +595,11 @@ def resolve_recipe_path(name_or_path: str) -> Path:
 
 def load_recipe(name_or_path: str) -> Recipe:
     path = resolve_recipe_path(name_or_path)
-    raw = path.read_bytes()
+    try:
+        with path.open("rb") as fh:  # never more than the limit read: a 1.5 GB file was read whole
+            raw = fh.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror})") from None
     if len(raw) > MAX_RECIPE_BYTES:
         raise RecipeError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES} bytes")
     try:

@@ -32,12 +32,42 @@ def read_events(stream: Iterable[str]) -> Iterator[Event]:
 
 
 def resumable_run(store: Store, recipe: Recipe, selection: str) -> str | None:
-    """The newest unfinished train run of this recipe and selection whose folder is still there."""
+    """The newest unfinished train run of this recipe and selection whose folder is still there and
+    whose training values are the recipe's now. When there are such runs but the recipe has changed
+    since (a learning rate edited, say), resuming would silently train with the old values: that is
+    an error naming what differs, and ``--fresh`` starts anew."""
+    changed: tuple[str, list[str]] | None = None
     for run in store.runs("train", recipe.name, statuses=("running", "failed", "interrupted")):
         args = run["args"]
-        if args.get("selection") == selection and Path(args.get("run_dir", "")).is_dir():
+        if args.get("selection") != selection or not Path(args.get("run_dir", "")).is_dir():
+            continue
+        differences = _training_differences(run.get("recipe") or {}, recipe)
+        if not differences:
             return str(run["run_id"])
+        changed = changed or (str(run["run_id"]), differences)
+    if changed is not None:
+        run_id, differences = changed
+        raise DeepDistillError(
+            f"the unfinished training run {run_id} of recipe {recipe.name!r} was started with other values"
+            f" ({'; '.join(differences[:3])}{'; ...' if len(differences) > 3 else ''}): resuming would"
+            " train with the old ones; pass --fresh to start a new run, or restore them to resume")
     return None
+
+
+def _training_differences(stored: dict[str, Any], recipe: Recipe) -> list[str]:
+    """'training.learning_rate 0.0005 -> 0.0001' for every training value that differs between the
+    recipe a run was started with and the recipe now."""
+    out: list[str] = []
+    _diff("training", stored.get("training"), recipe.training.model_dump(mode="json"), out)
+    return out
+
+
+def _diff(key: str, old: Any, new: Any, out: list[str]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            _diff(f"{key}.{k}", old.get(k), new.get(k), out)
+    elif old != new:
+        out.append(f"{key} {old!r} -> {new!r}")
 
 
 def _last_line(path: Path) -> str:

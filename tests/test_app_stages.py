@@ -225,8 +225,8 @@ async def test_evaluate_tab_names_the_ablation_arms_and_says_whether_they_beat_t
     r, db, run = load_recipe("tiny"), tmp_path / "e.db", "20260101-000000-abcdef"
     problems = [(f"q{i:02d}", "math") for i in range(40)]
     with Store(db) as s:
-        _store_result(s, r, "base", problems, {f"q{i:02d}": 1 for i in range(8)}, 1.0, "llama.cpp", "a")
-        _store_result(s, r, run, problems, {f"q{i:02d}": 1 for i in range(30)}, 1.0, "llama.cpp", "b")
+        _store_result(s, r, "base", problems, {f"q{i:02d}": 1 for i in range(8)}, {}, 1.0, "llama.cpp", "a")
+        _store_result(s, r, run, problems, {f"q{i:02d}": 1 for i in range(30)}, {}, 1.0, "llama.cpp", "b")
         _save_arm(s, r, "base", None, None, "pool", {"arm": "base", "model": "base"})
         _save_arm(s, r, "cv", "tiny-ablate-cv", run, "pool", {"arm": "cv", "model": run})
     app = DeepDistillApp(r, db)

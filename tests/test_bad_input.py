@@ -61,7 +61,8 @@ def parquet(rows: list[dict[str, object]]) -> bytes:
 TINY_SOURCES = ("    - {path: data/demo/math.jsonl, category: math, columns: {ground_truth: answer}}\n"
                 "    - {path: data/demo/code.jsonl, category: code}\n"
                 "    - {path: data/demo/chat.jsonl, category: other}\n")
-PARQUET_SOURCE = "    - {path: gt.parquet, format: parquet, category: math, columns: {ground_truth: answer}}\n"
+PARQUET_SOURCE = ("    - {path: gt.parquet, format: parquet, category: math,"
+                  " columns: {ground_truth: answer}}\n")
 AM_ROW = '{"question": "q", "answer": "a", "verify_score": SCORE}\n'
 
 # (name, files to write {name: content}, command (with {dir} and {db}), words the error must hold)

@@ -361,6 +361,19 @@ def forgery_programs() -> list[tuple[str, str, str, str]]:
          "total = 0\ntry:\n    for i in range(10000):\n        with open(f'/dev/shm/f{i}', 'wb') as fh:\n"
          "            for _ in range(15): fh.write(b'x' * (1 << 20)); total += 1 << 20\n"
          "except OSError: pass\nprint('ok' if total > (256 << 20) else 'no')", ""),
+        ("user and mount namespace", "stdio",
+         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+         "print('ok' if libc.unshare(0x10000000 | 0x00020000) == 0 else 'no')", ""),
+        ("memfd past the tmpfs caps", "stdio",
+         "import os\ntry:\n    fd = os.memfd_create('x')\n    os.write(fd, b'x' * (64 << 20))\n"
+         "    print('ok')\nexcept OSError:\n    print('no')", ""),
+        ("a key in the user keyring", "stdio",
+         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+         "kid = libc.syscall(248, b'user', b'ddt-channel', b'secret', 6, -4)\n"  # add_key, @u
+         "print('ok' if kid > 0 else 'no')", ""),
+        ("AF_VSOCK socket", "stdio",
+         "import socket\ntry:\n    socket.socket(40, socket.SOCK_STREAM)\n    print('ok')\n"
+         "except OSError:\n    print('no')", ""),
         ("write outside /tmp", "stdio",
          "wrote = []\nfor p in ('/x', '/dev/x', '/sandbox/x', '/usr/x', '/proc/x', '/etc/x'):\n"
          "    try: open(p, 'w').write('x'); wrote.append(p)\n    except OSError: pass\n"

@@ -155,3 +155,28 @@ def test_eval_of_a_run_whose_files_are_gone_is_one_line(tmp_path: Path) -> None:
     r = cli("eval", "--model", run_id, "--db", str(tmp_path / "s.db"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
     assert "gone.gguf" in r.stderr and "train again" in r.stderr
+
+
+def test_an_evaluation_says_how_many_answers_no_sandbox_graded(tmp_path: Path) -> None:
+    """Answers whose code never ran count as failures in the figure, and the figure says so: stored per
+    problem, summed overall and per category, and printed beside the table."""
+    import io
+
+    from rich.console import Console
+
+    from deepdistill_tui.cli.training import print_evals
+    from deepdistill_tui.core.evaluate import _store_result, comparison
+    from deepdistill_tui.core.recipe import load_recipe
+
+    recipe = load_recipe("tiny")
+    queries = [("m1", "math"), ("c1", "code"), ("c2", "code")]
+    with Store(tmp_path / "s.db") as s:
+        _store_result(s, recipe, "base", queries, {"m1": recipe.eval.k}, {"c1": 2, "c2": recipe.eval.k},
+                      1.0, "llama.cpp", None)
+        row = comparison(s, recipe)[0]
+    missing = 2 + recipe.eval.k
+    assert row["not_graded"] == missing and row["by_category"]["code"]["not_graded"] == missing
+    assert row["by_category"]["math"]["not_graded"] == 0
+    out = io.StringIO()
+    print_evals(Console(file=out, width=100), [row])
+    assert f"{2 + recipe.eval.k} answers were not graded" in out.getvalue()

@@ -281,10 +281,107 @@ def test_unsloth_is_imported_before_trl_and_transformers(tmp_path: Path) -> None
         "w.cuda_available = lambda: True  # as on a GPU machine\n"
         "backend = w.choose_backend(load_recipe('small').training)\n"
         "assert backend.name == 'unsloth', backend\n"
-        "w.import_stack(backend)\n"
+        "w.import_stack(backend, print)\n"
         "assert 'trl' in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "stub"), "ORDER_FILE": str(order)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(order.read_text()) == []  # nothing unsloth patches was imported before it
+
+
+def test_an_unsloth_that_cannot_import_gives_way_to_peft_qlora_in_one_line(tmp_path: Path) -> None:
+    """On a GPU machine whose unsloth is broken, the run goes on with peft QLoRA and says why once."""
+    (tmp_path / "stub" / "unsloth").mkdir(parents=True)
+    (tmp_path / "stub" / "unsloth" / "__init__.py").write_text("raise ImportError('no CUDA toolkit here')\n")
+    code = (
+        "import deepdistill_tui.core.train.worker as w\n"
+        "from deepdistill_tui.core.recipe import load_recipe\n"
+        "w.cuda_available = lambda: True  # as on a GPU machine\n"
+        "backend = w.choose_backend(load_recipe('small').training)\n"
+        "assert backend.name == 'unsloth', backend\n"
+        "notices = []\n"
+        "backend = w.import_stack(backend, notices.append)\n"
+        "print(backend.name, backend.quantization)\n"
+        "print(notices[0].message)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "stub")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name, message = proc.stdout.strip().splitlines()
+    assert name == "peft-cuda nf4"
+    assert "unsloth cannot be imported (ImportError: no CUDA toolkit here)" in message
+    assert "peft NF4 QLoRA" in message
+
+
+def test_qlora_on_a_cpu_trains_lora_on_a_4bit_student(tmp_path: Path) -> None:
+    """TRL's own trainer test, on the recipe's code path: the student loads in NF4 (bitsandbytes
+    Linear4bit layers, on the CPU), the loss is logged, and every LoRA parameter moves."""
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (the dev extra installs it)")
+    import bitsandbytes as bnb
+    import torch
+    from datasets import Dataset
+
+    from deepdistill_tui.core.train.config import TrainBackend
+    from deepdistill_tui.core.train.worker import load_model, sft_config, trainer_class, training_rows
+
+    r = recipe(max_steps=3, method="qlora")
+    backend = TrainBackend.choose(r.training, cuda=False, unsloth_installed=False)
+    assert backend.quantization == "nf4" and backend.name == "peft-cpu"
+    model, tok, peft, _, backend = load_model(r, backend, noop)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    with training_store(tmp_path / "q.db", r) as store:
+        rows = training_rows(store, r, "s")
+    trainer = trainer_class()(model=model, args=sft_config(r.training, tmp_path, backend, 0),
+                              train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert before and all(p.requires_grad for n, p in trainer.model.named_parameters() if "lora_" in n)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(loss == loss for loss in losses)
+    after = dict(trainer.model.named_parameters())
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
+    assert unchanged == []
+
+
+NO_BITSANDBYTES = """
+import json, sys
+sys.modules["bitsandbytes"] = None  # any import of it fails: the merged student must not need it
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+assert not any("4bit" in type(m).__name__ for m in model.modules())
+with torch.no_grad():
+    print(json.dumps(model(torch.tensor([json.loads(sys.argv[2])])).logits[0, -1].tolist()))
+"""
+
+
+def test_a_qlora_run_records_its_quantization_and_merges_to_plain_weights(tmp_path: Path) -> None:
+    """Through the stage runner: the runs row and result.json say peft-cpu, nf4, float32; the merged
+    checkpoint loads where bitsandbytes cannot be imported, and computes what the adapter on the
+    student's full-precision weights computes."""
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (the dev extra installs it)")
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deepdistill_tui.core.student import student_checkpoint
+
+    r = recipe(max_steps=3, save_steps=3, method="qlora", merge=True)
+    with training_store(tmp_path / "q.db", r) as store:
+        result = train(store, r, "s")
+        row = json.loads(store.scalar("SELECT result FROM runs WHERE command = 'train'"))
+    for summary in (result, row, json.loads((Path(result["output"]).parent / "result.json").read_text())):
+        recorded = (summary["backend"], summary["quantization"], summary["dtype"])
+        assert recorded == ("peft-cpu", "nf4", "float32"), recorded
+    merged = Path(result["merged"])
+    ids = AutoTokenizer.from_pretrained(merged)("Question: what is 12 + 30? Answer:")["input_ids"]
+    proc = subprocess.run([sys.executable, "-c", NO_BITSANDBYTES, str(merged), json.dumps(ids)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = AutoModelForCausalLM.from_pretrained(student_checkpoint(r.training.student))
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(base, result["output"])(torch.tensor([ids])).logits[0, -1].numpy()
+    assert np.allclose(got, want, atol=1e-3), float(np.abs(got - want).max())

@@ -182,7 +182,7 @@ def test_eval_through_llama_cpp_on_base_and_exported_student(tmp_path: Path) -> 
         rows = comparison(store, r)
     assert [row["model"] for row in rows] == ["base", run_id]
     for res in (base, trained):
-        assert res["engine"] == "llama.cpp" and len(res["model_sha256"]) == 64
+        assert res["engine"] == f"llama.cpp {r.training.gguf}" and len(res["model_sha256"]) == 64
         assert res["problems"] == 2 and res["k"] == 2
         assert 0 <= res["ci_low"] <= res["pass_at_1"] <= res["ci_high"] <= 1
         assert set(res["by_category"]) == {"math", "code"}

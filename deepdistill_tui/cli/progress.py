@@ -30,6 +30,7 @@ from deepdistill_tui.core.events import (
     StageStarted,
     TrainCheckpoint,
     TrainExported,
+    TrainNotice,
     TrainRun,
     TrainStarted,
     TrainStep,
@@ -104,7 +105,10 @@ class Reporter:
                 self.line(f"{'resuming' if resumed else 'training'} run {run_id} in {run_dir}")
             case TrainStarted():
                 resume = f", resuming from {Path(event.resume_from).name}" if event.resume_from else ""
-                self.line(f"backend {event.backend}, {event.examples} examples, {event.model}{resume}")
+                quant = f" in {event.quantization.upper()}" if event.quantization else ""
+                self.line(f"backend {event.backend}{quant}, {event.examples} examples, {event.model}{resume}")
+            case TrainNotice(message=message):
+                self.line(f"[yellow]{message}[/]")
             case TrainStep():
                 self._bar("training", event.max_steps, event.step,
                           f"loss {event.loss:.4f}  lr {event.learning_rate or 0:.2e}")

@@ -50,6 +50,9 @@ def print_evals(console: Any, rows: list[dict[str, Any]]) -> None:
                           " and count as failures[/]")
         if not r["engine"].startswith("llama.cpp"):
             console.print(f"  [yellow]answered by {r['engine']}[/]")
+        elif rows and r is not rows[0] and r["engine"] != rows[0]["engine"]:
+            console.print(f"  [yellow]formats differ: {rows[0]['model']} as {rows[0]['engine']}, "
+                          f"{r['model']} as {r['engine']}[/]")
 
 
 def _pct(r: dict[str, Any]) -> str:

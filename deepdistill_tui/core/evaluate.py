@@ -102,7 +102,12 @@ def student_model(store: Store, recipe: Recipe, name: str, emit: Emit | None = N
     student = recipe.training.student
     if name == "base":
         if student.model is not None:
-            return StudentModel(name, fetch(student.model, emit or noop), None)
+            # Like with like: the base in the format training exports the student in (tiny's base is
+            # the PyPI q4_1 file, its trained student q8_0), so the difference is the training's.
+            ref = student.model
+            if recipe.training.gguf and ref.quantize != recipe.training.gguf:
+                ref = ref.model_copy(update={"quantize": recipe.training.gguf})
+            return StudentModel(name, fetch(ref, emit or noop), None)
         return StudentModel(name, None, None, f"the student {student.name} is a transformers checkpoint "
                             "with no GGUF file to sample")
     run = store.run(name)
@@ -180,13 +185,13 @@ def evaluate(store: Store, recipe: Recipe, model_name: str = "base", *,
              emit: Emit, stop: threading.Event | None = None) -> dict[str, Any]:
     """pass@1 of the base student or of a training run's output, with its interval; stored in
     ``evals``. ``stop`` ends it early; nothing is stored then."""
-    from deepdistill_tui.core.models import file_sha256
+    from deepdistill_tui.core.models import file_sha256, gguf_file_type
 
     model = student_model(store, recipe, model_name, emit)
     queries = eval_queries(store, recipe)
     start = time.perf_counter()
     if model.gguf is not None:
-        engine, sha = "llama.cpp", file_sha256(model.gguf)
+        engine, sha = f"llama.cpp {gguf_file_type(model.gguf)}", file_sha256(model.gguf)
         answers = sampler_answers(recipe, model, queries, emit, stop)
     else:
         engine, sha = "transformers (fallback: " + str(model.fallback_reason) + ")", None

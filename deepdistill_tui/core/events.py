@@ -226,6 +226,16 @@ class TrainStarted(Event):
     engine: str = "single"
     model: str = ""
     """What was loaded: the recipe's student, or what the backend put in its place (recorded)."""
+    quantization: str | None = None
+    dtype: str = ""
+
+
+@_kind("train_notice")
+@dataclass(frozen=True)
+class TrainNotice(Event):
+    """One line the run's user must see: a backend that gave way to another, and why."""
+
+    message: str
 
 
 @_kind("train_step")

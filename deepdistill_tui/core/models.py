@@ -91,7 +91,22 @@ def _fetch_source(ref: ModelRef, emit: Emit | None) -> Path:
     return hub_file(repo, filename, emit or noop)
 
 
-QUANT_TYPES = {"q4_0": 2, "q8_0": 7}  # llama.cpp's llama_ftype codes
+QUANT_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}  # llama.cpp's llama_ftype codes
+FILE_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 7: "q8_0", 8: "q5_0", 9: "q5_1", 10: "q2_k",
+              11: "q3_k_s", 12: "q3_k_m", 13: "q3_k_l", 14: "q4_k_s", 15: "q4_k_m", 16: "q5_k_s",
+              17: "q5_k_m", 18: "q6_k", 32: "bf16"}
+"""GGUF's general.file_type codes (llama_ftype) as names."""
+
+
+def gguf_file_type(path: Path) -> str:
+    """The weights' format a GGUF file declares (general.file_type), e.g. q4_1 or q8_0."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).get_field("general.file_type")
+    if field is None:
+        return "unknown"
+    code = int(field.parts[field.data[0]][0])
+    return FILE_TYPES.get(code, f"type {code}")
 
 
 def requantized_path(source: Path, quantize: str) -> Path:

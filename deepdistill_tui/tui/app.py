@@ -36,6 +36,7 @@ from deepdistill_tui.core.events import (
     TrainCheckpoint,
     TrainExported,
     TrainFinished,
+    TrainNotice,
     TrainRun,
     TrainStarted,
     TrainStep,
@@ -255,7 +256,7 @@ class DeepDistillApp(App[None]):
         elif isinstance(event, GradeStarted | GradeProgress | PerplexityStarted | PerplexityProgress):
             pane = GradePane
         elif isinstance(event, TrainRun | TrainStarted | TrainStep | TrainCheckpoint | TrainExported
-                        | TrainFinished):
+                        | TrainFinished | TrainNotice):
             pane = TrainPane
         elif isinstance(event, EvalProgress | EvalFallback):
             pane = EvalPane

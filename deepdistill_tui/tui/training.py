@@ -15,6 +15,7 @@ from deepdistill_tui.core.events import (
     TrainCheckpoint,
     TrainExported,
     TrainFinished,
+    TrainNotice,
     TrainRun,
     TrainStarted,
     TrainStep,
@@ -74,8 +75,11 @@ class TrainPane(Vertical):
                               "loading the student…")
             case TrainStarted():
                 resume = f", resuming from {Path(event.resume_from).name}" if event.resume_from else ""
-                status.update(f"backend [b]{event.backend}[/], {event.examples} examples, "
+                quant = f" in {event.quantization.upper()}" if event.quantization else ""
+                status.update(f"backend [b]{event.backend}[/]{quant}, {event.examples} examples, "
                               f"{event.model}{resume}")
+            case TrainNotice(message=message):
+                log.write_line(message)
             case TrainStep():
                 self.losses.append(event.loss)
                 self.query_one("#loss-curve", Sparkline).data = list(self.losses)

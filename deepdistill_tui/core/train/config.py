@@ -7,7 +7,7 @@ cluster bundle (an exported data file and the distributed engine's settings), an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,15 +92,20 @@ class RunConfig(BaseModel):
 
 Method = Literal["lora", "full"]
 Device = Literal["cuda", "cpu"]
+Quantization = Literal["nf4"] | None
 
 
 @dataclass(frozen=True)
 class TrainBackend:
-    """What trains: Unsloth (QLoRA/LoRA on CUDA), peft LoRA, or full fine-tuning, on CUDA or the CPU."""
+    """What trains: Unsloth (QLoRA/LoRA on CUDA), peft LoRA (on a 4-bit student for QLoRA), or full
+    fine-tuning, on CUDA or the CPU."""
 
     unsloth: bool
     method: Method
     device: Device
+    quantization: Quantization = None
+    """nf4 for ``method: qlora``: the student's linear layers in 4 bits through bitsandbytes, on a CPU
+    too (it used to train plain LoRA in fp32 there, silently)."""
 
     @property
     def name(self) -> str:
@@ -115,6 +120,9 @@ class TrainBackend:
         """Does it save a LoRA adapter (else a whole model)?"""
         return self.method == "lora"
 
+    def without_unsloth(self) -> TrainBackend:
+        return replace(self, unsloth=False)
+
     @classmethod
     def choose(cls, cfg: TrainingConfig, cuda: bool, unsloth_installed: bool) -> TrainBackend:
         """unsloth (CUDA + unsloth installed, LoRA or QLoRA), else peft LoRA or full fine-tuning;
@@ -124,4 +132,5 @@ class TrainBackend:
         if cfg.backend == "unsloth" and not usable:
             raise DeepDistillError("training.backend is unsloth, which needs a CUDA GPU, the gpu extra "
                                    "(unsloth) and a LoRA or QLoRA method")
-        return cls(usable and cfg.backend != "transformers", method, "cuda" if cuda else "cpu")
+        return cls(usable and cfg.backend != "transformers", method, "cuda" if cuda else "cpu",
+                   "nf4" if cfg.method == "qlora" else None)

@@ -5,8 +5,9 @@
 It reads RUN_DIR/config.json (``RunConfig``), streams JSON-lines events on its stdout (its libraries'
 output goes to stderr, the run's log) and checkpoints under RUN_DIR/checkpoints, so a run killed at any
 moment resumes from its last complete checkpoint. One trainer code path on a GPU or a CPU; backends:
-Unsloth (QLoRA through bitsandbytes) when a CUDA GPU and unsloth are present, else peft LoRA or full
-fine-tuning through plain transformers. The backend and the weights loaded are reported and stored.
+Unsloth (QLoRA through bitsandbytes) when a CUDA GPU and unsloth are present, else peft LoRA (QLoRA on
+a student loaded in NF4 by bitsandbytes, on a CPU too) or full fine-tuning through plain transformers.
+The backend, quantization, compute dtype and weights loaded are reported and stored.
 
 Unsloth patches transformers and TRL when it is imported, so with that backend it is imported before
 anything else of the training stack (``import_stack``); every other heavy import happens after.
@@ -31,6 +32,7 @@ from deepdistill_tui.core.events import (
     TrainExported,
     TrainFailed,
     TrainFinished,
+    TrainNotice,
     TrainStarted,
     TrainStep,
     to_json,
@@ -90,12 +92,30 @@ def choose_backend(cfg: TrainingConfig) -> TrainBackend:
     return TrainBackend.choose(cfg, cuda_available(), importlib.util.find_spec("unsloth") is not None)
 
 
-def import_stack(backend: TrainBackend) -> None:
+def import_stack(backend: TrainBackend, emit: Emit) -> TrainBackend:
     """Unsloth first when it trains: its patches apply to transformers, TRL and peft only if it is
-    imported before them (it warns, and its faster kernels and precision handling are skipped, else)."""
+    imported before them (it warns, and its faster kernels and precision handling are skipped, else).
+    An Unsloth that does not import is one line, and peft trains instead; the backend that will train
+    is returned."""
     if backend.unsloth:
-        importlib.import_module("unsloth")
+        try:
+            importlib.import_module("unsloth")
+        except Exception as exc:  # any failure of a third-party import: the run goes on without it
+            backend = _fall_back(backend, f"unsloth cannot be imported ({type(exc).__name__}: "
+                                          f"{str(exc)[:200]})", emit)
+    if backend.quantization and importlib.util.find_spec("bitsandbytes") is None:
+        raise DeepDistillError("training.method qlora loads the student in 4 bits through bitsandbytes, "
+                               "which is not installed: pip install bitsandbytes==0.50.2 (the gpu extra), "
+                               "or set training.method: lora")
     importlib.import_module("trl")
+    return backend
+
+
+def _fall_back(backend: TrainBackend, why: str, emit: Emit) -> TrainBackend:
+    plain = backend.without_unsloth()
+    quant = f"{backend.quantization.upper()} " if backend.quantization else ""
+    emit(TrainNotice(f"{why}; training with peft {quant}{'QLoRA' if quant else 'LoRA'} instead"))
+    return plain
 
 
 def bf16_supported() -> bool:
@@ -104,31 +124,47 @@ def bf16_supported() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
-def load_model(recipe: Recipe, backend: TrainBackend) -> tuple[Any, Any, Any, str]:
-    """(model, tokenizer, peft config or None, the weights loaded)."""
+def compute_dtype(backend: TrainBackend) -> Any:
+    """bf16 where the GPU has it, else fp16 on a GPU; fp32 on a CPU (its half-precision matmuls are
+    slow or missing)."""
+    import torch
+
+    return torch.float32 if backend.on_cpu else (torch.bfloat16 if bf16_supported() else torch.float16)
+
+
+def load_model(recipe: Recipe, backend: TrainBackend,
+               emit: Emit) -> tuple[Any, Any, Any, str, TrainBackend]:
+    """(model, tokenizer, peft config or None, the weights loaded, the backend that trains): an
+    Unsloth that cannot load the student gives way to peft, with one line saying why."""
     from deepdistill_tui.core.student import student_checkpoint
 
     cfg = recipe.training
     path = student_checkpoint(cfg.student)
     if backend.unsloth:
-        return _load_unsloth(cfg, path)
-    import torch
+        try:
+            return (*_load_unsloth(cfg, path), backend)
+        except Exception as exc:  # its own loader failed on this student: plain peft can still train it
+            backend = _fall_back(backend, f"unsloth cannot load {path} ({type(exc).__name__}: "
+                                          f"{str(exc)[:200]})", emit)
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = torch.float32 if backend.on_cpu else (torch.bfloat16 if bf16_supported() else torch.float16)
+    dtype = compute_dtype(backend)
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if not backend.on_cpu and cfg.method == "qlora":
+    if backend.quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=dtype)
+        # QLoRA as its paper has it: NF4 with double quantization, computing in `dtype`.
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = "cpu" if backend.on_cpu else {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tok = AutoTokenizer.from_pretrained(path)
     peft = None if cfg.method == "full" else LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
-    return model, tok, peft, path
+    return model, tok, peft, path, backend
 
 
 def _load_unsloth(cfg: TrainingConfig, path: str) -> tuple[Any, Any, Any, str]:
@@ -314,8 +350,7 @@ def run_training(run_dir: Path, emit: Emit, smoke: bool = False, engine: str | N
     limit = None
     if smoke:
         recipe, dist, limit = smoke_sized(recipe, dist)
-    backend = choose_backend(recipe.training)
-    import_stack(backend)
+    backend = import_stack(choose_backend(recipe.training), emit)
     from datasets import Dataset
 
     rows = config_rows(config, recipe, run_dir)[:limit]
@@ -324,8 +359,9 @@ def run_training(run_dir: Path, emit: Emit, smoke: bool = False, engine: str | N
     # already partitioned across ranks, instead of a whole copy per process.
     args = sft_config(recipe.training, run_dir, backend, recipe.seed, dist)
     args.include_num_input_tokens_seen = True
-    model, tok, peft, loaded = load_model(recipe, backend)
-    emit(TrainStarted(backend.name, len(rows), resume, world_size(), dist.engine(world_size()), loaded))
+    model, tok, peft, loaded, backend = load_model(recipe, backend, emit)
+    emit(TrainStarted(backend.name, len(rows), resume, world_size(), dist.engine(world_size()), loaded,
+                      backend.quantization, str(compute_dtype(backend)).removeprefix("torch.")))
     trainer = trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
                               processing_class=tok, peft_config=peft,
                               callbacks=[_event_callback(emit, time.monotonic())])
@@ -336,6 +372,8 @@ def run_training(run_dir: Path, emit: Emit, smoke: bool = False, engine: str | N
     trainer.save_model(str(final))  # every rank takes part (sharded weights are gathered), rank 0 writes
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"backend": backend.name, "model_loaded": loaded, "output": str(final),
+               "quantization": backend.quantization,
+               "dtype": str(compute_dtype(backend)).removeprefix("torch."),
                "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
                "resumed_from": resume, "examples": len(rows),

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,36 @@ def test_an_evaluation_says_how_many_answers_no_sandbox_graded(tmp_path: Path) -
     out = io.StringIO()
     print_evals(Console(file=out, width=100), [row])
     assert f"{2 + recipe.eval.k} answers were not graded" in out.getvalue()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Any:
+    """A folder with a store in it, seen through a read-only bind mount (as root, mode bits stop
+    nothing: only a read-only file system does)."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    Store(src / "s.db").close()
+    mounted = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount a read-only folder here: {mounted.stderr.strip()}")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode:
+            pytest.skip("cannot remount the bind mount read-only here")
+        yield src, ro
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_a_read_only_store_and_output_folder_are_one_line(read_only_folder: Any, tmp_path: Path) -> None:
+    src, ro = read_only_folder
+    before = sorted(p.name for p in src.iterdir())
+    r = cli("stats", "--db", str(ro / "s.db"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "read-only" in r.stderr and "s.db" in r.stderr
+    line = '{"id": 1, "category": "math", "response": "x", "ground_truth": "1"}\n'
+    (tmp_path / "in.jsonl").write_text(line)
+    r = cli("grade-file", "--input", str(tmp_path / "in.jsonl"), "--output", str(ro / "out.jsonl"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "out.jsonl" in r.stderr and "cannot be written" in r.stderr
+    assert sorted(p.name for p in src.iterdir()) == before

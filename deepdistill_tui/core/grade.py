@@ -332,6 +332,10 @@ def grade_file(src: Path, dst: Path, cfg: GradingConfig, *, workers: int | None 
     """
     if dst.is_dir():
         raise InputError(f"{dst}: is a directory; the output must be a file path")
+    from deepdistill_tui.core.store import read_only
+
+    if dst.parent.is_dir() and read_only(dst.parent):
+        raise InputError(f"{dst}: its folder cannot be written (a read-only file system or folder)")
     emit = emit or noop
     records = list(iter_jsonl(src))
     items = [_file_item(rec, f"{src}:{line}") for line, rec in records]

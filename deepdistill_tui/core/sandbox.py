@@ -260,10 +260,8 @@ class Box:
                 signal.pidfd_send_signal(self._init_fd, signal.SIGKILL)
         if self.proc.poll() is not None:
             return
-        if self._init_fd is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=5)
-                return
+        if self._init_fd is not None and _exited(self.proc, 5):
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
@@ -272,26 +270,19 @@ class Box:
         the init is orphaned; as a subreaper this process inherits it and must wait for it here."""
         if self._init_fd is None:
             return
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                if os.waitid(os.P_PIDFD, self._init_fd, os.WEXITED | os.WNOHANG) is not None:
-                    return
-            except ChildProcessError:
-                return  # the outer bwrap reaped it
-            time.sleep(0.001)
+        with contextlib.suppress(ChildProcessError):  # none: the outer bwrap reaped it
+            if _readable(self._init_fd, 5):  # a pidfd turns readable when its process exits
+                os.waitid(os.P_PIDFD, self._init_fd, os.WEXITED | os.WNOHANG)
 
     def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
+        if _exited(self.proc, timeout):
+            return self.proc.returncode
+        self.kill()
+        return None
 
     def close(self) -> None:
         self.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
+        _exited(self.proc, 5)
         self._reap_init()
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
@@ -312,6 +303,28 @@ class Box:
             self.budget.release(self.group)  # reused once its last task has gone
             self.group = None
         shutil.rmtree(self.files_dir, ignore_errors=True)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(timeout=timeout))
+
+
+def _exited(proc: subprocess.Popen[Any], timeout: float) -> bool:
+    """Wait for ``proc`` to exit and reap it, woken by its pidfd rather than by Popen.wait's polling
+    sleeps (4 ms of every sandboxed grade)."""
+    if proc.poll() is not None:
+        return True
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # already reaped
+        return proc.poll() is not None
+    try:
+        _readable(fd, timeout)
+    finally:
+        os.close(fd)
+    return proc.poll() is not None
 
 
 @lru_cache(maxsize=1)

@@ -304,6 +304,23 @@ def refuse_foreign(path: Path) -> None:
                                " not a deepdistill-tui store, left untouched")
 
 
+def read_only(path: Path) -> bool:
+    """On a read-only file system, or not writable by this user (root passes any mode bits)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY) or not os.access(path, os.W_OK)
+    except OSError:
+        return False
+
+
+def refuse_read_only(path: Path) -> None:
+    """Every command writes its ``runs`` row (and WAL mode writes beside the file): say why up front
+    rather than with SQLite's "unable to open database file"."""
+    for where in (path, path.parent):
+        if read_only(where):
+            raise DeepDistillError(f"{path}: the store is read-only ({where} cannot be written); copy it"
+                                   " somewhere writable")
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """A connection in autocommit mode: transactions are explicit (``Store.write``)."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -329,6 +346,7 @@ class Store:
                 raise DeepDistillError(f"{self.path}: no store here (ingest, import-am or run creates one;"
                                        " --db names another)")
             if existed:
+                refuse_read_only(self.path)  # first: even a read-only look at a WAL file needs its -shm
                 refuse_foreign(self.path)
             self.conn = connect(self.path)
             if existed:

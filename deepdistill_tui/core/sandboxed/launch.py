@@ -7,7 +7,6 @@ script starts, so nothing the script does can take it back or fake its absence.
 """
 
 import os
-import runpy
 import sys
 
 
@@ -16,7 +15,10 @@ def main() -> None:
     os.write(fd, b"1")
     os.close(fd)
     sys.argv = sys.argv[2:]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    # What runpy.run_path does for a plain script, without its imports (2.3 ms of every sandbox).
+    with open(sys.argv[0], encoding="utf-8") as fh:
+        code = compile(fh.read(), sys.argv[0], "exec")
+    exec(code, {"__name__": "__main__", "__file__": sys.argv[0], "__builtins__": __builtins__})
 
 
 if __name__ == "__main__":

@@ -136,10 +136,10 @@ def command(files_dir: Path, argv: Sequence[str], limits: Limits, uid: int, *, w
     return [*drop, *box, "--", *argv]
 
 
-def _seccomp_pipe() -> tuple[int, int] | None:
-    """(read end, -1) of a pipe holding the filter for bwrap to load, or None without one. bwrap reads
+def _seccomp_pipe() -> int | None:
+    """The read end of a pipe holding the filter for bwrap to load, or None without one. bwrap reads
     the program to its end, so every sandbox gets a fresh pipe."""
-    prog = seccomp.program()
+    prog = _seccomp_program()
     if prog is None:
         return None
     r, w = os.pipe()
@@ -147,7 +147,17 @@ def _seccomp_pipe() -> tuple[int, int] | None:
         os.write(w, prog)  # 144 bytes: far below a pipe's buffer, so this never blocks
     finally:
         os.close(w)
-    return r, -1
+    return r
+
+
+@lru_cache(maxsize=1)
+def _seccomp_program() -> bytes | None:
+    return seccomp.program()
+
+
+@lru_cache(maxsize=1)
+def _launcher() -> str:
+    return _LAUNCHER.read_text()
 
 
 def write_files(files: dict[str, str]) -> Path:
@@ -183,7 +193,7 @@ class Box:
         self.budget = Budget.detect()
         self.group = self.budget.acquire(limits.budget_bytes()) if self.budget else None
         if launch:
-            files = {**files, "launch.py": _LAUNCHER.read_text()}
+            files = {**files, "launch.py": _launcher()}
         self.files_dir = write_files(files)
         self.lease: Lease | None = None
         self._init_fd: int | None = None
@@ -196,10 +206,10 @@ class Box:
                 raise SandboxFailed(str(exc)) from None
             info_r, info_w = os.pipe()
             ends += [info_r, info_w]
-            seccomp_ends = _seccomp_pipe()
-            if seccomp_ends is not None:
-                ends.append(seccomp_ends[0])
-            extra = [info_w, *([seccomp_ends[0]] if seccomp_ends else [])]
+            seccomp_fd = _seccomp_pipe()
+            if seccomp_fd is not None:
+                ends.append(seccomp_fd)
+            extra = [info_w, *([seccomp_fd] if seccomp_fd is not None else [])]
             if launch:
                 self._marker_r, marker_w = os.pipe()
                 ends.append(marker_w)
@@ -207,7 +217,7 @@ class Box:
                 argv = [SANDBOX_PYTHON, "-I", "-S", "/sandbox/launch.py", str(marker_w), *argv]
             self.proc = subprocess.Popen(
                 command(self.files_dir, argv, limits, self.lease.uid, workdir=workdir, info_fd=info_w,
-                        seccomp_fd=seccomp_ends[0] if seccomp_ends else None),
+                        seccomp_fd=seccomp_fd),
                 stdin=stdin, stdout=stdout, stderr=stderr, env=BOX_ENV, start_new_session=True,
                 close_fds=True, pass_fds=(*pass_fds, *extra),
                 preexec_fn=lambda: _preexec(limits, self.group))

@@ -418,3 +418,31 @@ def test_a_gpu_without_an_offload_build_stops_before_sampling() -> None:
     assert offload_problem(cpu, cuda_present=True, offload_supported=False) is None
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert CUDA_INSTALL in readme  # the command the message names is the README's
+
+
+def test_sample_into_a_log_file_prints_progress_at_a_bounded_rate(tmp_path: Path) -> None:
+    """Not on a terminal (nohup, a pipe), each bar is a line: one at the start, then at most one per
+    5% or 10 s, one at the end, written while the stage runs, each with counts, rate and time left."""
+    import re
+
+    db = tmp_path / "log.db"
+    with Store(db) as s:
+        ingest(s, load_recipe("tiny").data)
+    log = tmp_path / "sample.log"
+    with log.open("w") as out:
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "deepdistill_tui", "sample", "--db", str(db),
+                                 "--limit", "30"], stdout=out, stderr=subprocess.STDOUT)
+        seen_early = False
+        while proc.poll() is None:
+            done = re.findall(r"sampling smollm2-135m: (\d+)/30", log.read_text())
+            seen_early |= any(0 < int(d) < 30 for d in done)
+            time.sleep(0.2)
+        elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    lines = [line for line in log.read_text().splitlines() if "sampling smollm2-135m:" in line]
+    done = [int(re.search(r": (\d+)/30", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert seen_early, lines  # progress reached the file before the stage ended
+    assert done[0] == 0 and done[-1] == 30 and done == sorted(done)
+    assert 3 <= len(lines) <= 2 + 20 + elapsed / 10, lines
+    assert all("/s" in line and "left" in line for line in lines[1:]), lines

@@ -23,7 +23,7 @@ from deepdistill_tui.cli.cluster import add_parsers as add_cluster_parsers
 from deepdistill_tui.cli.common import positive_int
 from deepdistill_tui.cli.data import cmd_import_am, cmd_ingest, cmd_recipes
 from deepdistill_tui.cli.grading import cmd_grade, cmd_grade_file
-from deepdistill_tui.cli.pipeline import cmd_ablate, cmd_app, cmd_run
+from deepdistill_tui.cli.pipeline import cmd_ablate, cmd_app, cmd_run, cmd_status
 from deepdistill_tui.cli.sampling import cmd_sample
 from deepdistill_tui.cli.selection import cmd_export, cmd_select, cmd_selections, cmd_stats
 from deepdistill_tui.cli.training import cmd_eval, cmd_train
@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
     p.add_argument("--force", action="store_true", help="re-run stages that already succeeded")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("status", parents=[common, with_recipe],
+                       help="where the store stands and the next step (as the app's Overview says it)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("ingest", parents=[common, with_recipe], help="ingest the recipe's queries")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -32,6 +32,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+NEXT_COMMANDS = {
+    "ingest": "ingest --recipe {r}", "sample": "sample --recipe {r}", "grade": "grade --recipe {r}",
+    "select": "select --recipe {r} --name {name}", "train": "train --recipe {r} --selection {name}",
+    "eval": "eval --recipe {r} --model latest", "done": "ablate --recipe {r}",
+}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Where the store stands and the one next step, the same as the app's Overview says it."""
+    from pathlib import Path
+
+    from deepdistill_tui.core.overview import overview
+
+    recipe = load_recipe_arg(args)
+    if not Path(args.db).exists():  # nothing to open, and nothing is created: the next step is plain
+        counts: dict[str, int] = {}
+        stage, why = "ingest", f"No store at {args.db} yet: ingest the recipe's queries."
+    else:
+        with open_store(args) as store:
+            ov = overview(store, recipe)
+        counts, (stage, why) = ov.counts, ov.next_step
+    command = "deepdistill-tui " + NEXT_COMMANDS[stage].format(r=args.recipe or recipe.name, name=recipe.name)
+    if args.json:
+        print_json({"db": args.db, "recipe": recipe.name, "counts": counts,
+                    "next": {"stage": stage, "why": why, "command": command}})
+        return 0
+    console = console_for()
+    if counts:
+        console.print("  ".join(f"{k} {v}" for k, v in counts.items()))
+    console.print(f"[b]Next[/]  {why}\n      {command}")
+    return 0
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import run_command
     from deepdistill_tui.core.ablate import markdown_report, parse_arms

@@ -7,6 +7,7 @@ training (loss and learning rate beside it), one per evaluated model.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,6 +38,52 @@ from deepdistill_tui.core.events import (
     Waiting,
 )
 
+LOG_EVERY_S = 10.0
+LOG_EVERY_SHARE = 0.05
+
+
+class _LogLines:
+    """Progress as plain lines: one when a bar starts, then at most one every LOG_EVERY_S seconds or
+    LOG_EVERY_SHARE of its total, whichever comes first, and one when it completes; each with the
+    counts, the rate since the bar started and the time left at that rate."""
+
+    def __init__(self, write: Any, every_s: float = LOG_EVERY_S,
+                 every_share: float = LOG_EVERY_SHARE) -> None:
+        self.write, self.every_s, self.every_share = write, every_s, every_share
+        self._state: dict[str, tuple[float, int, float, float]] = {}  # start, start done, last time, share
+
+    def update(self, key: str, total: int | None, done: int | None, info: str) -> None:
+        now, done = time.monotonic(), done or 0
+        share = done / total if total else 0.0
+        if key not in self._state:
+            self._state[key] = (now, done, now, share)
+            self.write(self._text(key, total, done, info, None, None))
+            return
+        start, start_done, last, last_share = self._state[key]
+        finished = total is not None and done >= total
+        if not finished and now - last < self.every_s and share - last_share < self.every_share:
+            return
+        if finished and last_share >= 1.0:
+            return  # said already
+        self._state[key] = (start, start_done, now, share)
+        rate = (done - start_done) / (now - start) if now > start else None
+        left = (total - done) / rate if rate and total else None
+        self.write(self._text(key, total, done, info, rate, left))
+
+    @staticmethod
+    def _text(key: str, total: int | None, done: int, info: str, rate: float | None,
+              left: float | None) -> str:
+        parts = [f"{key}: {done}/{total}" if total else f"{key}: {done}"]
+        if total:
+            parts[0] += f" ({100 * done / total:.0f}%)"
+        if rate:
+            parts.append(f"{rate:.2f}/s")
+        if left is not None:
+            parts.append(f"{int(left) // 60}:{int(left) % 60:02d} left")
+        if info:
+            parts.append(info)
+        return "  " + ", ".join(parts)
+
 
 class Reporter:
     """Call it with events; use it as a context manager around the stage."""
@@ -51,6 +98,10 @@ class Reporter:
         self.stage_lines = stage_lines
         """Print a line as each stage starts, is skipped or fails (``run`` and ``ablate``)."""
         self._tasks: dict[str, Any] = {}
+        self.live = bool(console.is_terminal)
+        """On a terminal, live bars; in a log file (``nohup``, a pipe) a bar would print nothing until
+        its stage ended, so each bar is a line at a bounded rate instead (``_LogLines``)."""
+        self._log_lines = _LogLines(self.line)
 
     def __enter__(self) -> Reporter:
         self.progress.start()
@@ -61,9 +112,12 @@ class Reporter:
         self.progress.stop()
 
     def line(self, text: str) -> None:
-        self.progress.console.print(text)
+        self.progress.console.print(text, soft_wrap=not self.live)  # a log keeps each line whole
 
     def _bar(self, key: str, total: int | None = None, done: int | None = None, info: str = "") -> None:
+        if not self.live:
+            self._log_lines.update(key, total, done, info)
+            return
         if key not in self._tasks:
             self._tasks[key] = self.progress.add_task(key, total=total, info=info)
         self.progress.update(self._tasks[key], total=total, completed=done, info=info)

@@ -60,7 +60,9 @@ def _pct(r: dict[str, Any]) -> str:
 
 
 def _delta(d: dict[str, Any]) -> str:
-    return f"{100 * d['delta']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+    from deepdistill_tui.core.intervals import format_points
+
+    return format_points(d["delta"], d["ci_low"], d["ci_high"])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -44,3 +44,8 @@ def significance(low: float, high: float, than: str = "the base") -> str:
     if high < 0:
         return f"worse than {than} (the 95% interval of the difference is below zero)"
     return f"no significant difference from {than} (the 95% interval of the difference includes zero)"
+
+
+def format_points(delta: float, low: float, high: float) -> str:
+    """A difference of pass@1 and its interval in points: "+40.1 [+32.4, +47.3]"."""
+    return f"{100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"

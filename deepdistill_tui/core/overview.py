@@ -61,20 +61,66 @@ def overview(store: Store, recipe: Recipe) -> Overview:
         models=model_statuses(recipe),
         last_ingest=store.last_run("ingest"),
     )
-    ov.next_step = suggest_next(ov)
+    ov.next_step = suggest_next(store, recipe, ov)
     return ov
 
 
-def suggest_next(ov: Overview) -> tuple[str, str]:
-    """(the stage to run next, why), in the store's terms; each face says how (a key, a command)."""
-    missing = [m.name for m in ov.models if not m.present]
+def suggest_next(store: Store, recipe: Recipe, ov: Overview) -> tuple[str, str]:
+    """(the stage to run next, why), from the store's state, in the store's terms; each face says how
+    (a key, a command). The first of: no queries, passes missing, responses ungraded, no selection, a
+    selection newer than the last training, a trained student not evaluated; else done, with the
+    student's gain."""
     if ov.counts["queries"] == 0:
         return "ingest", "Ingest the recipe's queries."
-    if ov.counts["samples"] == 0:
-        fetched = f" ({', '.join(missing)} will be downloaded first)" if missing else ""
-        return "sample", f"Sample answers from the teachers{fetched}."
-    if ov.counts["grades"] < ov.counts["samples"]:
-        return "grade", "Grade the new samples."
-    if ov.counts["selections"] == 0:
+    missing, ungraded = _work_left(store, recipe)
+    if missing:
+        absent = [m.name for m in ov.models if not m.present]
+        fetched = f" ({', '.join(absent)} will be downloaded first)" if absent else ""
+        return "sample", f"Sample answers from the teachers: {missing} passes are missing{fetched}."
+    if ungraded:
+        return "grade", f"Grade the new samples: {ungraded} responses have no grade yet."
+    selected = store.scalar("SELECT max(created_at) FROM selections WHERE name = ?", (recipe.name,))
+    if selected is None:
         return "select", "Look at the statistics, then save a selection."
-    return "train", "Train the student on a selection."
+    trained = _latest_training(store, recipe)
+    if trained is None or (trained["finished_at"] or 0) < selected:
+        newer = "" if trained is None else " (the selection is newer than the last training)"
+        return "train", f"Train the student on the selection {recipe.name!r}{newer}."
+    return _after_training(store, recipe, str(trained["run_id"]))
+
+
+def _work_left(store: Store, recipe: Recipe) -> tuple[int, int]:
+    """(passes not yet sampled, responses without a grade) over the teachers the recipe samples."""
+    from deepdistill_tui.core.stats import missing_counts, resolve_teachers
+
+    names = [t.name for t in recipe.sampled_teachers()]
+    ids = resolve_teachers(store, names)
+    train = store.scalar("SELECT count(*) FROM queries WHERE split = 'train'") or 0
+    missing = train * recipe.sampling.passes * (len(names) - len(ids))  # teachers never sampled
+    ungraded = 0
+    for tid in ids.values():
+        for counts in missing_counts(store, tid, recipe.sampling.passes).values():
+            missing += counts["missing_passes"]
+            ungraded += counts["ungraded"]
+    return missing, ungraded
+
+
+def _latest_training(store: Store, recipe: Recipe) -> dict[str, Any] | None:
+    runs = [r for r in store.runs("train", recipe.name, statuses=("ok",))
+            if r["args"].get("selection") == recipe.name]
+    return max(runs, key=lambda r: r["finished_at"] or 0, default=None)
+
+
+def _after_training(store: Store, recipe: Recipe, run_id: str) -> tuple[str, str]:
+    from deepdistill_tui.core.evaluate import comparison
+    from deepdistill_tui.core.intervals import format_points
+
+    rows = {r["model"]: r for r in comparison(store, recipe)}
+    if "base" not in rows or run_id not in rows:
+        return "eval", f"Evaluate the trained student (run {run_id}) against its base."
+    d = rows[run_id].get("delta_vs_base") or {}
+    if not d.get("problems"):
+        return "eval", f"Evaluate the trained student (run {run_id}) against its base."
+    gain = format_points(d["delta"], d["ci_low"], d["ci_high"])
+    return "done", (f"Done: the student gained {gain} points of pass@1. Next: compare the paper's arms"
+                    " (ablate), export the selection, or scale out (cluster-export).")

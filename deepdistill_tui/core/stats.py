@@ -216,7 +216,7 @@ def _percentiles(vals: list[tuple[int, int]]) -> dict[str, Any]:
     return out
 
 
-def _missing_counts(store: Store, teacher_id: str, passes: int) -> dict[str, dict[str, int]]:
+def missing_counts(store: Store, teacher_id: str, passes: int) -> dict[str, dict[str, int]]:
     """Per category: responses without a grade, and passes not yet sampled, over training queries.
 
     Each table is counted per query through its teacher index (which covers the key); when the teacher
@@ -253,7 +253,7 @@ def compute_stats(store: Store, recipe: Recipe, *, lengths: bool = True) -> dict
     per: dict[str, dict[str, Any]] = {}
     for name, tid in teachers.items():
         scores = query_scores(store, recipe, tid)
-        missing = _missing_counts(store, tid, passes)
+        missing = missing_counts(store, tid, passes)
         lengths_of = _length_summaries(store, tid) if lengths else {}
         for cat in sorted(set(scores.categories.tolist()) | set(missing)):
             mask = scores.categories == cat

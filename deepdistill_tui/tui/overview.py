@@ -34,7 +34,8 @@ def render_overview(recipe: Recipe, ov: Overview, hardware: str) -> str:
     )
 
 
-NEXT_KEYS = {"ingest": "i", "sample": "s", "grade": "g", "select": "ctrl+s in the Select tab", "train": "T"}
+NEXT_KEYS = {"ingest": "i", "sample": "s", "grade": "g", "select": "ctrl+s in the Select tab", "train": "T",
+             "eval": "e"}
 
 
 def next_step(ov: Overview) -> str:

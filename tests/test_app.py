@@ -66,8 +66,13 @@ async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> 
     db = tmp_path / "app.db"
     app = ingested_app(recipe, db)
     async with app.run_test(size=(100, 32)) as pilot:
+        from deepdistill_tui.tui.widgets import WorkBar
+
+        bars = list(app.query(WorkBar))
+        assert len(bars) == 4 and not any(bar.display for bar in bars)  # idle: out of sight
         await pilot.press("s")
         await wait_until(pilot, lambda: any(n.title == "Done" for n in app._notifications), 120)
+        assert app.query_one("#sample-progress", WorkBar).display  # shown once its work started
         status = str(app.query_one("#sample-status", Static).render())
         assert "1/1 queries" in status
         per_teacher = str(app.query_one("#teachers", Static).render())
@@ -139,3 +144,11 @@ async def test_grading_real_samples_from_the_app(tmp_path: Path) -> None:
         assert "Question" in inspector and "Verdict passed" in inspector and "\\boxed" in inspector
     with Store(db) as s:
         assert s.conn.execute("SELECT count(*), sum(passed) FROM grades").fetchone() == (3, 3)
+
+
+def test_analyze_opens_on_the_category_with_the_most_graded_responses() -> None:
+    from deepdistill_tui.tui.analyze import busiest_category
+
+    stats = {"categories": {"code": {"t": {"responses": 8}, "u": {"responses": 8}},
+                            "math": {"t": {"responses": 199}}, "other": {"t": {"responses": 24}}}}
+    assert busiest_category(stats) == 1  # math, in sorted order code, math, other

@@ -6,9 +6,10 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, ProgressBar, Static
+from textual.widgets import DataTable, Static
 
 from deepdistill_tui.core.events import EvalFallback, EvalProgress, Event
+from deepdistill_tui.tui.widgets import WorkBar
 
 
 class EvalPane(Vertical):
@@ -21,13 +22,13 @@ class EvalPane(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("Press [b]e[/] to evaluate the base student and the latest trained one on the "
                      "held-out split.", id="eval-status")
-        yield ProgressBar(id="eval-progress", show_eta=True)
+        yield WorkBar(id="eval-progress", show_eta=True)
         yield DataTable(id="evals", cursor_type="row", zebra_stripes=True)
 
     def handle(self, event: Event) -> None:
         match event:
             case EvalProgress(model=model, done=done, total=total):
-                self.query_one("#eval-progress", ProgressBar).update(total=total, progress=done)
+                self.query_one("#eval-progress", WorkBar).update(total=total, progress=done)
                 self.query_one("#eval-status", Static).update(
                     f"evaluating [b]{model}[/]: {done}/{total} problems")
             case EvalFallback(message=message):

@@ -6,7 +6,7 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import DataTable, ProgressBar, Static
+from textual.widgets import DataTable, Static
 
 from deepdistill_tui.core.events import (
     Event,
@@ -16,6 +16,7 @@ from deepdistill_tui.core.events import (
     PerplexityStarted,
     Waiting,
 )
+from deepdistill_tui.tui.widgets import WorkBar
 
 
 class GradePane(Vertical):
@@ -33,7 +34,7 @@ class GradePane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("Press [b]g[/] to grade every ungraded sample.", id="grade-status")
-        yield ProgressBar(id="grade-progress", show_eta=True)
+        yield WorkBar(id="grade-progress", show_eta=True)
         with Horizontal():
             yield DataTable(id="graded", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="inspector-box"):
@@ -43,7 +44,7 @@ class GradePane(Vertical):
         self.query_one("#graded", DataTable).add_columns("query", "teacher", "#", "cat", "status", "score")
 
     def handle(self, event: Event) -> None:
-        bar = self.query_one("#grade-progress", ProgressBar)
+        bar = self.query_one("#grade-progress", WorkBar)
         status = self.query_one("#grade-status", Static)
         match event:
             case Waiting(message=message):

@@ -6,9 +6,10 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Log, ProgressBar, Static
+from textual.widgets import Log, Static
 
 from deepdistill_tui.core.events import Event, SampleFailed, SampleProgress, SampleStarted, Waiting
+from deepdistill_tui.tui.widgets import WorkBar
 
 
 class SamplePane(Vertical):
@@ -26,12 +27,12 @@ class SamplePane(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("Press [b]s[/] to sample the teachers, [b]x[/] to stop.", id="sample-status")
         yield Static("", id="teachers")
-        yield ProgressBar(id="sample-progress", show_eta=True)
+        yield WorkBar(id="sample-progress", show_eta=True)
         yield Log(id="sample-log", max_lines=500)
 
     def handle(self, event: Event) -> None:
         status = self.query_one("#sample-status", Static)
-        bar = self.query_one("#sample-progress", ProgressBar)
+        bar = self.query_one("#sample-progress", WorkBar)
         match event:
             case SampleStarted(teacher=teacher, queries_total=total, passes_total=passes):
                 bar.update(total=max(total, 1), progress=0)

@@ -8,7 +8,7 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, Log, ProgressBar, Select, Sparkline, Static
+from textual.widgets import Label, Log, Select, Sparkline, Static
 
 from deepdistill_tui.core.events import (
     Event,
@@ -20,6 +20,7 @@ from deepdistill_tui.core.events import (
     TrainStarted,
     TrainStep,
 )
+from deepdistill_tui.tui.widgets import WorkBar
 
 
 class TrainPane(Vertical):
@@ -44,7 +45,7 @@ class TrainPane(Vertical):
             yield Select[str]([], id="train-selection", prompt="(save a selection first)")
         yield Static("Press [b]T[/] to train the student on the selection; [b]x[/] stops, [b]T[/] again "
                      "resumes from the last checkpoint.", id="train-status")
-        yield ProgressBar(id="train-progress", show_eta=True)
+        yield WorkBar(id="train-progress", show_eta=True)
         yield Label("loss")
         yield Sparkline([], id="loss-curve")
         yield Log(id="train-log", max_lines=400)
@@ -65,7 +66,7 @@ class TrainPane(Vertical):
 
     def handle(self, event: Event) -> None:
         status = self.query_one("#train-status", Static)
-        bar = self.query_one("#train-progress", ProgressBar)
+        bar = self.query_one("#train-progress", WorkBar)
         log = self.query_one("#train-log", Log)
         match event:
             case TrainRun(run_id=run_id, run_dir=run_dir, resumed=resumed):

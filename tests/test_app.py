@@ -152,3 +152,31 @@ def test_analyze_opens_on_the_category_with_the_most_graded_responses() -> None:
     stats = {"categories": {"code": {"t": {"responses": 8}, "u": {"responses": 8}},
                             "math": {"t": {"responses": 199}}, "other": {"t": {"responses": 24}}}}
     assert busiest_category(stats) == 1  # math, in sorted order code, math, other
+
+
+async def test_the_train_tab_shows_a_run_started_headless(tmp_path: Path) -> None:
+    """A run trained through the CLI's path (the stage runner, no app) is on the Train tab when the app
+    opens: its loss curve from the run's event log, its steps, its export; and the next step is not
+    "Train"."""
+    from textual.widgets import Log, Sparkline
+
+    from deepdistill_tui.tui.training import TrainPane
+    from tests.test_train import recipe, train, training_store
+
+    r = recipe(max_steps=3, save_steps=3)
+    db = tmp_path / "t.db"
+    with training_store(db, r) as store:
+        result = train(store, r, "s")
+    assert (Path(result["run_dir"]) / "events.jsonl").is_file()
+    app = DeepDistillApp(r, db)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = app.query_one(TrainPane)
+        await wait_until(pilot, lambda: len(pane.losses) == 3)
+        assert pane.followed == result["run_id"]
+        assert list(app.query_one("#loss-curve", Sparkline).data or []) == pane.losses
+        status = str(app.query_one("#train-status", Static).render())
+        assert "finished: 3 steps" in status, status
+        log = "\n".join(str(line) for line in app.query_one("#train-log", Log).lines)
+        assert result["run_id"] in log and "checkpoint at step 3" in log
+        overview = str(app.query_one("#overview", Static).render())
+        assert "Evaluate the trained student" in overview, overview

@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 NEXT_COMMANDS = {
     "ingest": "ingest --recipe {r}", "sample": "sample --recipe {r}", "grade": "grade --recipe {r}",
-    "select": "select --recipe {r} --name {name}", "train": "train --recipe {r} --selection {name}",
+    "select": "select --recipe {r} --name {name}", "train": "train --recipe {r} --selection {selection}",
     "eval": "eval --recipe {r} --model latest", "done": "ablate --recipe {r}",
 }
 
@@ -46,14 +46,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.overview import overview
 
     recipe = load_recipe_arg(args)
+    selection = None
     if not Path(args.db).exists():  # nothing to open, and nothing is created: the next step is plain
         counts: dict[str, int] = {}
         stage, why = "ingest", f"No store at {args.db} yet: ingest the recipe's queries."
     else:
         with open_store(args) as store:
             ov = overview(store, recipe)
+            selection = store.scalar("SELECT name FROM selections ORDER BY created_at DESC LIMIT 1")
         counts, (stage, why) = ov.counts, ov.next_step
-    command = "deepdistill-tui " + NEXT_COMMANDS[stage].format(r=args.recipe or recipe.name, name=recipe.name)
+    command = "deepdistill-tui " + NEXT_COMMANDS[stage].format(
+        r=args.recipe or recipe.name, name=recipe.name, selection=selection or recipe.name)
     if args.json:
         print_json({"db": args.db, "recipe": recipe.name, "counts": counts,
                     "next": {"stage": stage, "why": why, "command": command}})

@@ -79,13 +79,14 @@ def suggest_next(store: Store, recipe: Recipe, ov: Overview) -> tuple[str, str]:
         return "sample", f"Sample answers from the teachers: {missing} passes are missing{fetched}."
     if ungraded:
         return "grade", f"Grade the new samples: {ungraded} responses have no grade yet."
-    selected = store.scalar("SELECT max(created_at) FROM selections WHERE name = ?", (recipe.name,))
-    if selected is None:
+    newest = store.conn.execute(
+        "SELECT name, created_at FROM selections ORDER BY created_at DESC LIMIT 1").fetchone()
+    if newest is None:
         return "select", "Look at the statistics, then save a selection."
     trained = _latest_training(store, recipe)
-    if trained is None or (trained["finished_at"] or 0) < selected:
+    if trained is None or (trained["finished_at"] or 0) < newest[1]:
         newer = "" if trained is None else " (the selection is newer than the last training)"
-        return "train", f"Train the student on the selection {recipe.name!r}{newer}."
+        return "train", f"Train the student on the selection {newest[0]!r}{newer}."
     return _after_training(store, recipe, str(trained["run_id"]))
 
 
@@ -106,8 +107,8 @@ def _work_left(store: Store, recipe: Recipe) -> tuple[int, int]:
 
 
 def _latest_training(store: Store, recipe: Recipe) -> dict[str, Any] | None:
-    runs = [r for r in store.runs("train", recipe.name, statuses=("ok",))
-            if r["args"].get("selection") == recipe.name]
+    """The recipe's newest finished training run, on whichever selection (the app names its own)."""
+    runs = store.runs("train", recipe.name, statuses=("ok",))
     return max(runs, key=lambda r: r["finished_at"] or 0, default=None)
 
 

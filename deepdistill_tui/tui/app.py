@@ -169,6 +169,7 @@ class DeepDistillApp(App[None]):
         from deepdistill_tui.core.grade import recent_grades, status_counts
         from deepdistill_tui.core.models import detect_hardware
         from deepdistill_tui.core.select import list_selections
+        from deepdistill_tui.core.train import latest_run
 
         try:
             with self._store() as store:
@@ -183,6 +184,7 @@ class DeepDistillApp(App[None]):
                     "selections": list_selections(store),
                     "evals": comparison(store, self.recipe),
                     "arms": arm_models(store, self.recipe),
+                    "training": latest_run(store, self.recipe),
                 }
         except DeepDistillError as exc:
             self.call_from_thread(self.notify, str(exc), severity="error", title="Store")
@@ -202,6 +204,7 @@ class DeepDistillApp(App[None]):
         names = [s["name"] for s in snap["selections"]]
         show_selections(self.query_one("#selections", DataTable), snap["selections"])
         self.query_one(TrainPane).set_selections(names)
+        self.query_one(TrainPane).follow(snap["training"])
         self.query_one(ExportPane).set_selections(names)
         self.query_one(EvalPane).show(snap["evals"], snap["arms"])
         if snap["status_counts"]:

@@ -38,6 +38,11 @@ class TrainPane(Vertical):
         self.losses: list[float] = []
         self.log_path: Path | None = None
         self.log_offset = 0
+        self.followed: str | None = None
+        """The run whose event log (RUN_DIR/events.jsonl) this tab replays and follows: the recipe's
+        newest training run, whoever started it, until the app starts one of its own."""
+        self.events_path: Path | None = None
+        self.events_offset = 0
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="train-top"):
@@ -52,6 +57,34 @@ class TrainPane(Vertical):
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self.tail_log)
+        self.set_interval(1.0, self.tail_events)
+
+    def follow(self, run: dict[str, Any] | None) -> None:
+        """Show the recipe's newest training run from its event log, and keep following it while it
+        goes on (in this process or another). The app's own live run takes over when it starts."""
+        if run is None or run["run_id"] == self.followed:
+            return
+        self.followed = run["run_id"]
+        self.events_path, self.events_offset = Path(run["events"]), 0
+        self.query_one("#train-log", Log).clear()
+        self.query_one("#train-log", Log).write_line(
+            f"run {run['run_id']} ({run['status']}), started {_when(run['started_at'])} · {run['run_dir']}")
+        self.tail_events()
+
+    def tail_events(self) -> None:
+        if self.events_path is None or not self.events_path.is_file():
+            return
+        from deepdistill_tui.core.events import from_json
+
+        with self.events_path.open("rb") as f:
+            f.seek(self.events_offset)
+            chunk = f.read(1 << 20)
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next tick
+        self.events_offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            event = from_json(line) if line.startswith("{") else None
+            if event is not None:
+                self.handle(event, replayed=True)
 
     def selection(self) -> str | None:
         value = self.query_one("#train-selection", Select).value
@@ -64,13 +97,17 @@ class TrainPane(Vertical):
         if names:
             box.value = current if current in names else names[0]
 
-    def handle(self, event: Event) -> None:
+    def handle(self, event: Event, replayed: bool = False) -> None:
         status = self.query_one("#train-status", Static)
         bar = self.query_one("#train-progress", WorkBar)
         log = self.query_one("#train-log", Log)
         match event:
             case TrainRun(run_id=run_id, run_dir=run_dir, resumed=resumed):
-                self.losses = []
+                if not replayed:  # the app's own run: its live events replace the replay
+                    self.followed, self.events_path = run_id, None
+                    self.losses = []
+                elif resumed is False:
+                    self.losses = []
                 self.log_path, self.log_offset = Path(run_dir) / "train.log", 0
                 status.update(f"{'resuming' if resumed else 'starting'} run {run_id} · {run_dir}; "
                               "loading the student…")
@@ -108,3 +145,9 @@ class TrainPane(Vertical):
         for line in chunk.decode(errors="replace").replace("\r", "\n").splitlines():
             if line.strip():
                 log.write_line(line[:300])
+
+
+def _when(ts: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "?"

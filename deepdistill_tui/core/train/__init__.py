@@ -16,12 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
-from deepdistill_tui.core.events import Emit, Event, TrainFailed, TrainFinished, TrainRun, from_json
+from deepdistill_tui.core.events import (
+    Emit,
+    Event,
+    TrainFailed,
+    TrainFinished,
+    TrainRun,
+    from_json,
+    to_json,
+)
 from deepdistill_tui.core.recipe import Recipe
 from deepdistill_tui.core.store import Store
 from deepdistill_tui.core.train.config import RunConfig
 
-__all__ = ["read_events", "resumable_run", "train"]
+__all__ = ["EVENTS", "latest_run", "read_events", "resumable_run", "train"]
+EVENTS = "events.jsonl"
+"""RUN_DIR/events.jsonl: every event the training worker reported, in order, one JSON object a line."""
 
 
 def read_events(stream: Iterable[str]) -> Iterator[Event]:
@@ -68,6 +78,16 @@ def _diff(key: str, old: Any, new: Any, out: list[str]) -> None:
             _diff(f"{key}.{k}", old.get(k), new.get(k), out)
     elif old != new:
         out.append(f"{key} {old!r} -> {new!r}")
+
+
+def latest_run(store: Store, recipe: Recipe) -> dict[str, Any] | None:
+    """The recipe's newest training run, whoever started it and however it ended: its runs row, with
+    ``run_dir`` and ``events`` (the path of its event log) when its folder is still there."""
+    for run in store.runs("train", recipe.name):
+        run_dir = run["args"].get("run_dir")
+        if run_dir and Path(run_dir).is_dir():
+            return {**run, "run_dir": run_dir, "events": str(Path(run_dir) / EVENTS)}
+    return None
 
 
 def _last_line(path: Path) -> str:
@@ -118,7 +138,7 @@ def train(store: Store, recipe: Recipe, selection: str, *, run_id: str, emit: Em
 def _supervise(run_dir: Path, emit: Emit, stop: threading.Event | None,
                ) -> tuple[dict[str, Any] | None, str | None, int]:
     """Run the worker to its end: (its summary or None, its error, its exit status)."""
-    with (run_dir / "train.log").open("a") as log:
+    with (run_dir / "train.log").open("a") as log, (run_dir / EVENTS).open("a") as events:
         proc = subprocess.Popen([sys.executable, "-m", "deepdistill_tui.core.train", str(run_dir)],
                                 stdout=subprocess.PIPE, stderr=log, text=True)
         assert proc.stdout is not None
@@ -128,6 +148,10 @@ def _supervise(run_dir: Path, emit: Emit, stop: threading.Event | None,
             threading.Thread(target=_terminate_on, args=(stop, proc), daemon=True).start()
         try:
             for event in read_events(proc.stdout):
+                # Kept beside the run, so that any face (the app opened after a headless run, or
+                # while one goes on in another process) shows its loss and checkpoints.
+                events.write(to_json(event) + "\n")
+                events.flush()
                 emit(event)
                 if isinstance(event, TrainFinished):
                     summary = event.summary

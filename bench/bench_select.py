@@ -10,16 +10,19 @@ selection of the full-32b recipe, each on the same database in one run.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from deepdistill_tui.core.am_import import import_am
+from deepdistill_tui.core.data.am_import import import_am
+from deepdistill_tui.core.difficulty.selection import run_selection
+from deepdistill_tui.core.difficulty.stats import compute_stats
 from deepdistill_tui.core.recipe import Recipe, load_recipe
-from deepdistill_tui.core.select import run_selection
-from deepdistill_tui.core.stats import compute_stats
-from deepdistill_tui.core.store import Store
-from deepdistill_tui.core.synthetic import write_am_files
+from deepdistill_tui.core.store.database import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' data writer
+from tests.synthetic import write_am_files
 
 
 def main() -> None:

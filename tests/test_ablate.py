@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from deepdistill_tui.core.ablate import ARMS, LOW_LR_FACTOR, arm_selection, load_pool, parse_arms
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.events import AblateArm, Event
+from deepdistill_tui.core.evaluation.ablate import ARMS, LOW_LR_FACTOR, arm_selection, load_pool, parse_arms
+from deepdistill_tui.core.pipeline.events import AblateArm, Event
+from deepdistill_tui.core.pipeline.runner import AblateParams, StageContext, run_stage
 from deepdistill_tui.core.recipe import Recipe, load_recipe
-from deepdistill_tui.core.stages import AblateParams, StageContext, run_stage
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 
 
 def trimmed() -> Recipe:

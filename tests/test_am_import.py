@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from deepdistill_tui.core.am_import import am_query_id, import_am
+from deepdistill_tui.core.data.am_import import am_query_id, import_am
 from deepdistill_tui.core.errors import InputError
-from deepdistill_tui.core.store import Store
-from deepdistill_tui.core.synthetic import write_am_files
+from deepdistill_tui.core.store.database import Store
 from tests.conftest import data_counts
+from tests.synthetic import write_am_files
 
 
 def test_import_fills_the_same_tables_as_sampling(store: Store, tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ async def wait_until(pilot, predicate, timeout: float = 20.0) -> None:  # type: 
 
 def ingested_app(recipe, db: Path) -> DeepDistillApp:  # type: ignore[no-untyped-def]
     """The app over a store that already holds the recipe's queries."""
-    from deepdistill_tui.core.ingest import ingest
-    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.data.ingest import ingest
+    from deepdistill_tui.core.store.database import Store
 
     with Store(db) as s:
         ingest(s, recipe.data)
@@ -55,7 +55,7 @@ async def test_bad_store_is_a_notification_not_a_crash(tmp_path: Path) -> None:
 
 async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> None:
     from deepdistill_tui.core.recipe import Recipe
-    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.store.database import Store
 
     data = load_recipe("tiny").model_dump()
     data["sampling"]["query_limit"] = 1
@@ -84,10 +84,10 @@ async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> 
 async def test_grade_then_analyze_tabs(tmp_path: Path) -> None:
     """Grade and Analyze over real AM-format data (graded at import): the histogram appears and the
     category and teacher keys move through the views."""
-    from deepdistill_tui.core.am_import import import_am
-    from deepdistill_tui.core.store import Store
-    from deepdistill_tui.core.synthetic import write_am_files
+    from deepdistill_tui.core.data.am_import import import_am
+    from deepdistill_tui.core.store.database import Store
     from deepdistill_tui.tui.analyze import AnalyzeView
+    from tests.synthetic import write_am_files
 
     db = tmp_path / "am.db"
     with Store(db) as s:
@@ -114,8 +114,8 @@ async def test_grade_then_analyze_tabs(tmp_path: Path) -> None:
 
 async def test_grading_real_samples_from_the_app(tmp_path: Path) -> None:
     """Grading spawns worker processes while Textual captures stderr: it must work from the app."""
-    from deepdistill_tui.core.ingest import ingest
-    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.data.ingest import ingest
+    from deepdistill_tui.core.store.database import Store
 
     recipe = load_recipe("tiny")
     db = tmp_path / "g.db"

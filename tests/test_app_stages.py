@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, Sparkline, Static
 
-from deepdistill_tui.core.am_import import import_am
+from deepdistill_tui.core.data.am_import import import_am
 from deepdistill_tui.core.recipe import Recipe, load_recipe
-from deepdistill_tui.core.store import Store
-from deepdistill_tui.core.synthetic import write_am_files
+from deepdistill_tui.core.store.database import Store
 from deepdistill_tui.tui.app import ACTIONS, DeepDistillApp
 from deepdistill_tui.tui.screens import ConfirmQuit, HelpScreen
+from tests.synthetic import write_am_files
 from tests.test_app import ingested_app, wait_until
 
 
@@ -61,7 +61,7 @@ async def test_select_counts_follow_the_edits_and_save_matches_them(tmp_path: Pa
 
 
 async def test_export_tab_writes_the_chosen_selection(tmp_path: Path) -> None:
-    from deepdistill_tui.core.select import run_selection
+    from deepdistill_tui.core.difficulty.selection import run_selection
 
     db = am_store(tmp_path)
     recipe = load_recipe("full-72b")
@@ -219,8 +219,8 @@ async def test_tiny_recipe_end_to_end_through_the_app(tmp_path: Path) -> None:
 
 async def test_evaluate_tab_names_the_ablation_arms_and_says_whether_they_beat_the_base(
         tmp_path: Path) -> None:
-    from deepdistill_tui.core.ablate import _save_arm
-    from deepdistill_tui.core.evaluate import _store_result
+    from deepdistill_tui.core.evaluation.ablate import _save_arm
+    from deepdistill_tui.core.evaluation.evaluate import _store_result
 
     r, db, run = load_recipe("tiny"), tmp_path / "e.db", "20260101-000000-abcdef"
     problems = [(f"q{i:02d}", "math") for i in range(40)]

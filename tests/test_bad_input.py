@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from deepdistill_tui.core.ingest import ingest
+from deepdistill_tui.core.data.ingest import ingest
 from deepdistill_tui.core.recipe import load_recipe
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 from tests.conftest import REPO
 
 DATA_TABLES = ("queries", "teachers", "samples", "grades", "selections", "selection_members", "evals",
@@ -273,7 +273,7 @@ def _running(db: Path, command: str) -> bool:
 def test_kill_9_during_import_grade_and_export_then_a_fresh_start(tmp_path: Path) -> None:
     """Each command killed mid-way, then run again to the end: no `running` row left, no temp folder,
     and the counts of an uninterrupted run."""
-    from deepdistill_tui.core.synthetic import write_am_files
+    from tests.synthetic import write_am_files
     from tests.test_select import put
 
     db = tmp_path / "k.db"

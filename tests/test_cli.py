@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deepdistill_tui.core.synthetic import write_am_files
+from tests.synthetic import write_am_files
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

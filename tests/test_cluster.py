@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from deepdistill_tui.core.bundle import write_bundle
-from deepdistill_tui.core.cluster import batch_plan, plan_bundle, serve_plan
+from deepdistill_tui.core.cluster.bundle import write_bundle
+from deepdistill_tui.core.cluster.plan import batch_plan, plan_bundle, serve_plan
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import ClusterConfig, Recipe, Teacher, load_recipe, with_endpoints
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -194,7 +194,7 @@ def test_endpoint_override() -> None:
 
 
 def test_shards_split_the_training_queries_and_merge_back_once(tmp_path: Path) -> None:
-    from deepdistill_tui.core.ingest import ingest
+    from deepdistill_tui.core.data.ingest import ingest
 
     main = tmp_path / "main.db"
     with Store(main) as s:
@@ -257,7 +257,7 @@ def test_merge_keeps_each_grade_with_the_response_it_graded(tmp_path: Path) -> N
 def test_bundle_trainer_runs_under_torchrun_with_two_processes_and_resumes(tmp_path: Path) -> None:
     """The tiny recipe with a cluster section: select, export, bundle; then the bundle's own training
     entrypoint under torchrun, 2 processes over loopback (gloo), with --smoke."""
-    from deepdistill_tui.core.export import export
+    from deepdistill_tui.core.difficulty.export import export
     from tests.test_train import training_store
 
     data = load_recipe("tiny").model_dump(mode="json")

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deepdistill_tui.core.recipe import Recipe, load_recipe
-from deepdistill_tui.core.stages import (
+from deepdistill_tui.core.pipeline.runner import (
     EvalParams,
     ExportParams,
     GradeParams,
@@ -24,6 +23,7 @@ from deepdistill_tui.core.stages import (
     SelectParams,
     TrainParams,
 )
+from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.tui.app import DeepDistillApp
 from tests.test_app import wait_until
 

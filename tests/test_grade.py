@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from deepdistill_tui.core.cgroups import Budget
-from deepdistill_tui.core.code_grader import extract_code, grade_code, normalize_output
-from deepdistill_tui.core.grade import Grader, Item, grade_file
-from deepdistill_tui.core.judge import check_constraints, parse_rubric
+from deepdistill_tui.core.grading.code_grader import extract_code, grade_code, normalize_output
+from deepdistill_tui.core.grading.judge import check_constraints, parse_rubric
+from deepdistill_tui.core.grading.sandbox.cgroups import Budget
+from deepdistill_tui.core.grading.sandbox.host import Limits, sandbox_status
+from deepdistill_tui.core.grading.stage import Grader, Item, grade_file
 from deepdistill_tui.core.recipe import GradingConfig
-from deepdistill_tui.core.sandbox import Limits, sandbox_status
 from tests.data.math_pairs import MATCH, NO_MATCH
 
 needs_sandbox = pytest.mark.skipif(not sandbox_status()[0],
@@ -60,7 +60,7 @@ def test_worker_start_up_does_not_count_against_the_deadline() -> None:
     """A worker's start-up (2 s here, like Math-Verify's imports on a busy machine) is longer than an
     item's deadline (0.5 s): items wait for a ready worker instead of timing out, a hung item still
     times out, and its fresh replacement warms up before it gets the next item."""
-    from deepdistill_tui.core.workers import DeadlinePool
+    from deepdistill_tui.core.grading.pool import DeadlinePool
     from tests.data.pool_fns import double_or_hang, slow_start
 
     with DeadlinePool(double_or_hang, 1, 0.5, warmup=slow_start) as pool:
@@ -451,8 +451,8 @@ def test_sandbox_leaves_nothing_behind() -> None:
     leftovers (kill -9) are removed by the next process that sandboxes."""
     if not sandbox_status()[0]:
         pytest.skip(f"no sandbox here: {sandbox_status()[1]}")
-    script = ("import os, sys\nfrom deepdistill_tui.core.code_grader import grade_code\n"
-              "from deepdistill_tui.core.sandbox import Limits\n"
+    script = ("import os, sys\nfrom deepdistill_tui.core.grading.code_grader import grade_code\n"
+              "from deepdistill_tui.core.grading.sandbox.host import Limits\n"
               "r = grade_code(None, '```python\\ndef f(x): return x * 2\\n```', {'assert': TESTS},"
               " Limits(wall_s=5))\nprint(os.getpid(), r.score, flush=True)\n"
               "if sys.argv[1] == 'kill': os.kill(os.getpid(), 9)\n").replace("TESTS", repr(FORGE_TESTS))
@@ -539,7 +539,7 @@ def test_llm_judge_through_a_real_teacher_backend() -> None:
     """The tiny recipe's judge is the bundled SmolLM2 through llama.cpp. Its replies are constrained by
     a grammar made from the rubric's JSON schema, so every one parses: no `error` grades (a 135M model
     almost never wrote the rubric's format unconstrained)."""
-    from deepdistill_tui.core.grade import judge_factory
+    from deepdistill_tui.core.grading.stage import judge_factory
     from deepdistill_tui.core.recipe import load_recipe
 
     recipe = load_recipe("tiny")
@@ -560,7 +560,7 @@ def test_llm_judge_through_a_real_teacher_backend() -> None:
 def test_two_graders_on_one_store_grade_each_sample_once(tmp_path: Path) -> None:
     """The second `grade` waits for the first and finds nothing left: 400 samples, 400 grades, and
     the two reports add up to 400."""
-    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.store.database import Store
     from tests.test_select import put
 
     db = tmp_path / "two.db"
@@ -585,7 +585,7 @@ def test_two_graders_on_one_store_grade_each_sample_once(tmp_path: Path) -> None
 def test_grades_that_ran_no_code_are_graded_again(tmp_path: Path) -> None:
     """A store graded where bubblewrap was missing keeps `sandbox_unavailable` (no score, no pass), and
     the next `grade` with a sandbox grades those samples for real; a real grade is never redone."""
-    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.store.database import Store
     from tests.test_select import put
 
     db = tmp_path / "s.db"

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from deepdistill_tui.core.code_grader import grade_code
-from deepdistill_tui.core.sandbox import Limits, sandbox_status
+from deepdistill_tui.core.grading.code_grader import grade_code
+from deepdistill_tui.core.grading.sandbox.host import Limits, sandbox_status
 
 pytestmark = pytest.mark.skipif(not sandbox_status()[0], reason=f"no sandbox here: {sandbox_status()[1]}")
 LIMITS = Limits(wall_s=5, cpu_s=5, memory_mb=256)

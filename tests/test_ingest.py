@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from deepdistill_tui.core.dedup import Contamination, near_duplicates
+from deepdistill_tui.core.data.dedup import Contamination, near_duplicates
+from deepdistill_tui.core.data.ingest import ingest
+from deepdistill_tui.core.data.text import normalize, query_id, split_response, unusual_unicode_ratio
 from deepdistill_tui.core.errors import InputError
-from deepdistill_tui.core.ingest import ingest
 from deepdistill_tui.core.recipe import DataConfig, load_recipe
-from deepdistill_tui.core.store import Store
-from deepdistill_tui.core.text import normalize, query_id, split_response, unusual_unicode_ratio
+from deepdistill_tui.core.store.database import Store
 from tests.conftest import data_counts
 
 
@@ -50,7 +50,7 @@ def test_query_id_is_hash_of_normalised_text() -> None:
 
 def test_question_template_names_the_function_and_shows_a_test(store: Store, tmp_path: Path) -> None:
     """MBPP's text names no function: the template adds its first test, and the graded program passes."""
-    from deepdistill_tui.core.grade import Grader, Item
+    from deepdistill_tui.core.grading.stage import Grader, Item
     from deepdistill_tui.core.recipe import GradingConfig
 
     tests = ['assert remove_occ("hello","l") == "heo"', 'assert remove_occ("abcda","a") == "bcd"']
@@ -221,7 +221,7 @@ def test_think_prefill_of_an_r1_style_template() -> None:
     prefill the sampler records beside each completion."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from deepdistill_tui.core.text import think_prefill
+    from deepdistill_tui.core.data.text import think_prefill
 
     template = ("{{ bos_token }}{% for m in messages %}<|User|>{{ m['content'] }}{% endfor %}"
                 "{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}")

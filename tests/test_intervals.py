@@ -9,7 +9,7 @@ from math import factorial
 import numpy as np
 import pytest
 
-from deepdistill_tui.core.intervals import bootstrap_interval, paired_difference, significance
+from deepdistill_tui.core.evaluation.intervals import bootstrap_interval, paired_difference, significance
 from deepdistill_tui.tui.evaluation import interval_bar
 
 

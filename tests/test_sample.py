@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from deepdistill_tui.core.events import noop
-from deepdistill_tui.core.ingest import ingest
-from deepdistill_tui.core.models import fetch
+from deepdistill_tui.core.data.ingest import ingest
+from deepdistill_tui.core.pipeline.events import noop
 from deepdistill_tui.core.recipe import Recipe, load_recipe
-from deepdistill_tui.core.sample import sample
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
+from deepdistill_tui.core.teachers.sample import sample
+from deepdistill_tui.core.weights.files import fetch
 
 
 def tiny(**teacher_overrides: Any) -> Recipe:
@@ -180,8 +180,8 @@ def test_openai_backend_against_a_real_local_server(ingested: Store, llama_serve
 def test_judge_through_a_server_uses_structured_output(llama_server: str) -> None:
     """The same rubric schema goes to an OpenAI-compatible server as `response_format`; llama.cpp's
     server turns it into a grammar, so the reply parses."""
-    from deepdistill_tui.core.backends import OpenAIBackend
-    from deepdistill_tui.core.judge import llm_judge
+    from deepdistill_tui.core.grading.judge import llm_judge
+    from deepdistill_tui.core.teachers.backends import OpenAIBackend
 
     backend = OpenAIBackend(openai_recipe(llama_server, sampling={"max_tokens": 64}).teacher("served"))
     try:
@@ -197,7 +197,7 @@ def test_a_cluster_shard_samples_through_the_endpoint_given_on_the_command_line(
     server, the address coming from --endpoint (as the serve job publishes it)."""
     import yaml
 
-    from deepdistill_tui.core.shards import write_shards
+    from deepdistill_tui.core.store.shards import write_shards
 
     recipe_file = tmp_path / "recipe.yaml"
     dead = f"http://127.0.0.1:{free_port()}/v1"
@@ -212,7 +212,7 @@ def test_a_cluster_shard_samples_through_the_endpoint_given_on_the_command_line(
         assert shard.scalar("SELECT model FROM teachers") == f"{llama_server}#smollm2"
         shard_teacher = shard.scalar("SELECT teacher_id FROM teachers")
     # The same served model behind another address is the same teacher: shards merge as one.
-    from deepdistill_tui.core.sample import teacher_identity
+    from deepdistill_tui.core.teachers.sample import teacher_identity
 
     moved = openai_recipe("http://10.0.0.7:8001/v1").teacher("served")
     assert teacher_identity(moved, None)[0] == shard_teacher
@@ -298,7 +298,7 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 def test_a_faulty_server_is_a_teacher_error_naming_the_cause(fault: str) -> None:
     """Each way a server can misbehave ends as one TeacherError naming the teacher, within the
     teacher's timeout (a trickling server included), never a traceback or an empty sample."""
-    from deepdistill_tui.core.backends import OpenAIBackend, TeacherError
+    from deepdistill_tui.core.teachers.backends import OpenAIBackend, TeacherError
 
     server = _QuietServer(("127.0.0.1", 0), _Faulty)
     server.fault = fault  # type: ignore[attr-defined]
@@ -349,7 +349,7 @@ def test_the_store_is_the_same_whatever_the_sequences_in_flight(tmp_path: Path) 
 def test_queries_come_and_go_while_others_run() -> None:
     """Eight sequences over queries of 2 passes: four queries in flight, new ones admitted as old ones
     end, every query back exactly once with all its passes, short ones not held behind a long one."""
-    from deepdistill_tui.core.backends import LlamaCppBackend, Request
+    from deepdistill_tui.core.teachers.backends import LlamaCppBackend, Request
 
     teacher = tiny(**{"smollm2-135m": {"sampling": {"max_tokens": 48, "temperature": 0.7}}}).teachers[0]
     backend = LlamaCppBackend(teacher, fetch(teacher.model), max_seqs=8,  # type: ignore[arg-type]
@@ -379,7 +379,7 @@ def test_the_worked_examples_are_decoded_once_and_answers_are_the_same(monkeypat
     """Every prompt of the tiny teacher starts with the same worked examples (~170 tokens): they are
     decoded once and shared, so each query decodes only its question; greedy answers are the ones the
     engine gives without sharing."""
-    from deepdistill_tui.core import backends
+    from deepdistill_tui.core.teachers import backends
 
     teacher = tiny(**{"smollm2-135m": {"sampling": {"max_tokens": 16, "temperature": 0.0}}}).teachers[0]
     questions = [f"What is {a} + {b}?" for a, b in ((3, 4), (12, 9), (7, 7), (25, 8), (6, 2), (9, 1))]
@@ -404,7 +404,7 @@ def test_the_worked_examples_are_decoded_once_and_answers_are_the_same(monkeypat
 def test_a_gpu_without_an_offload_build_stops_before_sampling() -> None:
     """With a CUDA device and a CPU-only llama.cpp, sampling stops with one line naming the rebuild;
     with no GPU, or an offload build, or n_gpu_layers 0, nothing is said."""
-    from deepdistill_tui.core.backends import CUDA_INSTALL, offload_problem
+    from deepdistill_tui.core.teachers.backends import CUDA_INSTALL, offload_problem
 
     small = load_recipe("small")
     teacher = small.teachers[0]

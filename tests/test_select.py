@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deepdistill_tui.core.difficulty.export import export
+from deepdistill_tui.core.difficulty.selection import run_selection
+from deepdistill_tui.core.difficulty.stats import QueryScores, compute_stats, per_query
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.export import export
 from deepdistill_tui.core.recipe import Recipe, load_recipe
-from deepdistill_tui.core.select import run_selection
-from deepdistill_tui.core.stats import QueryScores, compute_stats, per_query
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 
 
 def recipe(**selection: Any) -> Recipe:

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deepdistill_tui.core.evaluate import _store_result
-from deepdistill_tui.core.ingest import ingest
-from deepdistill_tui.core.overview import overview
+from deepdistill_tui.core.data.ingest import ingest
+from deepdistill_tui.core.difficulty.selection import run_selection
+from deepdistill_tui.core.evaluation.evaluate import _store_result
+from deepdistill_tui.core.pipeline.overview import overview
 from deepdistill_tui.core.recipe import load_recipe
-from deepdistill_tui.core.select import run_selection
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 from tests.test_select import put
 
 RECIPE = load_recipe("tiny")

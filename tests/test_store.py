@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.store import SCHEMA_VERSION, Store
+from deepdistill_tui.core.store.database import SCHEMA_VERSION, Store
 
 
 def test_schema_tables_wal_and_version(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_a_run_whose_process_died_is_marked_interrupted(tmp_path: Path) -> None:
     import sys
 
     db = tmp_path / "r.db"
-    script = ("import os\nfrom deepdistill_tui.core.store import Store\n"
+    script = ("import os\nfrom deepdistill_tui.core.store.database import Store\n"
               f"s = Store({str(db)!r})\nprint(s.start_run('grade', 'tiny', None, {{}}), flush=True)\n"
               "os.kill(os.getpid(), 9)\n")
     dead = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
@@ -85,7 +85,7 @@ def test_a_damaged_file_is_refused_before_anything_is_written(tmp_path: Path) ->
     import subprocess
     import sys
 
-    from deepdistill_tui.core.ingest import ingest
+    from deepdistill_tui.core.data.ingest import ingest
     from deepdistill_tui.core.recipe import load_recipe
 
     db = tmp_path / "bad.db"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.store import Store, lock_held, stage_lock
+from deepdistill_tui.core.store.database import Store, lock_held, stage_lock
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,7 +46,7 @@ def test_two_grade_file_runs_with_one_output_never_mix(tmp_path: Path) -> None:
 
 
 def test_a_dead_runs_partial_output_is_removed_by_the_next(tmp_path: Path) -> None:
-    from deepdistill_tui.core.grade import partial_path
+    from deepdistill_tui.core.grading.stage import partial_path
 
     dst = tmp_path / "out.jsonl"
     dead = tmp_path / ".out.jsonl.999999999-x.partial"  # no such pid
@@ -105,7 +105,7 @@ def test_a_lock_path_that_is_a_folder_is_one_line(tmp_path: Path) -> None:
 
 
 def test_shard_refuses_a_folder_of_another_split(tmp_path: Path) -> None:
-    from deepdistill_tui.core.ingest import ingest
+    from deepdistill_tui.core.data.ingest import ingest
     from deepdistill_tui.core.recipe import load_recipe
 
     db = tmp_path / "main.db"
@@ -120,8 +120,8 @@ def test_shard_refuses_a_folder_of_another_split(tmp_path: Path) -> None:
 
 
 def test_a_file_given_twice_is_imported_once(tmp_path: Path) -> None:
-    from deepdistill_tui.core.am_import import import_am
-    from deepdistill_tui.core.synthetic import write_am_files
+    from deepdistill_tui.core.data.am_import import import_am
+    from tests.synthetic import write_am_files
 
     files = write_am_files(tmp_path / "am", 20, categories=("math",), passes=1)
     with Store(tmp_path / "s.db") as s:
@@ -132,7 +132,7 @@ def test_a_file_given_twice_is_imported_once(tmp_path: Path) -> None:
 
 
 def test_a_smaller_evaluation_never_replaces_a_larger_one(tmp_path: Path) -> None:
-    from deepdistill_tui.core.evaluate import _store_result, comparison
+    from deepdistill_tui.core.evaluation.evaluate import _store_result, comparison
     from deepdistill_tui.core.recipe import load_recipe
 
     recipe = load_recipe("tiny")
@@ -166,7 +166,7 @@ def test_an_evaluation_says_how_many_answers_no_sandbox_graded(tmp_path: Path) -
     from rich.console import Console
 
     from deepdistill_tui.cli.training import print_evals
-    from deepdistill_tui.core.evaluate import _store_result, comparison
+    from deepdistill_tui.core.evaluation.evaluate import _store_result, comparison
     from deepdistill_tui.core.recipe import load_recipe
 
     recipe = load_recipe("tiny")

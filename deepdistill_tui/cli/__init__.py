@@ -28,7 +28,7 @@ from deepdistill_tui.cli.sampling import cmd_sample
 from deepdistill_tui.cli.selection import cmd_export, cmd_select, cmd_selections, cmd_stats
 from deepdistill_tui.cli.training import cmd_eval, cmd_train
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.store import DEFAULT_DB
+from deepdistill_tui.core.store.database import DEFAULT_DB
 
 Handler = Callable[[argparse.Namespace], int]
 

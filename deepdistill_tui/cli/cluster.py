@@ -11,7 +11,7 @@ from deepdistill_tui.cli.common import positive_int
 
 def cmd_shard(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import open_store
-    from deepdistill_tui.core.shards import write_shards
+    from deepdistill_tui.core.store.shards import write_shards
 
     with open_store(args) as store:
         report = write_shards(store, args.shards, Path(args.out))
@@ -22,7 +22,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import open_store
-    from deepdistill_tui.core.shards import merge_shards
+    from deepdistill_tui.core.store.shards import merge_shards
 
     with open_store(args, "merge") as store:
         added = merge_shards(store, [Path(p) for p in args.shards])
@@ -32,9 +32,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_cluster_export(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import console_for, load_recipe_arg
-    from deepdistill_tui.core.bundle import write_cluster_bundle
+    from deepdistill_tui.core.cluster.bundle import write_cluster_bundle
     from deepdistill_tui.core.errors import DeepDistillError
-    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.store.database import Store
 
     recipe = load_recipe_arg(args)
     if args.from_run and not args.db:

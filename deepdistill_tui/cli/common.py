@@ -44,7 +44,7 @@ missing --db rather than leave an empty store behind a typo."""
 
 
 def open_store(args: argparse.Namespace, stage: str | None = None) -> Any:
-    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.store.database import Store
 
     return Store(args.db, create=stage in CREATING_STAGES)
 
@@ -54,7 +54,7 @@ def run_command(args: argparse.Namespace, stage: str, params: Any, *, recipe: An
     """parse -> params -> ``run_stage`` with a progress display; the stage's result. Progress goes to
     stderr when stdout carries --json."""
     from deepdistill_tui.cli.progress import Reporter
-    from deepdistill_tui.core.stages import StageContext, run_stage
+    from deepdistill_tui.core.pipeline.runner import StageContext, run_stage
 
     if recipe is None and with_recipe:
         recipe = load_recipe_arg(args)

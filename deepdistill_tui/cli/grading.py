@@ -9,7 +9,7 @@ from deepdistill_tui.cli.common import console_for, load_recipe_arg, print_json,
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.stages import GradeParams
+    from deepdistill_tui.core.pipeline.runner import GradeParams
 
     result = run_command(args, "grade", GradeParams(args.workers)).summary
     if args.json:
@@ -24,7 +24,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 def cmd_grade_file(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from deepdistill_tui.core.grade import grade_file, judge_factory
+    from deepdistill_tui.core.grading.stage import grade_file, judge_factory
     from deepdistill_tui.core.recipe import GradingConfig
 
     recipe = load_recipe_arg(args) if args.recipe else None

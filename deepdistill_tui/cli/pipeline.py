@@ -12,8 +12,8 @@ from deepdistill_tui.cli.training import print_evals
 
 def cmd_run(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.progress import Reporter
-    from deepdistill_tui.core.events import Event, StageFinished
-    from deepdistill_tui.core.stages import StageContext, parse_stages, run_pipeline
+    from deepdistill_tui.core.pipeline.events import Event, StageFinished
+    from deepdistill_tui.core.pipeline.runner import StageContext, parse_stages, run_pipeline
 
     recipe = load_recipe_arg(args)
     stages = parse_stages(args.stages)
@@ -43,7 +43,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Where the store stands and the one next step, the same as the app's Overview says it."""
     from pathlib import Path
 
-    from deepdistill_tui.core.overview import overview
+    from deepdistill_tui.core.pipeline.overview import overview
 
     recipe = load_recipe_arg(args)
     selection = None
@@ -70,8 +70,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import run_command
-    from deepdistill_tui.core.ablate import markdown_report, parse_arms
-    from deepdistill_tui.core.stages import AblateParams
+    from deepdistill_tui.core.evaluation.ablate import markdown_report, parse_arms
+    from deepdistill_tui.core.pipeline.runner import AblateParams
 
     recipe = load_recipe_arg(args)
     arms = tuple(parse_arms(args.arms))
@@ -94,7 +94,7 @@ def print_ablation(console: Any, rows: list[dict[str, Any]], pairs: list[dict[st
     from rich import box
     from rich.table import Table
 
-    from deepdistill_tui.core.ablate import contrast_text, table_cells
+    from deepdistill_tui.core.evaluation.ablate import contrast_text, table_cells
 
     table = Table("arm", "n", "tokens", "steps", "loss", "pass@1 [95% CI]", "vs base [95% CI]",
                   box=box.SIMPLE_HEAD, pad_edge=False, title="Ablation (held-out split)",

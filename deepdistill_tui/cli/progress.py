@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from deepdistill_tui.core.events import (
+from deepdistill_tui.core.pipeline.events import (
     AblateArm,
     DownloadProgress,
     EvalFallback,

@@ -55,7 +55,7 @@ def _print_stats(console: Any, stats: dict[str, Any]) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.stats import compute_stats, per_query
+    from deepdistill_tui.core.difficulty.stats import compute_stats, per_query
 
     recipe = load_recipe_arg(args)
     with open_store(args) as store:
@@ -70,7 +70,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.stages import SelectParams
+    from deepdistill_tui.core.pipeline.runner import SelectParams
 
     result = run_command(args, "select", SelectParams(args.name)).summary["selections"]
     if args.json:
@@ -88,7 +88,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_selections(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from deepdistill_tui.core.select import list_selections
+    from deepdistill_tui.core.difficulty.selection import list_selections
 
     with open_store(args) as store:
         rows = list_selections(store)
@@ -105,7 +105,7 @@ def cmd_selections(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.stages import ExportParams
+    from deepdistill_tui.core.pipeline.runner import ExportParams
 
     n = run_command(args, "export", ExportParams(args.selection, args.format, args.out)).summary["records"]
     print(f"wrote {n} records to {args.out} ({args.format})")

@@ -9,7 +9,7 @@ from deepdistill_tui.cli.common import console_for, print_json, report_table, ru
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.stages import TrainParams
+    from deepdistill_tui.core.pipeline.runner import TrainParams
 
     result = run_command(args, "train", TrainParams(args.selection, args.fresh)).summary
     if args.json:
@@ -60,13 +60,13 @@ def _pct(r: dict[str, Any]) -> str:
 
 
 def _delta(d: dict[str, Any]) -> str:
-    from deepdistill_tui.core.intervals import format_points
+    from deepdistill_tui.core.evaluation.intervals import format_points
 
     return format_points(d["delta"], d["ci_low"], d["ci_high"])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.stages import EvalParams
+    from deepdistill_tui.core.pipeline.runner import EvalParams
 
     rows = run_command(args, "eval", EvalParams(args.model)).summary["evals"]
     if args.json:

@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
-from deepdistill_tui.core.events import (
+from deepdistill_tui.core.pipeline.events import (
     DownloadProgress,
     EvalFallback,
     EvalProgress,
@@ -42,9 +42,8 @@ from deepdistill_tui.core.events import (
     TrainStep,
     Waiting,
 )
-from deepdistill_tui.core.overview import Overview, overview
-from deepdistill_tui.core.recipe import Recipe
-from deepdistill_tui.core.stages import (
+from deepdistill_tui.core.pipeline.overview import Overview, overview
+from deepdistill_tui.core.pipeline.runner import (
     EvalParams,
     ExportParams,
     GradeParams,
@@ -53,7 +52,8 @@ from deepdistill_tui.core.stages import (
     SelectParams,
     TrainParams,
 )
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.recipe import Recipe
+from deepdistill_tui.core.store.database import Store
 from deepdistill_tui.tui.analyze import AnalyzeView
 from deepdistill_tui.tui.evaluation import EvalPane
 from deepdistill_tui.tui.exporting import ExportPane
@@ -164,12 +164,12 @@ class DeepDistillApp(App[None]):
 
     @work(thread=True, exclusive=True, group="refresh", exit_on_error=False)
     def refresh_data(self) -> None:
-        from deepdistill_tui.core.ablate import arm_models
-        from deepdistill_tui.core.evaluate import comparison
-        from deepdistill_tui.core.grade import recent_grades, status_counts
-        from deepdistill_tui.core.models import detect_hardware
-        from deepdistill_tui.core.select import list_selections
+        from deepdistill_tui.core.difficulty.selection import list_selections
+        from deepdistill_tui.core.evaluation.ablate import arm_models
+        from deepdistill_tui.core.evaluation.evaluate import comparison
+        from deepdistill_tui.core.grading.stage import recent_grades, status_counts
         from deepdistill_tui.core.train import latest_run
+        from deepdistill_tui.core.weights.files import detect_hardware
 
         try:
             with self._store() as store:
@@ -214,7 +214,7 @@ class DeepDistillApp(App[None]):
 
     def start_stage(self, stage: str, tab: str, params: Any, recipe: Recipe | None = None) -> None:
         """Run a stage of the core through its one front door, ``run_stage``, in a worker."""
-        from deepdistill_tui.core.stages import StageContext, run_stage
+        from deepdistill_tui.core.pipeline.runner import StageContext, run_stage
 
         def emit(event: Event) -> None:
             self.post_message(ProgressEvent(event))
@@ -363,7 +363,7 @@ class DeepDistillApp(App[None]):
         self.start_stage("export", "export", ExportParams(selection, fmt, path))
 
     def action_cluster_export(self) -> None:
-        from deepdistill_tui.core.bundle import write_cluster_bundle
+        from deepdistill_tui.core.cluster.bundle import write_cluster_bundle
 
         out = Path(self.query_one(ExportPane).bundle_target())
         self.start_task("bundle", "export", lambda store: write_cluster_bundle(self.recipe, out, store))
@@ -380,7 +380,7 @@ class DeepDistillApp(App[None]):
 
     @work(thread=True, exclusive=True, group="stats", exit_on_error=False)
     def compute_stats(self) -> None:
-        from deepdistill_tui.core.stats import compute_stats
+        from deepdistill_tui.core.difficulty.stats import compute_stats
 
         try:
             with self._store() as store:

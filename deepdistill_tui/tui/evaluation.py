@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from deepdistill_tui.core.events import EvalFallback, EvalProgress, Event
+from deepdistill_tui.core.pipeline.events import EvalFallback, EvalProgress, Event
 from deepdistill_tui.tui.widgets import WorkBar
 
 

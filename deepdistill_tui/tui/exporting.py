@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
 from textual.widgets import Input, Label, Select, Static
 
-from deepdistill_tui.core.export import FORMATS
+from deepdistill_tui.core.difficulty.export import FORMATS
 
 SUFFIX = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}
 

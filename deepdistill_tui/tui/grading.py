@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
-from deepdistill_tui.core.events import (
+from deepdistill_tui.core.pipeline.events import (
     Event,
     GradeProgress,
     GradeStarted,

@@ -6,7 +6,7 @@ from typing import Any
 
 from textual.message import Message
 
-from deepdistill_tui.core.events import PROGRESS, Event
+from deepdistill_tui.core.pipeline.events import PROGRESS, Event
 
 
 class ProgressEvent(Message):

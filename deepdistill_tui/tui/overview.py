@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deepdistill_tui.core.overview import Overview
+from deepdistill_tui.core.pipeline.overview import Overview
 from deepdistill_tui.core.recipe import Recipe
 
 

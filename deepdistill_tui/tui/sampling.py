@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Log, Static
 
-from deepdistill_tui.core.events import Event, SampleFailed, SampleProgress, SampleStarted, Waiting
+from deepdistill_tui.core.pipeline.events import Event, SampleFailed, SampleProgress, SampleStarted, Waiting
 from deepdistill_tui.tui.widgets import WorkBar
 
 

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import CATEGORIES, Recipe
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 
 
 class SelectPane(Vertical):
@@ -66,7 +66,7 @@ class SelectPane(Vertical):
 
     def rule(self) -> Recipe:
         """The recipe with the edited values; DeepDistillError names the first bad field."""
-        from deepdistill_tui.core.select import with_rule
+        from deepdistill_tui.core.difficulty.selection import with_rule
 
         thr: dict[str, float] = {}
         cv: dict[str, float] = {}
@@ -104,7 +104,11 @@ class SelectPane(Vertical):
 
     @work(thread=True, group="select-preview", exit_on_error=False)
     def _preview(self, recipe: Recipe, generation: int) -> None:
-        from deepdistill_tui.core.select import compute_selection, list_selections, training_responses
+        from deepdistill_tui.core.difficulty.selection import (
+            compute_selection,
+            list_selections,
+            training_responses,
+        )
 
         try:
             with self.read_lock, Store(self.db_path) as store:

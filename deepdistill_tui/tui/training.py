@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, Log, Select, Sparkline, Static
 
-from deepdistill_tui.core.events import (
+from deepdistill_tui.core.pipeline.events import (
     Event,
     TrainCheckpoint,
     TrainExported,
@@ -74,7 +74,7 @@ class TrainPane(Vertical):
     def tail_events(self) -> None:
         if self.events_path is None or not self.events_path.is_file():
             return
-        from deepdistill_tui.core.events import from_json
+        from deepdistill_tui.core.pipeline.events import from_json
 
         with self.events_path.open("rb") as f:
             f.seek(self.events_offset)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
-from deepdistill_tui.core.events import (
+from deepdistill_tui.core.pipeline.events import (
     Emit,
     Event,
     TrainFailed,
@@ -26,7 +26,7 @@ from deepdistill_tui.core.events import (
     to_json,
 )
 from deepdistill_tui.core.recipe import Recipe
-from deepdistill_tui.core.store import Store
+from deepdistill_tui.core.store.database import Store
 from deepdistill_tui.core.train.config import RunConfig
 
 __all__ = ["EVENTS", "latest_run", "read_events", "resumable_run", "train"]
@@ -121,7 +121,7 @@ def train(store: Store, recipe: Recipe, selection: str, *, run_id: str, emit: Em
     terminates the subprocess; the run stays resumable from its last checkpoint."""
     if store.scalar("SELECT 1 FROM selections WHERE name = ?", (selection,)) is None:
         raise DeepDistillError(f"no selection named {selection!r} in the store; select one first")
-    from deepdistill_tui.core.student import fetch_student
+    from deepdistill_tui.core.student.checkpoint import fetch_student
 
     fetch_student(recipe.training.student, emit)  # here, where the download's progress can be seen
     run_dir = _run_dir(store, recipe, selection, run_id, runs_dir)

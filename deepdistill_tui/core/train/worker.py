@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.events import (
+from deepdistill_tui.core.pipeline.events import (
     Emit,
     TrainCheckpoint,
     TrainExported,
@@ -45,7 +45,7 @@ from deepdistill_tui.core.train.config import DistributedSettings, RunConfig, Tr
 
 def training_rows(store: Any, recipe: Recipe, selection: str) -> list[dict[str, Any]]:
     """Prompt-completion conversations: the loss falls on the assistant's part only."""
-    from deepdistill_tui.core.export import iter_records
+    from deepdistill_tui.core.difficulty.export import iter_records
 
     rows = [{"prompt": rec["messages"][:1], "completion": rec["messages"][1:]}
             for rec in iter_records(store, recipe, selection)]
@@ -72,7 +72,7 @@ def file_rows(path: Path) -> list[dict[str, Any]]:
 def config_rows(config: RunConfig, recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
     if config.data_file:
         return file_rows(run_dir / config.data_file)
-    from deepdistill_tui.core.store import Store
+    from deepdistill_tui.core.store.database import Store
 
     assert config.db and config.selection
     with Store(config.db) as store:
@@ -136,7 +136,7 @@ def load_model(recipe: Recipe, backend: TrainBackend,
                emit: Emit) -> tuple[Any, Any, Any, str, TrainBackend]:
     """(model, tokenizer, peft config or None, the weights loaded, the backend that trains): an
     Unsloth that cannot load the student gives way to peft, with one line saying why."""
-    from deepdistill_tui.core.student import student_checkpoint
+    from deepdistill_tui.core.student.checkpoint import student_checkpoint
 
     cfg = recipe.training
     path = student_checkpoint(cfg.student)
@@ -402,8 +402,8 @@ def _accept_indexed_cpu_locations() -> None:
 
 def export_outputs(recipe: Recipe, run_dir: Path, final: Path, emit: Emit) -> dict[str, str]:
     """The merged model and its GGUF file, as the recipe asks; paths keyed "merged" and "gguf"."""
-    from deepdistill_tui.core.student import student_checkpoint
-    from deepdistill_tui.core.student_export import export_gguf, merge_adapter
+    from deepdistill_tui.core.student.checkpoint import student_checkpoint
+    from deepdistill_tui.core.student.gguf import export_gguf, merge_adapter
 
     cfg = recipe.training
     if not (cfg.merge or cfg.gguf):

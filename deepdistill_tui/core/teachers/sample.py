@@ -1,0 +1,260 @@
+"""Teacher sampling (PAPER.md section 2): every training query answered N times by each teacher.
+
+Work is defined by what is missing in the store: for each (query, teacher) the passes not yet stored.
+A query's new passes are written in one transaction once all of them are generated, so a kill at any
+moment loses at most the query in flight and never writes a half. One sampler per database holds the
+cores at a time (a lock file): a second one waits instead of oversubscribing the CPU or duplicating work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepdistill_tui.core.data.text import split_response
+from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.pipeline.events import (
+    Emit,
+    SampleFailed,
+    SampleProgress,
+    SampleStarted,
+    Waiting,
+    noop,
+)
+from deepdistill_tui.core.recipe import Recipe, Teacher
+from deepdistill_tui.core.store.database import Store, stage_lock
+from deepdistill_tui.core.teachers.backends import (
+    Backend,
+    Completion,
+    LlamaCppBackend,
+    OpenAIBackend,
+    PromptTooLong,
+    Request,
+    TeacherError,
+    auto_sequences,
+    cuda_device_present,
+    offload_problem,
+)
+from deepdistill_tui.core.weights.files import check_gguf, fetch, file_sha256
+
+
+@dataclass
+class TeacherReport:
+    teacher: str
+    teacher_id: str = ""
+    queries: int = 0
+    samples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    error: str | None = None
+    last_response: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher, "teacher_id": self.teacher_id, "queries": self.queries,
+                "samples": self.samples, "tokens": self.tokens, "seconds": round(self.seconds, 2),
+                "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None,
+                "skipped": self.skipped, "error": self.error}
+
+
+# ---------------------------------------------------------------- identity
+
+
+def teacher_params(teacher: Teacher) -> dict[str, Any]:
+    """Everything that changes what a teacher writes. A change gives a new teacher id."""
+    return {"backend": teacher.backend, "template": teacher.template,
+            "system_prompt": teacher.system_prompt, "few_shot": teacher.few_shot,
+            "sampling": teacher.sampling.model_dump(), "served_model": teacher.served_model}
+
+
+def teacher_identity(teacher: Teacher, model_path: Path | None) -> tuple[str, str, str | None]:
+    """(teacher_id, model, model_sha256): the id hashes the weights and the sampling setup.
+
+    A GGUF file is known by its content; a served model by its name, not by the server's address,
+    which changes every time a cluster job starts it on another node (shards sampled behind different
+    hosts must merge as one teacher). Only a server with no model name is known by its address."""
+    sha = file_sha256(model_path) if model_path else None
+    model = str(model_path) if model_path else f"{teacher.base_url}#{teacher.served_model or teacher.name}"
+    weights = sha or (f"served:{teacher.served_model}" if teacher.served_model else model)
+    blob = json.dumps({"model": weights, **teacher_params(teacher)}, sort_keys=True)
+    return f"{teacher.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}", model, sha
+
+
+def register_teacher(store: Store, teacher: Teacher, model_path: Path | None) -> str:
+    teacher_id, model, sha = teacher_identity(teacher, model_path)
+    with store.write() as conn:
+        conn.execute(
+            "INSERT INTO teachers (teacher_id, name, backend, model, model_sha256, params, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(teacher_id) DO NOTHING",
+            (teacher_id, teacher.name, teacher.backend, model, sha,
+             json.dumps(teacher_params(teacher), sort_keys=True), time.time()),
+        )
+    return teacher_id
+
+
+def pass_seed(base: int, query_id: str, pass_index: int) -> int:
+    digest = hashlib.sha256(f"{base}:{query_id}:{pass_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+# ---------------------------------------------------------------- work
+
+
+@dataclass(frozen=True)
+class Job:
+    query_id: str
+    question: str
+    missing: tuple[int, ...]
+
+
+def pending(store: Store, teacher_id: str, passes: int, limit: int | None) -> list[Job]:
+    """Training queries (the first `limit` by id) with the passes this teacher has not stored yet."""
+    rows = store.conn.execute(
+        "SELECT q.query_id, q.question, group_concat(s.pass_index) FROM"
+        " (SELECT query_id, question FROM queries WHERE split = 'train' ORDER BY query_id LIMIT ?) q"
+        " LEFT JOIN samples s ON s.query_id = q.query_id AND s.teacher_id = ?"
+        " GROUP BY q.query_id ORDER BY q.query_id",
+        (limit if limit else -1, teacher_id),
+    ).fetchall()
+    jobs = []
+    for qid, question, done in rows:
+        have = {int(p) for p in done.split(",")} if done else set()
+        missing = tuple(p for p in range(passes) if p not in have)
+        if missing:
+            jobs.append(Job(qid, question, missing))
+    return jobs
+
+
+_INSERT = (
+    "INSERT INTO samples (query_id, teacher_id, pass_index, response, reasoning, answer, prompt_tokens,"
+    " completion_tokens, finish_reason, seconds, seed, prefill, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(query_id, teacher_id, pass_index) DO NOTHING"
+)
+
+
+def store_passes(store: Store, job: Job, teacher_id: str, seeds: list[int],
+                 outs: list[Completion]) -> None:
+    now = time.time()
+    rows = []
+    for p, seed, c in zip(job.missing, seeds, outs, strict=True):
+        reasoning, answer = split_response(c.text, c.prefill)
+        rows.append((job.query_id, teacher_id, p, c.text, reasoning, answer, c.prompt_tokens,
+                     c.completion_tokens, c.finish_reason, round(c.seconds, 4), seed, c.prefill or None,
+                     now))
+    with store.write() as conn:
+        conn.executemany(_INSERT, rows)
+
+
+def sampler_lock(db_path: Path, emit: Emit) -> Any:
+    """One sampler per database at a time; a second one waits for the first to finish."""
+    return stage_lock(db_path, "sampler",
+                      lambda message: emit(Waiting("sample", message)))
+
+
+# ---------------------------------------------------------------- running
+
+
+def open_backend(teacher: Teacher, passes: int, sequences: int | None = None,
+                 emit: Emit | None = None) -> tuple[Backend, Path | None]:
+    """The teacher's backend, sized for ``passes`` per query and ``sequences`` in flight (default:
+    the recipe's ``max_sequences``, else automatic; 1 when ``batch_passes`` is off)."""
+    if teacher.backend == "llama_cpp":
+        assert teacher.model is not None
+        from llama_cpp import llama_supports_gpu_offload
+
+        problem = offload_problem(teacher, cuda_device_present(), bool(llama_supports_gpu_offload()))
+        if problem:
+            raise TeacherError(problem)  # before any download or load: days of CPU sampling otherwise
+        path = fetch(teacher.model, emit or noop)
+        try:
+            check_gguf(path)
+        except DeepDistillError as exc:
+            raise TeacherError(f"teacher {teacher.name}: {exc}") from exc
+        if not teacher.batch_passes:
+            sequences = 1
+        elif sequences is None:
+            sequences = teacher.max_sequences or auto_sequences(passes)
+        return LlamaCppBackend(teacher, path, sequences, passes), path
+    if teacher.backend == "openai":
+        return OpenAIBackend(teacher), None
+    raise TeacherError(f"teacher {teacher.name}: backend {teacher.backend} cannot sample")
+
+
+def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int | None = None,
+                   emit: Emit, stop: threading.Event | None = None) -> TeacherReport:
+    """Every missing pass of every query, through the backend's continuous batching; each query's
+    passes land in one transaction when its last pass ends, so a kill loses only queries in flight."""
+    report = TeacherReport(teacher.name)
+    passes = recipe.sampling.passes
+    backend, path = open_backend(teacher, passes, emit=emit)
+    answers = None
+    try:
+        report.teacher_id = register_teacher(store, teacher, path)
+        jobs = pending(store, report.teacher_id, passes, limit or recipe.sampling.query_limit)
+        emit(SampleStarted(teacher.name, len(jobs), sum(len(j.missing) for j in jobs)))
+        start = time.perf_counter()
+        requests = (Request(job, job.question, [pass_seed(teacher.sampling.seed, job.query_id, p)
+                                                for p in job.missing])
+                    for job in jobs if stop is None or not stop.is_set())
+        answers = _answers(backend, requests)
+        for request, outs in answers:
+            if isinstance(outs, PromptTooLong):
+                report.skipped.append(f"{request.key.query_id}: {outs}")
+                continue
+            store_passes(store, request.key, report.teacher_id, request.seeds, outs)
+            report.queries += 1
+            report.samples += len(outs)
+            report.tokens += sum(c.completion_tokens for c in outs)
+            report.last_response = outs[-1].text if outs else ""
+            report.seconds = time.perf_counter() - start
+            _emit_progress(emit, report, len(jobs), getattr(backend, "in_flight", None))
+            if stop is not None and stop.is_set():
+                break  # the queries still in flight are dropped whole, never stored in part
+    finally:
+        if answers is not None:
+            answers.close()  # the engine's samplers go before the model they belong to
+        backend.close()
+    return report
+
+
+def _answers(backend: Backend, requests: Iterator[Request],
+             ) -> Generator[tuple[Request, list[Completion] | PromptTooLong], None, None]:
+    if isinstance(backend, LlamaCppBackend | OpenAIBackend):
+        yield from backend.generate_many(requests)
+        return
+    for req in requests:  # any other backend: one query at a time
+        try:
+            yield req, backend.generate(req.question, req.seeds)
+        except PromptTooLong as exc:
+            yield req, exc
+
+
+def _emit_progress(emit: Emit, report: TeacherReport, total: int, in_flight: int | None) -> None:
+    rate = report.queries / report.seconds if report.seconds else 0.0
+    emit(SampleProgress(report.teacher, report.queries, total, report.samples,
+                        report.tokens / report.seconds if report.seconds else 0.0, in_flight,
+                        (total - report.queries) / rate if rate else None, report.last_response[-400:]))
+
+
+def sample(store: Store, recipe: Recipe, *, teacher_name: str | None = None, limit: int | None = None,
+           emit: Emit, stop: threading.Event | None = None) -> list[TeacherReport]:
+    """Sample every teacher (or one). A failing teacher is reported and the others go on."""
+    teachers = [recipe.teacher(teacher_name)] if teacher_name else recipe.sampled_teachers()
+    reports = []
+    with sampler_lock(store.path, emit):
+        for teacher in teachers:
+            try:
+                reports.append(sample_teacher(store, recipe, teacher, limit=limit, emit=emit, stop=stop))
+            except DeepDistillError as exc:
+                emit(SampleFailed(teacher.name, str(exc)))
+                reports.append(TeacherReport(teacher.name, error=str(exc)))
+            if stop is not None and stop.is_set():
+                break
+    return reports

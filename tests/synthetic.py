@@ -10,8 +10,10 @@ import json
 import random
 from pathlib import Path
 
+from deepdistill_tui.core.recipe import CATEGORIES
+
 TEACHER_STRENGTH = {"1.5b": 0.35, "7b": 0.6, "r1": 0.85}
-_CATS = ("math", "code", "science", "if", "other")
+_CATS = CATEGORIES
 
 
 def _score(rng: random.Random, category: str, p_pass: float) -> float:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from deepdistill_tui.core.grading.code_grader import extract_code, grade_code, normalize_output
-from deepdistill_tui.core.grading.judge import check_constraints, parse_rubric
+from deepdistill_tui.core.grading.instructions import check_constraints
+from deepdistill_tui.core.grading.judge import parse_rubric
 from deepdistill_tui.core.grading.sandbox.cgroups import Budget
 from deepdistill_tui.core.grading.sandbox.host import Limits, sandbox_status
 from deepdistill_tui.core.grading.stage import Grader, Item, grade_file

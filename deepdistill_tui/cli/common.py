@@ -30,11 +30,13 @@ def positive_int(text: str) -> int:
 
 
 def load_recipe_arg(args: argparse.Namespace) -> Any:
+    from deepdistill_tui.core.grading.stage import kinds_of
     from deepdistill_tui.core.recipe import load_recipe, with_endpoints
 
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     if getattr(args, "endpoint", None):
         recipe = with_endpoints(recipe, args.endpoint)
+    kinds_of(recipe.grading)  # names the registry checks, before any command writes anything
     return recipe
 
 

@@ -14,7 +14,7 @@ import math
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -29,8 +29,13 @@ from pydantic import (
 
 from deepdistill_tui.core.errors import RecipeError
 
-CATEGORIES = ("math", "code", "science", "if", "other")
 Category = Literal["math", "code", "science", "if", "other"]
+CATEGORIES: tuple[str, ...] = get_args(Category)
+"""The query categories of the paper: defined here once, read everywhere else."""
+DEFAULT_GRADERS: dict[Category, str] = {
+    "math": "math", "code": "code", "science": "judge", "if": "if", "other": "judge",
+}
+"""Which grader kind (core/grading/registry.py) scores each category unless ``grading.graders`` says."""
 
 # PAPER.md section 3: a response passes when its verify_score is above these.
 PAPER_PASS_THRESHOLDS: dict[str, float] = {
@@ -285,6 +290,13 @@ class GradingConfig(_Model):
     """The paper's format filter: a response without both reasoning and a final answer scores 0."""
     workers: int | None = Field(default=None, ge=1)
     """Grading processes; default all cores, one while a sampler is running."""
+    graders: dict[Category, str] = Field(default_factory=lambda: dict(DEFAULT_GRADERS))
+    """Category -> grader kind; a recipe names only the categories it changes."""
+
+    @field_validator("graders", mode="before")
+    @classmethod
+    def _graders_over_defaults(cls, value: Any) -> Any:
+        return {**DEFAULT_GRADERS, **value} if isinstance(value, dict) else value
 
     def threshold(self, category: str) -> float:
         return self.thresholds.get(category, PAPER_PASS_THRESHOLDS.get(category, 0.99))

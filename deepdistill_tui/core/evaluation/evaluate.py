@@ -26,20 +26,30 @@ from typing import Any
 from deepdistill_tui.core.data.text import split_response
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
 from deepdistill_tui.core.evaluation.intervals import bootstrap_interval, paired_difference, significance
-from deepdistill_tui.core.grading.stage import NOT_GRADED, Grader, Item
+from deepdistill_tui.core.grading.base import Item
+from deepdistill_tui.core.grading.registry import GRADERS
+from deepdistill_tui.core.grading.stage import NOT_GRADED, Grader, kinds_of
 from deepdistill_tui.core.pipeline.events import Emit, EvalFallback, EvalProgress, noop
 from deepdistill_tui.core.recipe import ModelRef, Recipe, SamplingParams, Teacher
 from deepdistill_tui.core.store.database import Store
 
 
+def exact_categories(recipe: Recipe) -> list[str]:
+    """The categories whose grader asks no model (math and code by default): only those make a
+    pass@1 that does not depend on a judge's opinion."""
+    return [cat for cat, kind in kinds_of(recipe.grading).items() if not GRADERS[kind].needs_model]
+
+
 def eval_queries(store: Store, recipe: Recipe) -> list[tuple[str, str, str, str | None, str | None]]:
+    cats = exact_categories(recipe)
     rows = store.conn.execute(
         "SELECT query_id, category, question, ground_truth, test_cases FROM queries"
-        " WHERE split = ? AND category IN ('math', 'code') ORDER BY query_id LIMIT ?",
-        (recipe.eval.split, recipe.eval.limit or -1),
+        f" WHERE split = ? AND category IN ({', '.join('?' * len(cats))}) ORDER BY query_id LIMIT ?",
+        (recipe.eval.split, *cats, recipe.eval.limit or -1),
     ).fetchall()
     if not rows:
-        raise DeepDistillError(f"no math or code queries in split {recipe.eval.split!r} to evaluate on")
+        raise DeepDistillError(f"no {' or '.join(cats) or 'exactly graded'} queries in split "
+                               f"{recipe.eval.split!r} to evaluate on")
     return rows
 
 

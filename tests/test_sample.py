@@ -181,7 +181,7 @@ def test_judge_through_a_server_uses_structured_output(llama_server: str) -> Non
     """The same rubric schema goes to an OpenAI-compatible server as `response_format`; llama.cpp's
     server turns it into a grammar, so the reply parses."""
     from deepdistill_tui.core.grading.judge import llm_judge
-    from deepdistill_tui.core.teachers.backends import OpenAIBackend
+    from deepdistill_tui.core.teachers.openai import OpenAIBackend
 
     backend = OpenAIBackend(openai_recipe(llama_server, sampling={"max_tokens": 64}).teacher("served"))
     try:
@@ -298,7 +298,8 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 def test_a_faulty_server_is_a_teacher_error_naming_the_cause(fault: str) -> None:
     """Each way a server can misbehave ends as one TeacherError naming the teacher, within the
     teacher's timeout (a trickling server included), never a traceback or an empty sample."""
-    from deepdistill_tui.core.teachers.backends import OpenAIBackend, TeacherError
+    from deepdistill_tui.core.teachers.base import TeacherError
+    from deepdistill_tui.core.teachers.openai import OpenAIBackend
 
     server = _QuietServer(("127.0.0.1", 0), _Faulty)
     server.fault = fault  # type: ignore[attr-defined]
@@ -349,7 +350,8 @@ def test_the_store_is_the_same_whatever_the_sequences_in_flight(tmp_path: Path) 
 def test_queries_come_and_go_while_others_run() -> None:
     """Eight sequences over queries of 2 passes: four queries in flight, new ones admitted as old ones
     end, every query back exactly once with all its passes, short ones not held behind a long one."""
-    from deepdistill_tui.core.teachers.backends import LlamaCppBackend, Request
+    from deepdistill_tui.core.teachers.base import Request
+    from deepdistill_tui.core.teachers.llama_cpp import LlamaCppBackend
 
     teacher = tiny(**{"smollm2-135m": {"sampling": {"max_tokens": 48, "temperature": 0.7}}}).teachers[0]
     backend = LlamaCppBackend(teacher, fetch(teacher.model), max_seqs=8,  # type: ignore[arg-type]
@@ -379,7 +381,7 @@ def test_the_worked_examples_are_decoded_once_and_answers_are_the_same(monkeypat
     """Every prompt of the tiny teacher starts with the same worked examples (~170 tokens): they are
     decoded once and shared, so each query decodes only its question; greedy answers are the ones the
     engine gives without sharing."""
-    from deepdistill_tui.core.teachers import backends
+    from deepdistill_tui.core.teachers import llama_cpp as backends
 
     teacher = tiny(**{"smollm2-135m": {"sampling": {"max_tokens": 16, "temperature": 0.0}}}).teachers[0]
     questions = [f"What is {a} + {b}?" for a, b in ((3, 4), (12, 9), (7, 7), (25, 8), (6, 2), (9, 1))]
@@ -404,7 +406,7 @@ def test_the_worked_examples_are_decoded_once_and_answers_are_the_same(monkeypat
 def test_a_gpu_without_an_offload_build_stops_before_sampling() -> None:
     """With a CUDA device and a CPU-only llama.cpp, sampling stops with one line naming the rebuild;
     with no GPU, or an offload build, or n_gpu_layers 0, nothing is said."""
-    from deepdistill_tui.core.teachers.backends import CUDA_INSTALL, offload_problem
+    from deepdistill_tui.core.teachers.llama_cpp import CUDA_INSTALL, offload_problem
 
     small = load_recipe("small")
     teacher = small.teachers[0]

@@ -21,7 +21,7 @@ from deepdistill_tui.core.pipeline.events import Emit, TrainStep, noop
 from deepdistill_tui.core.pipeline.runner import StageContext, TrainParams, run_stage
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.store.database import Store
-from deepdistill_tui.core.teachers.backends import Request
+from deepdistill_tui.core.teachers.base import Request
 from tests.test_select import put
 
 pytestmark = pytest.mark.slow
@@ -197,7 +197,7 @@ def test_answers_that_never_end_stop_at_max_tokens(tmp_path: Path) -> None:
     """A student asked for something endless stops at max_tokens; one asked a short question stops at
     its end-of-turn token: the chat template's end of turn ends an answer, not the token budget."""
     from deepdistill_tui.core.evaluation.evaluate import sampler_answers, student_model, student_teacher
-    from deepdistill_tui.core.teachers.sample import open_backend
+    from deepdistill_tui.core.teachers.registry import open_backend
 
     data = load_recipe("tiny").model_dump()
     data["eval"].update({"k": 2, "max_tokens": 32, "temperature": 0.0})

@@ -21,7 +21,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -216,13 +218,10 @@ class SamplingParams(_Model):
     seed: int = 0
 
 
-class Teacher(_Model):
+class _TeacherBase(_Model):
+    """What every teacher has, whatever answers for it: a name, how the prompt is written, how to sample."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
-    backend: Literal["llama_cpp", "openai", "am_import"] = "llama_cpp"
-    model: ModelRef | None = None
-    base_url: str | None = None
-    """For ``openai``: the endpoint, e.g. http://127.0.0.1:8000/v1."""
-    served_model: str | None = None
     template: Literal["chat", "completion"] = "chat"
     system_prompt: str = (
         "Think step by step inside <think></think> tags, then give the final answer. "
@@ -232,6 +231,13 @@ class Teacher(_Model):
     """Completion template prefix for base models: worked examples in the Q:/A: format."""
     sampling: SamplingParams = SamplingParams()
     n_ctx: int = Field(default=4096, ge=256)
+
+
+class LlamaCppTeacher(_TeacherBase):
+    """A GGUF model run in this process by llama.cpp (teachers/llama_cpp.py)."""
+
+    backend: Literal["llama_cpp"] = "llama_cpp"
+    model: ModelRef
     threads: int | None = Field(default=None, ge=1)
     batch_passes: bool = True
     """False decodes one sequence at a time (a reference for the benchmarks)."""
@@ -241,16 +247,41 @@ class Teacher(_Model):
     """Layers llama.cpp puts on the GPU: -1 all of them, 0 none (a CPU build of llama.cpp ignores it)."""
     flash_attn: bool | None = None
     """llama.cpp's flash attention: None lets llama.cpp decide (on where the backend supports it)."""
+
+
+class OpenAITeacher(_TeacherBase):
+    """Any OpenAI-compatible server: vLLM, SGLang, llama.cpp's server (teachers/openai.py)."""
+
+    backend: Literal["openai"]
+    base_url: str = Field(min_length=1)
+    """The endpoint, e.g. http://127.0.0.1:8000/v1."""
+    served_model: str | None = None
     concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=600, gt=0)
 
-    @model_validator(mode="after")
-    def _backend_fields(self) -> Teacher:
-        if self.backend == "llama_cpp" and self.model is None:
-            raise ValueError("backend llama_cpp needs `model`")
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend openai needs `base_url`")
-        return self
+
+class ReleasedTeacher(_TeacherBase):
+    """A teacher whose answers come from released data (``import``): named, never run."""
+
+    backend: Literal["am_import"]
+
+
+def _backend_of(value: Any) -> str:
+    """The union's tag; a teacher that names no backend is a llama.cpp one (the recipes' default)."""
+    if isinstance(value, dict):
+        return str(value.get("backend", "llama_cpp"))
+    return str(getattr(value, "backend", "llama_cpp"))
+
+
+TEACHER_KINDS = {"llama_cpp": LlamaCppTeacher, "openai": OpenAITeacher, "am_import": ReleasedTeacher}
+Teacher = Annotated[
+    Annotated[LlamaCppTeacher, Tag("llama_cpp")]
+    | Annotated[OpenAITeacher, Tag("openai")]
+    | Annotated[ReleasedTeacher, Tag("am_import")],
+    Discriminator(_backend_of, custom_error_type="backend",
+                  custom_error_message=f"backend must be one of {', '.join(TEACHER_KINDS)}"),
+]
+"""A recipe's teacher: each backend's own fields, checked by that backend's model."""
 
 
 class SamplingConfig(_Model):
@@ -642,7 +673,8 @@ def _first_error(exc: ValidationError) -> str:
     """The most useful error first: an unknown key usually explains a "field required" beside it."""
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    # A teacher's loc carries its union tag (teachers.0.llama_cpp.n_ctx): the user wrote no such key.
+    key = ".".join(str(p) for p in err["loc"] if p not in TEACHER_KINDS) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"

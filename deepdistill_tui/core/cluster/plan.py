@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.recipe import ClusterConfig, Recipe, Teacher
+from deepdistill_tui.core.recipe import ClusterConfig, OpenAITeacher, Recipe
 
 PORT_BASE = 8001
 # Usable share of a GPU's memory (vLLM's --gpu-memory-utilization), and the share of that the weights
@@ -80,7 +80,7 @@ class ServePlan:
         return self.pipeline_parallel
 
 
-def serve_plan(teacher: Teacher, index: int, cluster: ClusterConfig) -> ServePlan:
+def serve_plan(teacher: OpenAITeacher, index: int, cluster: ClusterConfig) -> ServePlan:
     """Tensor parallel = the smallest power of two whose GPUs hold the weights with room for the KV
     cache; past one node, pipeline stages across nodes (how vLLM serves DeepSeek-R1 on 80 GB GPUs)."""
     spec = cluster.teachers.get(teacher.name)
@@ -270,7 +270,7 @@ def plan_bundle(recipe: Recipe, store: Any = None, from_run: str | None = None) 
         recipe, changes = carry_from_pilot(recipe, pilot_recipe(store, from_run))
     cluster = _cluster(recipe)
     stages = stage_plans(recipe, data_sizes(store, recipe))
-    serve = [serve_plan(t, i, cluster) for i, t in enumerate(recipe.teachers) if t.backend == "openai"]
+    serve = [serve_plan(t, i, cluster) for i, t in enumerate(recipe.teachers) if isinstance(t, OpenAITeacher)]
     return Bundle(recipe, cluster, stages[0].batch, serve, stages, changes, from_run)
 
 

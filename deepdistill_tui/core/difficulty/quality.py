@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from deepdistill_tui.core.difficulty.stats import Responses
+from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.pipeline.events import Emit, PerplexityProgress, PerplexityStarted
 from deepdistill_tui.core.recipe import QualityFilters, Recipe
 from deepdistill_tui.core.store.database import Store
@@ -103,8 +104,7 @@ def perplexity(logprobs: list[float]) -> float | None:
 def score_perplexity(store: Store, recipe: Recipe, teacher_id: str, *, emit: Emit,
                      stop: threading.Event | None = None) -> dict[str, Any]:
     """Perplexity of the training teacher's responses that have none, by the recipe's scoring model."""
-    from deepdistill_tui.core.teachers.backends import LlamaCppBackend
-    from deepdistill_tui.core.teachers.sample import open_backend
+    from deepdistill_tui.core.teachers.registry import needs_logprobs, open_backend
 
     name = recipe.selection.quality.perplexity_model
     todo = store.conn.execute(
@@ -113,8 +113,13 @@ def score_perplexity(store: Store, recipe: Recipe, teacher_id: str, *, emit: Emi
         (teacher_id,)).fetchall()
     if not name or not todo:
         return {"scored": 0}
-    backend, _ = open_backend(recipe.teacher(name), passes=1, sequences=1)
-    assert isinstance(backend, LlamaCppBackend)
+    teacher = recipe.teacher(name)
+    backend, _ = open_backend(teacher, passes=1, sequences=1)
+    try:
+        needs_logprobs(backend, teacher, "perplexity")
+    except DeepDistillError:
+        backend.close()
+        raise
     start, done = time.perf_counter(), 0
     emit(PerplexityStarted(len(todo), name))
     try:

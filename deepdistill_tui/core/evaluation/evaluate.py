@@ -30,7 +30,7 @@ from deepdistill_tui.core.grading.base import Item
 from deepdistill_tui.core.grading.registry import GRADERS
 from deepdistill_tui.core.grading.stage import NOT_GRADED, Grader, kinds_of
 from deepdistill_tui.core.pipeline.events import Emit, EvalFallback, EvalProgress, noop
-from deepdistill_tui.core.recipe import ModelRef, Recipe, SamplingParams, Teacher
+from deepdistill_tui.core.recipe import LlamaCppTeacher, ModelRef, Recipe, SamplingParams
 from deepdistill_tui.core.store.database import Store
 
 
@@ -136,10 +136,10 @@ def student_model(store: Store, recipe: Recipe, name: str, emit: Emit | None = N
                         f"training run {name} exported no GGUF file (set training.gguf)")
 
 
-def student_teacher(recipe: Recipe, model: StudentModel) -> Teacher:
+def student_teacher(recipe: Recipe, model: StudentModel) -> LlamaCppTeacher:
     """The student as a teacher: chat template, no system prompt (as it was trained), eval sampling."""
     e = recipe.eval
-    return Teacher(name=f"student-{model.name}", backend="llama_cpp", model=ModelRef(path=str(model.gguf)),
+    return LlamaCppTeacher(name=f"student-{model.name}", model=ModelRef(path=str(model.gguf)),
                    template="chat", system_prompt="", n_ctx=e.max_tokens + 1024,
                    sampling=SamplingParams(temperature=e.temperature, top_p=e.top_p,
                                            max_tokens=e.max_tokens, seed=recipe.seed))
@@ -152,15 +152,15 @@ def sampler_answers(recipe: Recipe, model: StudentModel, queries: list[Query], e
                     stop: threading.Event | None) -> dict[str, list[str]]:
     """k answers per problem through llama.cpp's continuous batching; a prompt that does not fit the
     context gets k empty answers (graded as failures, never skipped: the problem set stays fixed)."""
-    from deepdistill_tui.core.teachers.backends import LlamaCppBackend, PromptTooLong, Request
-    from deepdistill_tui.core.teachers.sample import open_backend, pass_seed
+    from deepdistill_tui.core.teachers.base import PromptTooLong, Request
+    from deepdistill_tui.core.teachers.registry import open_backend
+    from deepdistill_tui.core.teachers.sample import pass_seed
 
     k = recipe.eval.k
     backend, _ = open_backend(student_teacher(recipe, model), passes=k)
     answers: dict[str, list[str]] = {}
     requests = (Request(q, q[2], [pass_seed(recipe.seed, q[0], i) for i in range(k)]) for q in queries
                 if stop is None or not stop.is_set())
-    assert isinstance(backend, LlamaCppBackend)
     stream = backend.generate_many(requests)
     try:
         for req, outs in stream:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from deepdistill_tui.core.grading.sandbox.host import Limits
 from deepdistill_tui.core.recipe import GradingConfig
-from deepdistill_tui.core.teachers.backends import Backend
+from deepdistill_tui.core.teachers.base import Backend
 
 
 @dataclass

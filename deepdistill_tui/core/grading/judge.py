@@ -10,7 +10,7 @@ from typing import Any
 
 from deepdistill_tui import __version__
 from deepdistill_tui.core.grading.base import GraderKind, GradingEnv, Item, Scored, Verdict
-from deepdistill_tui.core.teachers.backends import Backend
+from deepdistill_tui.core.teachers.base import Backend
 
 OTHER_RUBRIC = (
     "You are grading an assistant's answer. Rate it on three criteria, each an integer from 0 to 4: "

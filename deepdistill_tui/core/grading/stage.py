@@ -31,7 +31,7 @@ from deepdistill_tui.core.grading.sandbox.host import Limits
 from deepdistill_tui.core.pipeline.events import Emit, GradeProgress, GradeStarted, Waiting, noop
 from deepdistill_tui.core.recipe import CATEGORIES, GradingConfig, Recipe
 from deepdistill_tui.core.store.database import Store, lock_held, stage_lock
-from deepdistill_tui.core.teachers.backends import Backend
+from deepdistill_tui.core.teachers.base import Backend
 
 CHUNK = 256
 NOT_GRADED = ("sandbox_unavailable", "sandbox_error")
@@ -169,7 +169,7 @@ def judge_factory(recipe: Recipe) -> Callable[[], Backend] | None:
         return None
 
     def make() -> Backend:
-        from deepdistill_tui.core.teachers.sample import open_backend
+        from deepdistill_tui.core.teachers.registry import open_backend
 
         return open_backend(recipe.teacher(name), passes=1, sequences=1)[0]
 

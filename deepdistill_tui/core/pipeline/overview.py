@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepdistill_tui.core.recipe import Recipe
+from deepdistill_tui.core.recipe import LlamaCppTeacher, OpenAITeacher, Recipe
 from deepdistill_tui.core.store.database import Store
 from deepdistill_tui.core.weights.download import cached_snapshot
 from deepdistill_tui.core.weights.files import locate
@@ -39,10 +39,11 @@ def _group_counts(store: Store, column: str) -> dict[str, int]:
 def model_statuses(recipe: Recipe) -> list[ModelStatus]:
     out = []
     for t in recipe.teachers:
-        if t.model is not None:
+        if isinstance(t, LlamaCppTeacher):
             out.append(ModelStatus("teacher", t.name, t.model.describe(), locate(t.model) is not None))
         else:
-            out.append(ModelStatus("teacher", t.name, f"{t.backend} {t.base_url or ''}".strip(), True))
+            where = t.base_url if isinstance(t, OpenAITeacher) else "released data"
+            out.append(ModelStatus("teacher", t.name, f"{t.backend} {where}", True))
     student = recipe.training.student
     if student.hf_model is not None:
         present = Path(student.hf_model).is_dir() or cached_snapshot(student.hf_model) is not None

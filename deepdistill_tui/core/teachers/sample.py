@@ -12,7 +12,6 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,23 +24,12 @@ from deepdistill_tui.core.pipeline.events import (
     SampleProgress,
     SampleStarted,
     Waiting,
-    noop,
 )
-from deepdistill_tui.core.recipe import Recipe, Teacher
+from deepdistill_tui.core.recipe import OpenAITeacher, Recipe, Teacher
 from deepdistill_tui.core.store.database import Store, stage_lock
-from deepdistill_tui.core.teachers.backends import (
-    Backend,
-    Completion,
-    LlamaCppBackend,
-    OpenAIBackend,
-    PromptTooLong,
-    Request,
-    TeacherError,
-    auto_sequences,
-    cuda_device_present,
-    offload_problem,
-)
-from deepdistill_tui.core.weights.files import check_gguf, fetch, file_sha256
+from deepdistill_tui.core.teachers.base import Completion, PromptTooLong, Request
+from deepdistill_tui.core.teachers.registry import open_backend
+from deepdistill_tui.core.weights.files import file_sha256
 
 
 @dataclass
@@ -68,9 +56,10 @@ class TeacherReport:
 
 def teacher_params(teacher: Teacher) -> dict[str, Any]:
     """Everything that changes what a teacher writes. A change gives a new teacher id."""
+    served = teacher.served_model if isinstance(teacher, OpenAITeacher) else None
     return {"backend": teacher.backend, "template": teacher.template,
             "system_prompt": teacher.system_prompt, "few_shot": teacher.few_shot,
-            "sampling": teacher.sampling.model_dump(), "served_model": teacher.served_model}
+            "sampling": teacher.sampling.model_dump(), "served_model": served}
 
 
 def teacher_identity(teacher: Teacher, model_path: Path | None) -> tuple[str, str, str | None]:
@@ -80,8 +69,10 @@ def teacher_identity(teacher: Teacher, model_path: Path | None) -> tuple[str, st
     which changes every time a cluster job starts it on another node (shards sampled behind different
     hosts must merge as one teacher). Only a server with no model name is known by its address."""
     sha = file_sha256(model_path) if model_path else None
-    model = str(model_path) if model_path else f"{teacher.base_url}#{teacher.served_model or teacher.name}"
-    weights = sha or (f"served:{teacher.served_model}" if teacher.served_model else model)
+    served = teacher.served_model if isinstance(teacher, OpenAITeacher) else None
+    url = teacher.base_url if isinstance(teacher, OpenAITeacher) else None
+    model = str(model_path) if model_path else f"{url}#{served or teacher.name}"
+    weights = sha or (f"served:{served}" if served else model)
     blob = json.dumps({"model": weights, **teacher_params(teacher)}, sort_keys=True)
     return f"{teacher.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}", model, sha
 
@@ -161,32 +152,6 @@ def sampler_lock(db_path: Path, emit: Emit) -> Any:
 # ---------------------------------------------------------------- running
 
 
-def open_backend(teacher: Teacher, passes: int, sequences: int | None = None,
-                 emit: Emit | None = None) -> tuple[Backend, Path | None]:
-    """The teacher's backend, sized for ``passes`` per query and ``sequences`` in flight (default:
-    the recipe's ``max_sequences``, else automatic; 1 when ``batch_passes`` is off)."""
-    if teacher.backend == "llama_cpp":
-        assert teacher.model is not None
-        from llama_cpp import llama_supports_gpu_offload
-
-        problem = offload_problem(teacher, cuda_device_present(), bool(llama_supports_gpu_offload()))
-        if problem:
-            raise TeacherError(problem)  # before any download or load: days of CPU sampling otherwise
-        path = fetch(teacher.model, emit or noop)
-        try:
-            check_gguf(path)
-        except DeepDistillError as exc:
-            raise TeacherError(f"teacher {teacher.name}: {exc}") from exc
-        if not teacher.batch_passes:
-            sequences = 1
-        elif sequences is None:
-            sequences = teacher.max_sequences or auto_sequences(passes)
-        return LlamaCppBackend(teacher, path, sequences, passes), path
-    if teacher.backend == "openai":
-        return OpenAIBackend(teacher), None
-    raise TeacherError(f"teacher {teacher.name}: backend {teacher.backend} cannot sample")
-
-
 def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int | None = None,
                    emit: Emit, stop: threading.Event | None = None) -> TeacherReport:
     """Every missing pass of every query, through the backend's continuous batching; each query's
@@ -203,7 +168,7 @@ def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int
         requests = (Request(job, job.question, [pass_seed(teacher.sampling.seed, job.query_id, p)
                                                 for p in job.missing])
                     for job in jobs if stop is None or not stop.is_set())
-        answers = _answers(backend, requests)
+        answers = backend.generate_many(requests)
         for request, outs in answers:
             if isinstance(outs, PromptTooLong):
                 report.skipped.append(f"{request.key.query_id}: {outs}")
@@ -214,7 +179,7 @@ def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int
             report.tokens += sum(c.completion_tokens for c in outs)
             report.last_response = outs[-1].text if outs else ""
             report.seconds = time.perf_counter() - start
-            _emit_progress(emit, report, len(jobs), getattr(backend, "in_flight", None))
+            _emit_progress(emit, report, len(jobs), backend.in_flight)
             if stop is not None and stop.is_set():
                 break  # the queries still in flight are dropped whole, never stored in part
     finally:
@@ -222,18 +187,6 @@ def sample_teacher(store: Store, recipe: Recipe, teacher: Teacher, *, limit: int
             answers.close()  # the engine's samplers go before the model they belong to
         backend.close()
     return report
-
-
-def _answers(backend: Backend, requests: Iterator[Request],
-             ) -> Generator[tuple[Request, list[Completion] | PromptTooLong], None, None]:
-    if isinstance(backend, LlamaCppBackend | OpenAIBackend):
-        yield from backend.generate_many(requests)
-        return
-    for req in requests:  # any other backend: one query at a time
-        try:
-            yield req, backend.generate(req.question, req.seeds)
-        except PromptTooLong as exc:
-            yield req, exc
 
 
 def _emit_progress(emit: Emit, report: TeacherReport, total: int, in_flight: int | None) -> None:

@@ -14,8 +14,10 @@ import yaml
 
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.evaluation.ablate import ARMS, LOW_LR_FACTOR, arm_selection, load_pool, parse_arms
+from deepdistill_tui.core.pipeline.context import StageContext
 from deepdistill_tui.core.pipeline.events import AblateArm, Event
-from deepdistill_tui.core.pipeline.runner import AblateParams, StageContext, run_stage
+from deepdistill_tui.core.pipeline.params import AblateParams
+from deepdistill_tui.core.pipeline.runner import run_stage
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.store.database import Store
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deepdistill_tui.core.pipeline.runner import (
+from deepdistill_tui.core.pipeline.params import (
     EvalParams,
     ExportParams,
     GradeParams,

@@ -54,3 +54,25 @@ def test_paired_difference_and_its_reading() -> None:
 def test_interval_is_drawn_where_it_lies() -> None:
     bar = interval_bar({"pass_at_1": 0.5, "ci_low": 0.25, "ci_high": 0.75}, width=21)
     assert bar.index("├") == 5 and bar.index("●") == 10 and bar.index("┤") == 15
+
+
+def test_the_faces_print_the_same_interval_text_for_the_same_result() -> None:
+    """The CLI's eval table, the app's Evaluate tab and the ablation report: one text per interval."""
+    import io
+
+    from rich.console import Console
+
+    from deepdistill_tui.cli.training import print_evals
+    from deepdistill_tui.core.evaluation.ablate import table_cells
+    from deepdistill_tui.tui.evaluation import delta_text, pct
+
+    delta = {"delta": 0.401, "ci_low": 0.324, "ci_high": 0.473, "problems": 200, "verdict": "better"}
+    row = {"model": "student", "k": 4, "problems": 200, "pass_at_1": 0.623, "ci_low": 0.556,
+           "ci_high": 0.686, "by_category": {}, "engine": "llama.cpp q8_0", "delta_vs_base": delta}
+    out = io.StringIO()
+    print_evals(Console(file=out, width=120), [row])
+    arm = {**row, "arm": "cv", "responses": 1, "tokens": 1, "steps": 1, "final_loss": None}
+    rate, points = "62.3% [55.6, 68.6]", "+40.1 [+32.4, +47.3]"
+    assert rate in out.getvalue() and points in out.getvalue()
+    assert (pct(row), delta_text(delta)) == (rate, points)
+    assert table_cells(arm)[-2:] == [rate, points]

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepdistill_tui.core.difficulty.export import export
+from deepdistill_tui.core.difficulty.responses import QueryScores
 from deepdistill_tui.core.difficulty.selection import run_selection
-from deepdistill_tui.core.difficulty.stats import QueryScores, compute_stats, per_query
+from deepdistill_tui.core.difficulty.stats import compute_stats, per_query
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.store.database import Store
@@ -57,7 +58,7 @@ def cv_of(xs: list[float], ddof: int = 0) -> float:
 
 
 def test_paper_cv_examples() -> None:
-    # PAPER.md section 4. The worked examples use the sample std; the binary table the population one.
+    # docs/PAPER.md section 4. The worked examples use the sample std; the binary table the population one.
     assert cv_of([0.5] * 5) == 0
     assert cv_of([0.9, 0.1, 0.7, 0.3, 0.5], ddof=1) == pytest.approx(0.63, abs=0.005)
     assert cv_of([0.6, 0.8, 0.7, 0.7, 0.7], ddof=1) == pytest.approx(0.10, abs=0.005)

@@ -17,8 +17,10 @@ import yaml
 
 from deepdistill_tui.core.difficulty.selection import run_selection
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.pipeline.context import StageContext
 from deepdistill_tui.core.pipeline.events import Emit, TrainStep, noop
-from deepdistill_tui.core.pipeline.runner import StageContext, TrainParams, run_stage
+from deepdistill_tui.core.pipeline.params import TrainParams
+from deepdistill_tui.core.pipeline.runner import run_stage
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.store.database import Store
 from deepdistill_tui.core.teachers.base import Request

@@ -56,7 +56,8 @@ def run_command(args: argparse.Namespace, stage: str, params: Any, *, recipe: An
     """parse -> params -> ``run_stage`` with a progress display; the stage's result. Progress goes to
     stderr when stdout carries --json."""
     from deepdistill_tui.cli.progress import Reporter
-    from deepdistill_tui.core.pipeline.runner import StageContext, run_stage
+    from deepdistill_tui.core.pipeline.context import StageContext
+    from deepdistill_tui.core.pipeline.runner import run_stage
 
     if recipe is None and with_recipe:
         recipe = load_recipe_arg(args)

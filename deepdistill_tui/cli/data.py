@@ -36,7 +36,7 @@ def print_data(console: Any, summary: dict[str, Any]) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.pipeline.runner import IngestParams
+    from deepdistill_tui.core.pipeline.params import IngestParams
 
     result = run_command(args, "ingest", IngestParams())
     if args.json:
@@ -47,7 +47,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_import_am(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.pipeline.runner import ImportParams
+    from deepdistill_tui.core.pipeline.params import ImportParams
 
     # Without a recipe the paper's pass thresholds apply.
     recipe = load_recipe_arg(args) if getattr(args, "recipe", None) else None

@@ -9,7 +9,7 @@ from deepdistill_tui.cli.common import console_for, load_recipe_arg, print_json,
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.pipeline.runner import GradeParams
+    from deepdistill_tui.core.pipeline.params import GradeParams
 
     result = run_command(args, "grade", GradeParams(args.workers)).summary
     if args.json:

@@ -12,8 +12,10 @@ from deepdistill_tui.cli.training import print_evals
 
 def cmd_run(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.progress import Reporter
+    from deepdistill_tui.core.pipeline.context import StageContext
     from deepdistill_tui.core.pipeline.events import Event, StageFinished
-    from deepdistill_tui.core.pipeline.runner import StageContext, parse_stages, run_pipeline
+    from deepdistill_tui.core.pipeline.registry import parse_stages
+    from deepdistill_tui.core.pipeline.runner import run_pipeline
 
     recipe = load_recipe_arg(args)
     stages = parse_stages(args.stages)
@@ -71,7 +73,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import run_command
     from deepdistill_tui.core.evaluation.ablate import markdown_report, parse_arms
-    from deepdistill_tui.core.pipeline.runner import AblateParams
+    from deepdistill_tui.core.pipeline.params import AblateParams
 
     recipe = load_recipe_arg(args)
     arms = tuple(parse_arms(args.arms))

@@ -122,7 +122,7 @@ class Reporter:
             self._tasks[key] = self.progress.add_task(key, total=total, info=info)
         self.progress.update(self._tasks[key], total=total, completed=done, info=info)
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: Event) -> None:  # noqa: C901 - one case per event kind, nothing nested
         match event:
             case StageStarted(stage=stage, run_id=run_id) if self.stage_lines:
                 self.line(f"[bold]▶ {stage}[/] (run {run_id})")

@@ -20,7 +20,7 @@ def _print_reports(reports: list[dict[str, Any]], as_json: bool) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.errors import StageError
-    from deepdistill_tui.core.pipeline.runner import SampleParams
+    from deepdistill_tui.core.pipeline.params import SampleParams
 
     recipe = load_recipe_arg(args)
     if args.teacher:

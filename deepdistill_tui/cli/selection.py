@@ -70,7 +70,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.pipeline.runner import SelectParams
+    from deepdistill_tui.core.pipeline.params import SelectParams
 
     result = run_command(args, "select", SelectParams(args.name)).summary["selections"]
     if args.json:
@@ -105,7 +105,7 @@ def cmd_selections(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.pipeline.runner import ExportParams
+    from deepdistill_tui.core.pipeline.params import ExportParams
 
     n = run_command(args, "export", ExportParams(args.selection, args.format, args.out)).summary["records"]
     print(f"wrote {n} records to {args.out} ({args.format})")

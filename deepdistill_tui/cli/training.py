@@ -9,7 +9,7 @@ from deepdistill_tui.cli.common import console_for, print_json, report_table, ru
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.pipeline.runner import TrainParams
+    from deepdistill_tui.core.pipeline.params import TrainParams
 
     result = run_command(args, "train", TrainParams(args.selection, args.fresh)).summary
     if args.json:
@@ -56,17 +56,19 @@ def print_evals(console: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def _pct(r: dict[str, Any]) -> str:
-    return f"{100 * r['pass_at_1']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+    from deepdistill_tui.core.evaluation.intervals import Interval
+
+    return Interval.of_rate(r).rate()
 
 
 def _delta(d: dict[str, Any]) -> str:
-    from deepdistill_tui.core.evaluation.intervals import format_points
+    from deepdistill_tui.core.evaluation.intervals import Interval
 
-    return format_points(d["delta"], d["ci_low"], d["ci_high"])
+    return Interval.of_difference(d).points()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from deepdistill_tui.core.pipeline.runner import EvalParams
+    from deepdistill_tui.core.pipeline.params import EvalParams
 
     rows = run_command(args, "eval", EvalParams(args.model)).summary["evals"]
     if args.json:

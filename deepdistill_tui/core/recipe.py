@@ -39,7 +39,7 @@ DEFAULT_GRADERS: dict[Category, str] = {
 }
 """Which grader kind (core/grading/registry.py) scores each category unless ``grading.graders`` says."""
 
-# PAPER.md section 3: a response passes when its verify_score is above these.
+# docs/PAPER.md section 3: a response passes when its verify_score is above these.
 PAPER_PASS_THRESHOLDS: dict[str, float] = {
     "math": 0.99,
     "code": 0.99,
@@ -346,7 +346,7 @@ class StageTwo(_Model):
 
 
 class QualityFilters(_Model):
-    """The paper's response filters (PAPER.md section 3). They remove responses from selection (and so
+    """The paper's response filters (docs/PAPER.md section 3). They remove responses from selection (and so
     from export) and never change a grade: pass rates and CV still see every response."""
 
     max_perplexity: float | None = Field(default=20.0, gt=0, allow_inf_nan=False)

@@ -23,27 +23,10 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
 from deepdistill_tui.core.pipeline.events import (
     DownloadProgress,
-    EvalFallback,
-    EvalProgress,
     Event,
-    GradeProgress,
-    GradeStarted,
-    PerplexityProgress,
-    PerplexityStarted,
-    SampleFailed,
-    SampleProgress,
-    SampleStarted,
-    TrainCheckpoint,
-    TrainExported,
-    TrainFinished,
-    TrainNotice,
-    TrainRun,
-    TrainStarted,
-    TrainStep,
-    Waiting,
 )
 from deepdistill_tui.core.pipeline.overview import Overview, overview
-from deepdistill_tui.core.pipeline.runner import (
+from deepdistill_tui.core.pipeline.params import (
     EvalParams,
     ExportParams,
     GradeParams,
@@ -67,6 +50,9 @@ from deepdistill_tui.tui.training import TrainPane
 
 PAGE = 200
 Task = Callable[[Store], dict[str, Any]]
+PANES: dict[str, Any] = {"sample": SamplePane, "grade": GradePane, "train": TrainPane, "eval": EvalPane}
+"""Which tab shows the events of each part of the pipeline (``Event.topic()``)."""
+
 TABS = ("overview", "data", "sample", "grade", "analyze", "select", "train", "evaluate", "export")
 
 # (key, action, footer label, description): the footer, the help screen and the command palette
@@ -214,7 +200,8 @@ class DeepDistillApp(App[None]):
 
     def start_stage(self, stage: str, tab: str, params: Any, recipe: Recipe | None = None) -> None:
         """Run a stage of the core through its one front door, ``run_stage``, in a worker."""
-        from deepdistill_tui.core.pipeline.runner import StageContext, run_stage
+        from deepdistill_tui.core.pipeline.context import StageContext
+        from deepdistill_tui.core.pipeline.runner import run_stage
 
         def emit(event: Event) -> None:
             self.post_message(ProgressEvent(event))
@@ -253,20 +240,10 @@ class DeepDistillApp(App[None]):
 
     def on_progress_event(self, message: ProgressEvent) -> None:
         event = message.event
-        pane: Any = None
-        if isinstance(event, SampleStarted | SampleProgress | SampleFailed):
-            pane = SamplePane
-        elif isinstance(event, GradeStarted | GradeProgress | PerplexityStarted | PerplexityProgress):
-            pane = GradePane
-        elif isinstance(event, TrainRun | TrainStarted | TrainStep | TrainCheckpoint | TrainExported
-                        | TrainFinished | TrainNotice):
-            pane = TrainPane
-        elif isinstance(event, EvalProgress | EvalFallback):
-            pane = EvalPane
-        elif isinstance(event, Waiting):
-            pane = GradePane if event.stage == "grade" else SamplePane
-        elif isinstance(event, DownloadProgress):
+        if isinstance(event, DownloadProgress):
             self.show_download(event)
+            return
+        pane = PANES.get(event.topic())
         if pane is not None:
             self.query_one(pane).handle(event)
 

@@ -8,6 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from deepdistill_tui.core.evaluation.intervals import Interval
 from deepdistill_tui.core.pipeline.events import EvalFallback, EvalProgress, Event
 from deepdistill_tui.tui.widgets import WorkBar
 
@@ -81,8 +82,8 @@ def interval_bar(r: dict[str, Any], width: int = BAR) -> str:
 
 
 def pct(r: dict[str, Any]) -> str:
-    return f"{r['pass_at_1']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]"
+    return Interval.of_rate(r).rate()
 
 
 def delta_text(d: dict[str, Any]) -> str:
-    return f"{100 * d['delta']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}] pts"
+    return Interval.of_difference(d).points()

@@ -6,7 +6,7 @@ from typing import Any
 
 from textual.message import Message
 
-from deepdistill_tui.core.pipeline.events import PROGRESS, Event
+from deepdistill_tui.core.pipeline.events import Event
 
 
 class ProgressEvent(Message):
@@ -18,7 +18,7 @@ class ProgressEvent(Message):
 
     def can_replace(self, message: Message) -> bool:
         # A flood of progress events coalesces: only the latest of a kind (and teacher) matters.
-        return (isinstance(self.event, PROGRESS) and isinstance(message, ProgressEvent)
+        return (self.event.high_rate and isinstance(message, ProgressEvent)
                 and type(message.event) is type(self.event)
                 and getattr(message.event, "teacher", None) == getattr(self.event, "teacher", None))
 

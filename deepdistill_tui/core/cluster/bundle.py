@@ -195,7 +195,7 @@ def train_config(b: Bundle, st: StagePlan) -> dict[str, Any]:
                              "packing": st.packing, "micro_batch": st.batch.micro_batch,
                              "grad_accum": st.batch.grad_accum, "stage2": None})
     if st.name == "stage2":
-        # Annealing continues from Stage I's weights (PAPER.md section 6).
+        # Annealing continues from Stage I's weights (docs/PAPER.md section 6).
         data["training"]["student"] = {"name": f"{b.recipe.training.student.name}-stage1",
                                        "hf_model": "train/stage1/model"}
     config = RunConfig(recipe=Recipe.model_validate(data), data_file=f"../../data/{st.name}.jsonl",

@@ -31,7 +31,7 @@ WEIGHT_SHARE = 0.6
 # SGLang's --mem-fraction-static counts weights and KV cache alone (vLLM's share also covers activations
 # and the CUDA graphs), so it sits a little below for the same headroom.
 SGLANG_MEMORY_FRACTION = round(GPU_MEMORY_UTILIZATION - 0.05, 2)
-# The paper's Stage I / II data when no store tells us the real figures (PAPER.md section 5).
+# The paper's Stage I / II data when no store tells us the real figures (docs/PAPER.md section 5).
 PAPER_STAGE1 = (5_400_000, 19_200_000_000)
 PAPER_STAGE2 = (250_000, int(250_000 * 19_200_000_000 / 5_400_000))
 
@@ -151,7 +151,7 @@ def stage_plans(recipe: Recipe, sizes: dict[str, tuple[int, int, str]]) -> list[
 def data_sizes(store: Any, recipe: Recipe) -> dict[str, tuple[int, int, str]]:
     """(instances, answer tokens, where the figures come from) per stage: the store's selections of the
     recipe's name when there are any, else the paper's published sizes."""
-    out = {"stage1": (*PAPER_STAGE1, "the paper's Stage I data (PAPER.md section 5)"),
+    out = {"stage1": (*PAPER_STAGE1, "the paper's Stage I data (docs/PAPER.md section 5)"),
            "stage2": (*PAPER_STAGE2, "the paper's Stage II size, at Stage I's mean length")}
     if store is None:
         return out
@@ -190,7 +190,7 @@ REASONS = {
     "training.student": "the full-scale recipe's student",
     "training.method": "full fine-tuning across nodes, as in the paper; (Q)LoRA is a one-GPU economy",
     "training.learning_rate": "a LoRA adapter needs a learning rate about 10x full fine-tuning's; the "
-                              "paper's full fine-tuning value is used (PAPER.md section 6)",
+                              "paper's full fine-tuning value is used (docs/PAPER.md section 6)",
     "training.max_length": "the pilot's length was set by one GPU's memory; the paper trains at 32k",
     "training.micro_batch": "per-GPU memory at full scale",
     "training.grad_accum": "recomputed so that nodes x GPUs x micro-batch x accumulation = global batch",

@@ -1,4 +1,4 @@
-"""Import of the released AM-DeepSeek-Distilled-40M JSONL files (PAPER.md section 8).
+"""Import of the released AM-DeepSeek-Distilled-40M JSONL files (docs/PAPER.md section 8).
 
 Each file holds one pass of one teacher over one category: ``{category}_{teacher}_{k}pass.jsonl``. Its
 records become rows of the same tables that sampling and grading fill (queries, teachers, samples, grades),

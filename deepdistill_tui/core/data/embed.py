@@ -1,4 +1,4 @@
-"""Embedding-similarity decontamination (PAPER.md section 1 uses bge-m3 above 0.9).
+"""Embedding-similarity decontamination (docs/PAPER.md section 1 uses bge-m3 above 0.9).
 
 Any local sentence-embedding model that transformers can load works: texts are mean-pooled over the last
 hidden state and L2-normalised, so a dot product is the cosine similarity.

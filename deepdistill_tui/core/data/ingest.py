@@ -1,4 +1,4 @@
-"""Ingest: queries from the recipe's sources into the ``queries`` table, cleaned (PAPER.md section 1).
+"""Ingest: queries from the recipe's sources into the ``queries`` table, cleaned (docs/PAPER.md section 1).
 
 Rules run in a fixed order and each removal is counted under its rule: filters (empty, too long, URL,
 table, unusual Unicode), exact duplicates, decontamination of training queries against the eval split,

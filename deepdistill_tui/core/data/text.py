@@ -1,4 +1,4 @@
-"""Text normalisation, query ids and the query-quality filters (PAPER.md section 1)."""
+"""Text normalisation, query ids and the query-quality filters (docs/PAPER.md section 1)."""
 
 from __future__ import annotations
 

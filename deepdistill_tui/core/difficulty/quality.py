@@ -1,4 +1,4 @@
-"""The paper's response filters (PAPER.md section 3): perplexity above 20, and any 20-token n-gram that
+"""The paper's response filters (docs/PAPER.md section 3): perplexity above 20, and any 20-token n-gram that
 occurs more than 20 times across the data.
 
 They decide which responses may be *trained on*: selection leaves them out (so export does too), while
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from deepdistill_tui.core.difficulty.stats import Responses
+from deepdistill_tui.core.difficulty.responses import Responses
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.pipeline.events import Emit, PerplexityProgress, PerplexityStarted
 from deepdistill_tui.core.recipe import QualityFilters, Recipe

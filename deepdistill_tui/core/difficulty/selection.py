@@ -1,4 +1,4 @@
-"""Selection (PAPER.md section 5): Algorithm 1 (Stage I) and annealing (Stage II) into SQLite.
+"""Selection (docs/PAPER.md section 5): Algorithm 1 (Stage I) and annealing (Stage II) into SQLite.
 
 Stage I, per training query, over the training teacher's graded responses:
   1. no response passes its category's threshold            -> drop        ("no_pass")
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from deepdistill_tui.core.difficulty.quality import Exclusions, exclusions
-from deepdistill_tui.core.difficulty.stats import (
+from deepdistill_tui.core.difficulty.responses import (
     QueryScores,
     Responses,
     category_values,

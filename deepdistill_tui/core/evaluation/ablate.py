@@ -1,4 +1,4 @@
-"""`ablate`: the paper's two findings measured on the user's own query pool (PAPER.md sections 5-6).
+"""`ablate`: the paper's two findings measured on the user's own query pool (docs/PAPER.md sections 5-6).
 
 Arms, each through the normal stages (a stored selection, ``train``, ``evaluate``):
 
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from deepdistill_tui.core.difficulty.quality import exclusions
+from deepdistill_tui.core.difficulty.responses import Responses, thresholds_of
 from deepdistill_tui.core.difficulty.selection import (
     Selection,
     rule_of,
@@ -33,17 +34,11 @@ from deepdistill_tui.core.difficulty.selection import (
     stage_one,
     training_responses,
 )
-from deepdistill_tui.core.difficulty.stats import Responses, thresholds_of
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
+from deepdistill_tui.core.evaluation.intervals import Interval
+from deepdistill_tui.core.pipeline.context import RunContext
 from deepdistill_tui.core.pipeline.events import AblateArm
-from deepdistill_tui.core.pipeline.runner import (
-    EvalParams,
-    RunContext,
-    StageContext,
-    TrainParams,
-    run_pipeline,
-    run_stage,
-)
+from deepdistill_tui.core.pipeline.params import EvalParams, TrainParams
 from deepdistill_tui.core.recipe import Recipe
 from deepdistill_tui.core.store.database import Store
 
@@ -154,8 +149,7 @@ def arm_recipe(recipe: Recipe, arm: str) -> Recipe:
 def ablate(store: Store, recipe: Recipe, arms: list[str], run: RunContext) -> list[dict[str, Any]]:
     """Sample and grade what is missing, then train and evaluate each arm not yet done, each through
     the normal stages; the table of finished arms."""
-    ctx = StageContext(run.emit, run.stop)
-    run_pipeline(store, recipe, ["ingest", "sample", "grade"], ctx=ctx)
+    run.pipeline(recipe, ["ingest", "sample", "grade"])
     pool = load_pool(store, recipe)
     if not pool.cv.members:
         raise DeepDistillError(f"recipe {recipe.name}: the cv selection keeps no response; nothing to "
@@ -169,15 +163,15 @@ def ablate(store: Store, recipe: Recipe, arms: list[str], run: RunContext) -> li
             run.emit(AblateArm(arm, "skipped"))
             continue
         run.emit(AblateArm(arm, "started"))
-        row = _run_arm(store, recipe, pool, arm, fingerprint, ctx)
+        row = _run_arm(store, recipe, pool, arm, fingerprint, run)
         run.emit(AblateArm(arm, "finished", row))
     return ablation_table(store, recipe, arms)
 
 
 def _run_arm(store: Store, recipe: Recipe, pool: Pool, arm: str, fingerprint: str,
-             ctx: StageContext) -> dict[str, Any]:
+             run: RunContext) -> dict[str, Any]:
     if arm == "base":
-        run_stage(store, "eval", recipe, EvalParams("base"), ctx)
+        run.stage("eval", recipe, EvalParams("base"))
         return _save_arm(store, recipe, arm, None, None, fingerprint,
                          {"arm": arm, "responses": 0, "tokens": 0, "steps": 0, "final_loss": None,
                           "learning_rate": None, "model": "base"})
@@ -186,8 +180,8 @@ def _run_arm(store: Store, recipe: Recipe, pool: Pool, arm: str, fingerprint: st
     if state.get("selection") != sel.name or state.get("pool") != fingerprint:
         save_selections(store, [sel])  # a resumed arm keeps the selection its checkpoints trained on
         _save_arm(store, recipe, arm, sel.name, None, fingerprint, None)
-    run_id, s = _trained(store, recipe, arm, sel.name, state, fingerprint, ctx)
-    run_stage(store, "eval", recipe, EvalParams(run_id), ctx)
+    run_id, s = _trained(store, recipe, arm, sel.name, state, fingerprint, run)
+    run.stage("eval", recipe, EvalParams(run_id))
     return _save_arm(store, recipe, arm, sel.name, run_id, fingerprint,
                      {"arm": arm, "responses": len(sel.members), "tokens": sel.counts["tokens"],
                       "steps": s.get("steps"), "final_loss": s.get("last_loss"),
@@ -195,12 +189,12 @@ def _run_arm(store: Store, recipe: Recipe, pool: Pool, arm: str, fingerprint: st
 
 
 def _trained(store: Store, recipe: Recipe, arm: str, selection: str, state: dict[str, Any],
-             fingerprint: str, ctx: StageContext) -> tuple[str, dict[str, Any]]:
+             fingerprint: str, run: RunContext) -> tuple[str, dict[str, Any]]:
     """The arm's finished training run and its summary: trained now, or earlier from this pool."""
     earlier = store.run(state["train_run"]) if state.get("train_run") else None
     if earlier and earlier["status"] == "ok" and state.get("pool") == fingerprint:
         return str(earlier["run_id"]), earlier["result"] or {}
-    trained = run_stage(store, "train", arm_recipe(recipe, arm), TrainParams(selection=selection), ctx)
+    trained = run.stage("train", arm_recipe(recipe, arm), TrainParams(selection=selection))
     run_id = str(trained.run_id)
     _save_arm(store, recipe, arm, selection, run_id, fingerprint, None)
     return run_id, trained.summary
@@ -285,23 +279,18 @@ def contrasts(store: Store, recipe: Recipe, rows: list[dict[str, Any]]) -> list[
 # ---------------------------------------------------------------- the report
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
 def table_cells(r: dict[str, Any]) -> list[str]:
     """One arm's row as text: arm, responses, tokens, steps, final loss, pass@1 [CI], delta [CI]."""
     d = r.get("delta_vs_base") or {}
-    delta = (f"{100 * d['delta']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
-             if d.get("problems") else "-")
+    delta = Interval.of_difference(d).points() if d.get("problems") else "-"
     loss = f"{r['final_loss']:.4f}" if r.get("final_loss") is not None else "-"
     return [r["arm"], str(r["responses"]), str(r["tokens"]), str(r["steps"]), loss,
-            f"{_pct(r['pass_at_1'])}% [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]", delta]
+            Interval.of_rate(r).rate(), delta]
 
 
 def contrast_text(c: dict[str, Any]) -> str:
-    return (f"{c['arm']} vs {c['against']}: {100 * c['delta']:+.1f} points "
-            f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}], {c['verdict'].split(' (')[0]}")
+    return (f"{c['arm']} vs {c['against']}: {Interval.of_difference(c).points()} points, "
+            f"{c['verdict'].split(' (')[0]}")
 
 
 def markdown_report(recipe: Recipe, rows: list[dict[str, Any]], command: str,

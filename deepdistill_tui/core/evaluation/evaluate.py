@@ -1,6 +1,6 @@
 """Evaluation: pass@1 of the student, base or trained, on the held-out split, with error bars.
 
-pass@1 is averaged over k samples per problem (PAPER.md section 7): for each eval query the student
+pass@1 is averaged over k samples per problem (docs/PAPER.md section 7): for each eval query the student
 answers k times (temperature and top-p from the recipe's eval section), the same graders as for teacher
 answers score each answer, and a query's pass@1 is its share of passing answers.
 

@@ -8,7 +8,9 @@ variance that an unpaired comparison would count twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +48,29 @@ def significance(low: float, high: float, than: str = "the base") -> str:
     return f"no significant difference from {than} (the 95% interval of the difference includes zero)"
 
 
-def format_points(delta: float, low: float, high: float) -> str:
-    """A difference of pass@1 and its interval in points: "+40.1 [+32.4, +47.3]"."""
-    return f"{100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its 95% interval, as a fraction: pass@1, or a difference of two pass@1s.
+
+    The one way every face prints one: a rate as ``62.3% [55.6, 68.6]``, a difference in points as
+    ``+40.1 [+32.4, +47.3]``, so that the CLI, the app and the ablation report read the same."""
+
+    estimate: float
+    low: float
+    high: float
+
+    @classmethod
+    def of_rate(cls, row: Mapping[str, Any]) -> Interval:
+        """From a result's ``pass_at_1``, ``ci_low`` and ``ci_high`` (an ``evals`` row, ``eval --json``)."""
+        return cls(row["pass_at_1"], row["ci_low"], row["ci_high"])
+
+    @classmethod
+    def of_difference(cls, row: Mapping[str, Any]) -> Interval:
+        """From a comparison's ``delta``, ``ci_low`` and ``ci_high``."""
+        return cls(row["delta"], row["ci_low"], row["ci_high"])
+
+    def rate(self) -> str:
+        return f"{100 * self.estimate:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}]"
+
+    def points(self) -> str:
+        return f"{100 * self.estimate:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"

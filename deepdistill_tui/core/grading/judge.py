@@ -1,4 +1,4 @@
-"""The LLM judge for what code cannot check exactly (science and other, PAPER.md section 3), and the
+"""The LLM judge for what code cannot check exactly (science and other, docs/PAPER.md section 3), and the
 format filter that applies to every response."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Grading (PAPER.md section 3): a verify_score for every response, by category.
+"""Grading (docs/PAPER.md section 3): a verify_score for every response, by category.
 
 math: Math-Verify in killable worker processes; code: the bubblewrap sandbox; if: constraint checks;
 science and other: an LLM judge through any teacher backend. Every response first passes the repetition
@@ -221,7 +221,7 @@ def _grade_store(store: Store, recipe: Recipe, *, emit: Emit, stop: threading.Ev
 def _score_training_teacher(store: Store, recipe: Recipe, emit: Emit,
                             stop: threading.Event | None) -> dict[str, Any]:
     from deepdistill_tui.core.difficulty.quality import score_perplexity
-    from deepdistill_tui.core.difficulty.stats import resolve_teachers
+    from deepdistill_tui.core.difficulty.responses import resolve_teachers
 
     name = recipe.selection.training_teacher
     tid = resolve_teachers(store, [name]).get(name)

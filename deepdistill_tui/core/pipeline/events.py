@@ -2,8 +2,10 @@
 
 Every long stage reports through an ``Emit`` callable. The CLI turns events into progress bars and
 lines, the app into widget updates, the training subprocess into JSON lines on its stdout (and its
-launcher back into events with ``from_json``). An event's ``kind`` names it on the wire; a face
-dispatches on the class (``isinstance`` or ``match``), never on strings.
+launcher back into events with ``from_json``). An event's ``kind`` names it on the wire; its
+``topic()`` says which part of the pipeline it belongs to (the app routes it to that tab by it), and
+``high_rate`` marks the progress events a face may thin to the newest. A face renders by the class
+(``match``), never by strings.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from typing import Any, ClassVar, TypeVar
 @dataclass(frozen=True)
 class Event:
     kind: ClassVar[str] = "event"
+    area: ClassVar[str] = "run"
+    """The part of the pipeline: run (any stage), download, sample, grade, train or eval."""
+    high_rate: ClassVar[bool] = False
+    """Sent many times a second: a face may keep only the newest of a kind."""
+
+    def topic(self) -> str:
+        return self.area
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": self.kind, **dataclasses.asdict(self)}
@@ -37,9 +46,9 @@ _KINDS: dict[str, type[Event]] = {}
 E = TypeVar("E", bound=type[Event])
 
 
-def _kind(name: str) -> Callable[[E], E]:
+def _kind(name: str, area: str = "run", high_rate: bool = False) -> Callable[[E], E]:
     def register(cls: E) -> E:
-        cls.kind = name
+        cls.kind, cls.area, cls.high_rate = name, area, high_rate
         _KINDS[name] = cls
         return cls
 
@@ -113,11 +122,14 @@ class Waiting(Event):
     stage: str
     message: str
 
+    def topic(self) -> str:
+        return self.stage  # the tab of the stage that waits
+
 
 # ---------------------------------------------------------------- models
 
 
-@_kind("download_progress")
+@_kind("download_progress", "download", high_rate=True)
 @dataclass(frozen=True)
 class DownloadProgress(Event):
     """A model file (or a student's weights) coming from the Hub."""
@@ -140,7 +152,7 @@ class DownloadProgress(Event):
 # ---------------------------------------------------------------- sampling
 
 
-@_kind("sample_started")
+@_kind("sample_started", "sample")
 @dataclass(frozen=True)
 class SampleStarted(Event):
     teacher: str
@@ -148,7 +160,7 @@ class SampleStarted(Event):
     passes_total: int
 
 
-@_kind("sample_progress")
+@_kind("sample_progress", "sample", high_rate=True)
 @dataclass(frozen=True)
 class SampleProgress(Event):
     teacher: str
@@ -165,7 +177,7 @@ class SampleProgress(Event):
         return f" · {self.in_flight} sequences in flight" if self.in_flight else ""
 
 
-@_kind("sample_failed")
+@_kind("sample_failed", "sample")
 @dataclass(frozen=True)
 class SampleFailed(Event):
     teacher: str
@@ -175,13 +187,13 @@ class SampleFailed(Event):
 # ---------------------------------------------------------------- grading
 
 
-@_kind("grade_started")
+@_kind("grade_started", "grade")
 @dataclass(frozen=True)
 class GradeStarted(Event):
     total: int
 
 
-@_kind("grade_progress")
+@_kind("grade_progress", "grade", high_rate=True)
 @dataclass(frozen=True)
 class GradeProgress(Event):
     done: int
@@ -191,14 +203,14 @@ class GradeProgress(Event):
     per_s: float | None = None
 
 
-@_kind("perplexity_started")
+@_kind("perplexity_started", "grade")
 @dataclass(frozen=True)
 class PerplexityStarted(Event):
     total: int
     model: str
 
 
-@_kind("perplexity_progress")
+@_kind("perplexity_progress", "grade", high_rate=True)
 @dataclass(frozen=True)
 class PerplexityProgress(Event):
     done: int
@@ -208,7 +220,7 @@ class PerplexityProgress(Event):
 # ---------------------------------------------------------------- training
 
 
-@_kind("train_run")
+@_kind("train_run", "train")
 @dataclass(frozen=True)
 class TrainRun(Event):
     run_id: str
@@ -216,7 +228,7 @@ class TrainRun(Event):
     resumed: bool = False
 
 
-@_kind("train_started")
+@_kind("train_started", "train")
 @dataclass(frozen=True)
 class TrainStarted(Event):
     backend: str
@@ -230,7 +242,7 @@ class TrainStarted(Event):
     dtype: str = ""
 
 
-@_kind("train_notice")
+@_kind("train_notice", "train")
 @dataclass(frozen=True)
 class TrainNotice(Event):
     """One line the run's user must see: a backend that gave way to another, and why."""
@@ -238,7 +250,7 @@ class TrainNotice(Event):
     message: str
 
 
-@_kind("train_step")
+@_kind("train_step", "train", high_rate=True)
 @dataclass(frozen=True)
 class TrainStep(Event):
     step: int
@@ -250,26 +262,26 @@ class TrainStep(Event):
     eta_s: float | None = None
 
 
-@_kind("train_checkpoint")
+@_kind("train_checkpoint", "train")
 @dataclass(frozen=True)
 class TrainCheckpoint(Event):
     step: int
 
 
-@_kind("train_exported")
+@_kind("train_exported", "train")
 @dataclass(frozen=True)
 class TrainExported(Event):
     merged: str
     gguf: str | None = None
 
 
-@_kind("train_finished")
+@_kind("train_finished", "train")
 @dataclass(frozen=True)
 class TrainFinished(Event):
     summary: dict[str, Any]
 
 
-@_kind("train_failed")
+@_kind("train_failed", "train")
 @dataclass(frozen=True)
 class TrainFailed(Event):
     error: str
@@ -278,7 +290,7 @@ class TrainFailed(Event):
 # ---------------------------------------------------------------- evaluation and ablation
 
 
-@_kind("eval_progress")
+@_kind("eval_progress", "eval", high_rate=True)
 @dataclass(frozen=True)
 class EvalProgress(Event):
     model: str
@@ -286,7 +298,7 @@ class EvalProgress(Event):
     total: int
 
 
-@_kind("eval_fallback")
+@_kind("eval_fallback", "eval")
 @dataclass(frozen=True)
 class EvalFallback(Event):
     model: str
@@ -301,6 +313,3 @@ class AblateArm(Event):
     """started, skipped (already done) or finished."""
     row: dict[str, Any] | None = None
 
-
-PROGRESS = (SampleProgress, GradeProgress, PerplexityProgress, EvalProgress, TrainStep, DownloadProgress)
-"""High-rate events: a face may keep only the newest of a kind."""

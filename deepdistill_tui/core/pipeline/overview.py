@@ -93,7 +93,8 @@ def suggest_next(store: Store, recipe: Recipe, ov: Overview) -> tuple[str, str]:
 
 def _work_left(store: Store, recipe: Recipe) -> tuple[int, int]:
     """(passes not yet sampled, responses without a grade) over the teachers the recipe samples."""
-    from deepdistill_tui.core.difficulty.stats import missing_counts, resolve_teachers
+    from deepdistill_tui.core.difficulty.responses import resolve_teachers
+    from deepdistill_tui.core.difficulty.stats import missing_counts
 
     names = [t.name for t in recipe.sampled_teachers()]
     ids = resolve_teachers(store, names)
@@ -115,7 +116,7 @@ def _latest_training(store: Store, recipe: Recipe) -> dict[str, Any] | None:
 
 def _after_training(store: Store, recipe: Recipe, run_id: str) -> tuple[str, str]:
     from deepdistill_tui.core.evaluation.evaluate import comparison
-    from deepdistill_tui.core.evaluation.intervals import format_points
+    from deepdistill_tui.core.evaluation.intervals import Interval
 
     rows = {r["model"]: r for r in comparison(store, recipe)}
     if "base" not in rows or run_id not in rows:
@@ -123,6 +124,6 @@ def _after_training(store: Store, recipe: Recipe, run_id: str) -> tuple[str, str
     d = rows[run_id].get("delta_vs_base") or {}
     if not d.get("problems"):
         return "eval", f"Evaluate the trained student (run {run_id}) against its base."
-    gain = format_points(d["delta"], d["ci_low"], d["ci_high"])
+    gain = Interval.of_difference(d).points()
     return "done", (f"Done: the student gained {gain} points of pass@1. Next: compare the paper's arms"
                     " (ablate), export the selection, or scale out (cluster-export).")

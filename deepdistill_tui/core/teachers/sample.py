@@ -1,4 +1,4 @@
-"""Teacher sampling (PAPER.md section 2): every training query answered N times by each teacher.
+"""Teacher sampling (docs/PAPER.md section 2): every training query answered N times by each teacher.
 
 Work is defined by what is missing in the store: for each (query, teacher) the passes not yet stored.
 A query's new passes are written in one transaction once all of them are generated, so a kill at any

@@ -1,4 +1,4 @@
-"""The training subprocess: SFT of the student (PAPER.md section 6) with TRL's SFTTrainer.
+"""The training subprocess: SFT of the student (docs/PAPER.md section 6) with TRL's SFTTrainer.
 
     python -m deepdistill_tui.core.train RUN_DIR [--smoke] [--engine deepspeed|fsdp|ddp]
 

@@ -215,7 +215,7 @@ def test_a_cluster_shard_samples_through_the_endpoint_given_on_the_command_line(
     from deepdistill_tui.core.teachers.sample import teacher_identity
 
     moved = openai_recipe("http://10.0.0.7:8001/v1").teacher("served")
-    assert teacher_identity(moved, None)[0] == shard_teacher
+    assert teacher_identity(moved, None).teacher_id == shard_teacher
 
 
 def test_endpoint_down_fails_that_teacher_and_others_go_on(ingested: Store) -> None:

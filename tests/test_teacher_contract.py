@@ -98,7 +98,7 @@ def test_teacher_ids_are_those_of_stores_made_before_the_union(tmp_path: Path) -
     or every existing store would sample its teachers again (values from the commit before)."""
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"GGUF" + bytes(range(256)))
-    got = {t.name: teacher_identity(t, fake if t.backend == "llama_cpp" else None)[0]
+    got = {t.name: teacher_identity(t, fake if t.backend == "llama_cpp" else None).teacher_id
            for name in ("tiny", "full-32b") for t in load_recipe(name).teachers}
     assert got == {"smollm2-135m": "smollm2-135m-d064bd2f533a", "gemma3-270m": "gemma3-270m-d064bd2f533a",
                    "smollm2-judge": "smollm2-judge-61898aa5cbce", "1.5b": "1.5b-e967d0a5b8c1",

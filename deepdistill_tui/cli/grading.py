@@ -9,14 +9,16 @@ from deepdistill_tui.cli.common import console_for, load_recipe_arg, print_json,
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.grading.stage import GradeResult
     from deepdistill_tui.core.pipeline.params import GradeParams
 
-    result = run_command(args, "grade", GradeParams(args.workers)).summary
+    done = run_command(args, "grade", GradeParams(args.workers))
     if args.json:
-        print_json(result)
+        print_json(done.summary)
     else:
-        rows = [("graded", result["graded"]), ("passed", result["passed"])]
-        rows += [(f"  {k}", v) for k, v in sorted(result["by_status"].items())]
+        result = done.typed(GradeResult)
+        rows = [("graded", result.graded), ("passed", result.passed)]
+        rows += [(f"  {k}", v) for k, v in sorted(result.by_status.items())]
         console_for().print(report_table("Grading", rows))
     return 0
 

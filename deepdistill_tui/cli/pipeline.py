@@ -72,23 +72,24 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from deepdistill_tui.cli.common import run_command
-    from deepdistill_tui.core.evaluation.ablate import markdown_report, parse_arms
+    from deepdistill_tui.core.evaluation.ablate import AblateResult, markdown_report, parse_arms
     from deepdistill_tui.core.pipeline.params import AblateParams
 
     recipe = load_recipe_arg(args)
     arms = tuple(parse_arms(args.arms))
-    summary = run_command(args, "ablate", AblateParams(arms), recipe=recipe, stage_lines=True).summary
-    rows: list[dict[str, Any]] = summary["arms"]
+    done = run_command(args, "ablate", AblateParams(arms), recipe=recipe, stage_lines=True)
+    result = done.typed(AblateResult)
+    rows = result.arms
     if args.report:
         from pathlib import Path
 
         arms_flag = f" --arms {args.arms}" if args.arms else ""
         command = f"deepdistill-tui ablate --recipe {recipe.name}{arms_flag}"
-        Path(args.report).write_text(markdown_report(recipe, rows, command, summary["contrasts"]))
+        Path(args.report).write_text(markdown_report(recipe, rows, command, result.contrasts))
     if args.json:
         print_json(rows)
     else:
-        print_ablation(console_for(), rows, summary["contrasts"])
+        print_ablation(console_for(), rows, result.contrasts)
     return 0
 
 

@@ -70,18 +70,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.difficulty.selection import SelectResult
     from deepdistill_tui.core.pipeline.params import SelectParams
 
-    result = run_command(args, "select", SelectParams(args.name)).summary["selections"]
+    done = run_command(args, "select", SelectParams(args.name))
     if args.json:
-        print_json(result)
+        print_json(done.summary["selections"])
         return 0
     console = console_for()
-    for r in result:
-        rows: list[tuple[str, Any]] = [(f"queries: {b}", n) for b, n in r["counts"]["queries"].items()]
-        rows += [("responses kept", r["members"]), ("tokens (approx.)", r["tokens"])]
-        rows += [(f"  {c}", n) for c, n in sorted(r["counts"]["by_category"].items())]
-        console.print(report_table(f"Selection {r['name']}", rows))
+    for sel in done.typed(SelectResult).selections:
+        rows: list[tuple[str, Any]] = [(f"queries: {b}", n) for b, n in sel.counts["queries"].items()]
+        rows += [("responses kept", len(sel.members)), ("tokens (approx.)", sel.n_tokens)]
+        rows += [(f"  {c}", n) for c, n in sorted(sel.counts["by_category"].items())]
+        console.print(report_table(f"Selection {sel.name}", rows))
     return 0
 
 
@@ -105,8 +106,10 @@ def cmd_selections(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.difficulty.export import ExportResult
     from deepdistill_tui.core.pipeline.params import ExportParams
 
-    n = run_command(args, "export", ExportParams(args.selection, args.format, args.out)).summary["records"]
-    print(f"wrote {n} records to {args.out} ({args.format})")
+    done = run_command(args, "export", ExportParams(args.selection, args.format, args.out))
+    result = done.typed(ExportResult)
+    print(f"wrote {result.records} records to {result.path} ({result.format})")
     return 0

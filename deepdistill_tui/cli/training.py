@@ -10,14 +10,17 @@ from deepdistill_tui.cli.common import console_for, print_json, report_table, ru
 
 def cmd_train(args: argparse.Namespace) -> int:
     from deepdistill_tui.core.pipeline.params import TrainParams
+    from deepdistill_tui.core.train import TrainResult
 
-    result = run_command(args, "train", TrainParams(args.selection, args.fresh)).summary
+    done = run_command(args, "train", TrainParams(args.selection, args.fresh))
     if args.json:
-        print_json(result)
+        print_json(done.summary)
     else:
-        console_for().print(report_table("Training", [(k, result[k]) for k in (
-            "run_id", "backend", "model_loaded", "steps", "first_loss", "last_loss", "output", "merged",
-            "gguf") if k in result]))
+        result = done.typed(TrainResult)
+        rows = [("run_id", result.run_id)] + [(k, result.worker[k]) for k in (
+            "backend", "model_loaded", "steps", "first_loss", "last_loss", "output", "merged", "gguf")
+            if k in result.worker]
+        console_for().print(report_table("Training", rows))
     return 0
 
 
@@ -68,9 +71,10 @@ def _delta(d: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from deepdistill_tui.core.evaluation.evaluate import EvalResult
     from deepdistill_tui.core.pipeline.params import EvalParams
 
-    rows = run_command(args, "eval", EvalParams(args.model)).summary["evals"]
+    rows = run_command(args, "eval", EvalParams(args.model)).typed(EvalResult).evals
     if args.json:
         print_json(rows)
     else:

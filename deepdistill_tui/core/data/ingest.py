@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepdistill_tui.core.data.am_import import ImportReport
 from deepdistill_tui.core.data.dedup import Contamination, near_duplicates
 from deepdistill_tui.core.data.readers import iter_source
 from deepdistill_tui.core.data.text import (
@@ -26,6 +27,7 @@ from deepdistill_tui.core.data.text import (
     unusual_unicode_ratio,
 )
 from deepdistill_tui.core.errors import InputError
+from deepdistill_tui.core.pipeline.context import Result
 from deepdistill_tui.core.recipe import CATEGORIES, DataConfig, Source, resolve_data_path
 from deepdistill_tui.core.store.database import Store
 
@@ -46,6 +48,22 @@ class Query:
     constraints: str | None
     source: str | None
     norm: str = field(repr=False, default="")
+
+
+@dataclass(frozen=True)
+class IngestResult(Result):
+    """The ingest stage: queries read from the recipe's sources, and released responses imported."""
+
+    ingest: IngestReport | None = None
+    import_am: ImportReport | None = None
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.ingest is not None:
+            out["ingest"] = self.ingest.as_dict()
+        if self.import_am is not None:
+            out["import_am"] = self.import_am.as_dict()
+        return out
 
 
 @dataclass

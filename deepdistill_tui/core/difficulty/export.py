@@ -13,11 +13,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deepdistill_tui.core.difficulty.stats import per_query
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.pipeline.context import Result
 from deepdistill_tui.core.recipe import Recipe
 from deepdistill_tui.core.store.database import Store
 
@@ -112,6 +114,18 @@ MARKER = ".deepdistill-export"
 """Beside a jsonl or parquet export (``.NAME.deepdistill-export``) or inside an hf folder: the sha256
 of what the export wrote, so that a later export may replace its own output and nothing else."""
 TMP_TAG = ".ddt-export-tmp-"
+
+
+@dataclass(frozen=True)
+class ExportResult(Result):
+    records: int
+    selection: str
+    format: str
+    path: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"records": self.records, "selection": self.selection, "format": self.format,
+                "path": self.path}
 
 
 def export(store: Store, recipe: Recipe, selection: str, fmt: str, out: str | Path) -> int:

@@ -36,6 +36,7 @@ from deepdistill_tui.core.difficulty.responses import (
     thresholds_of,
 )
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.pipeline.context import Result
 from deepdistill_tui.core.recipe import CATEGORIES, Recipe
 from deepdistill_tui.core.store.database import Store
 
@@ -192,6 +193,15 @@ def run_selection(store: Store, recipe: Recipe, name: str) -> list[Selection]:
     out = compute_selection(store, recipe, name)
     save_selections(store, out)
     return out
+
+
+@dataclass(frozen=True)
+class SelectResult(Result):
+    selections: list[Selection]
+    """Stage I, then Stage II when the recipe enables it."""
+
+    def summary(self) -> dict[str, Any]:
+        return {"selections": [summary(s) for s in self.selections]}
 
 
 def summary(sel: Selection) -> dict[str, Any]:

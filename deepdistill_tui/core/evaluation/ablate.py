@@ -36,7 +36,7 @@ from deepdistill_tui.core.difficulty.selection import (
 )
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
 from deepdistill_tui.core.evaluation.intervals import Interval
-from deepdistill_tui.core.pipeline.context import RunContext
+from deepdistill_tui.core.pipeline.context import Result, RunContext
 from deepdistill_tui.core.pipeline.events import AblateArm
 from deepdistill_tui.core.pipeline.params import EvalParams, TrainParams
 from deepdistill_tui.core.recipe import Recipe
@@ -146,6 +146,16 @@ def arm_recipe(recipe: Recipe, arm: str) -> Recipe:
 # ---------------------------------------------------------------- the command
 
 
+@dataclass(frozen=True)
+class AblateResult(Result):
+    arms: list[dict[str, Any]]
+    """The finished arms in ARMS order (the ablation table's rows)."""
+    contrasts: list[dict[str, Any]]
+
+    def summary(self) -> dict[str, Any]:
+        return {"arms": self.arms, "contrasts": self.contrasts}
+
+
 def ablate(store: Store, recipe: Recipe, arms: list[str], run: RunContext) -> list[dict[str, Any]]:
     """Sample and grade what is missing, then train and evaluate each arm not yet done, each through
     the normal stages; the table of finished arms."""
@@ -197,7 +207,7 @@ def _trained(store: Store, recipe: Recipe, arm: str, selection: str, state: dict
     trained = run.stage("train", arm_recipe(recipe, arm), TrainParams(selection=selection))
     run_id = str(trained.run_id)
     _save_arm(store, recipe, arm, selection, run_id, fingerprint, None)
-    return run_id, trained.summary
+    return run_id, trained.summary  # the same keys as an earlier run's stored result
 
 
 def _arm_state(store: Store, recipe: Recipe, arm: str) -> dict[str, Any]:

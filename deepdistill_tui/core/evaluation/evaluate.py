@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from deepdistill_tui.core.data.text import split_response
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
@@ -29,9 +29,20 @@ from deepdistill_tui.core.evaluation.intervals import bootstrap_interval, paired
 from deepdistill_tui.core.grading.base import Item
 from deepdistill_tui.core.grading.registry import GRADERS
 from deepdistill_tui.core.grading.stage import NOT_GRADED, Grader, kinds_of
+from deepdistill_tui.core.pipeline.context import Result
 from deepdistill_tui.core.pipeline.events import Emit, EvalFallback, EvalProgress, noop
 from deepdistill_tui.core.recipe import LlamaCppTeacher, ModelRef, Recipe, SamplingParams
 from deepdistill_tui.core.store.database import Store
+
+
+class Query(NamedTuple):
+    """One held-out problem as evaluation reads it."""
+
+    query_id: str
+    category: str
+    question: str
+    ground_truth: str | None
+    test_cases: str | None
 
 
 def exact_categories(recipe: Recipe) -> list[str]:
@@ -40,7 +51,7 @@ def exact_categories(recipe: Recipe) -> list[str]:
     return [cat for cat, kind in kinds_of(recipe.grading).items() if not GRADERS[kind].needs_model]
 
 
-def eval_queries(store: Store, recipe: Recipe) -> list[tuple[str, str, str, str | None, str | None]]:
+def eval_queries(store: Store, recipe: Recipe) -> list[Query]:
     cats = exact_categories(recipe)
     rows = store.conn.execute(
         "SELECT query_id, category, question, ground_truth, test_cases FROM queries"
@@ -50,7 +61,7 @@ def eval_queries(store: Store, recipe: Recipe) -> list[tuple[str, str, str, str 
     if not rows:
         raise DeepDistillError(f"no {' or '.join(cats) or 'exactly graded'} queries in split "
                                f"{recipe.eval.split!r} to evaluate on")
-    return rows
+    return [Query(*row) for row in rows]
 
 
 def load_student(recipe: Recipe, adapter: str | None) -> tuple[Any, Any]:
@@ -136,6 +147,17 @@ def student_model(store: Store, recipe: Recipe, name: str, emit: Emit | None = N
                         f"training run {name} exported no GGUF file (set training.gguf)")
 
 
+@dataclass(frozen=True)
+class EvalResult(Result):
+    evaluated: list[dict[str, Any]]
+    """The models this run evaluated, each as ``evaluate`` returned it."""
+    evals: list[dict[str, Any]]
+    """Every stored evaluation of the recipe, compared with the base (the rows ``eval --json`` prints)."""
+
+    def summary(self) -> dict[str, Any]:
+        return {"evaluated": self.evaluated, "evals": self.evals}
+
+
 def student_teacher(recipe: Recipe, model: StudentModel) -> LlamaCppTeacher:
     """The student as a teacher: chat template, no system prompt (as it was trained), eval sampling."""
     e = recipe.eval
@@ -143,9 +165,6 @@ def student_teacher(recipe: Recipe, model: StudentModel) -> LlamaCppTeacher:
                    template="chat", system_prompt="", n_ctx=e.max_tokens + 1024,
                    sampling=SamplingParams(temperature=e.temperature, top_p=e.top_p,
                                            max_tokens=e.max_tokens, seed=recipe.seed))
-
-
-Query = tuple[str, str, str, str | None, str | None]
 
 
 def sampler_answers(recipe: Recipe, model: StudentModel, queries: list[Query], emit: Emit,
@@ -159,12 +178,13 @@ def sampler_answers(recipe: Recipe, model: StudentModel, queries: list[Query], e
     k = recipe.eval.k
     backend, _ = open_backend(student_teacher(recipe, model), passes=k)
     answers: dict[str, list[str]] = {}
-    requests = (Request(q, q[2], [pass_seed(recipe.seed, q[0], i) for i in range(k)]) for q in queries
-                if stop is None or not stop.is_set())
+    requests = (Request(q, q.question, [pass_seed(recipe.seed, q.query_id, i) for i in range(k)])
+                for q in queries if stop is None or not stop.is_set())
     stream = backend.generate_many(requests)
     try:
         for req, outs in stream:
-            answers[req.key[0]] = [""] * k if isinstance(outs, PromptTooLong) else [c.text for c in outs]
+            texts = [""] * k if isinstance(outs, PromptTooLong) else [c.text for c in outs]
+            answers[req.key.query_id] = texts
             emit(EvalProgress(model.name, len(answers), len(queries)))
     finally:
         stream.close()
@@ -185,8 +205,8 @@ def transformers_answers(recipe: Recipe, model: StudentModel, queries: list[Quer
         if stop is not None and stop.is_set():
             raise StageStopped(f"evaluation of {model.name} stopped; nothing was stored")
         batch = queries[first : first + GEN_BATCH]
-        for q, texts in zip(batch, generate(hf_model, tok, [q[2] for q in batch], recipe), strict=True):
-            answers[q[0]] = texts
+        for q, texts in zip(batch, generate(hf_model, tok, [q.question for q in batch], recipe), strict=True):
+            answers[q.query_id] = texts
         emit(EvalProgress(model.name, first + len(batch), len(queries)))
     return answers
 

@@ -28,6 +28,7 @@ from deepdistill_tui.core.grading.code_grader import code_tests
 from deepdistill_tui.core.grading.judge import format_problem
 from deepdistill_tui.core.grading.registry import FALLBACK, GRADERS
 from deepdistill_tui.core.grading.sandbox.host import Limits
+from deepdistill_tui.core.pipeline.context import Result
 from deepdistill_tui.core.pipeline.events import Emit, GradeProgress, GradeStarted, Waiting, noop
 from deepdistill_tui.core.recipe import CATEGORIES, GradingConfig, Recipe
 from deepdistill_tui.core.store.database import Store, lock_held, stage_lock
@@ -176,8 +177,23 @@ def judge_factory(recipe: Recipe) -> Callable[[], Backend] | None:
     return make
 
 
+@dataclass(frozen=True)
+class GradeResult(Result):
+    graded: int
+    passed: int
+    by_status: dict[str, int]
+    seconds: float
+    perplexity: dict[str, Any] | None = None
+    """The perplexity filter's scoring of the training teacher, when the recipe asks for it."""
+
+    def summary(self) -> dict[str, Any]:
+        out = {"graded": self.graded, "passed": self.passed, "by_status": self.by_status,
+               "seconds": self.seconds}
+        return out if self.perplexity is None else {**out, "perplexity": self.perplexity}
+
+
 def grade_store(store: Store, recipe: Recipe, *, emit: Emit,
-                stop: threading.Event | None = None, workers: int | None = None) -> dict[str, Any]:
+                stop: threading.Event | None = None, workers: int | None = None) -> GradeResult:
     """Grade every ungraded sample; results land in transactions of CHUNK grades. One grader per store
     at a time: a second one waits, then grades what the first left (nothing is graded twice)."""
     with stage_lock(store.path, "grader",
@@ -186,7 +202,7 @@ def grade_store(store: Store, recipe: Recipe, *, emit: Emit,
 
 
 def _grade_store(store: Store, recipe: Recipe, *, emit: Emit, stop: threading.Event | None,
-                 workers: int | None) -> dict[str, Any]:
+                 workers: int | None) -> GradeResult:
     items = ungraded(store)
     if workers is None and sampler_running(store.path):
         workers = 1
@@ -211,11 +227,11 @@ def _grade_store(store: Store, recipe: Recipe, *, emit: Emit, stop: threading.Ev
             elapsed = time.perf_counter() - start
             emit(GradeProgress(done, len(items), passed, dict(statuses),
                                done / elapsed if elapsed else 0.0))
-    result = {"graded": done, "passed": passed, "by_status": dict(statuses),
-              "seconds": round(time.perf_counter() - start, 2)}
+    seconds = round(time.perf_counter() - start, 2)
+    perplexity = None
     if recipe.selection.quality.perplexity_model and recipe.selection.quality.max_perplexity:
-        result["perplexity"] = _score_training_teacher(store, recipe, emit, stop)
-    return result
+        perplexity = _score_training_teacher(store, recipe, emit, stop)
+    return GradeResult(done, passed, dict(statuses), seconds, perplexity)
 
 
 def _score_training_teacher(store: Store, recipe: Recipe, emit: Emit,

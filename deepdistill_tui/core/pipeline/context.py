@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from deepdistill_tui.core.pipeline.events import Emit
 from deepdistill_tui.core.recipe import Recipe
@@ -48,9 +49,29 @@ class RunContext:
         return {name: self.children(name, recipe, None, True) for name in names}
 
 
+class Result(ABC):
+    """A stage's typed result: the faces read its fields. ``summary()`` is its JSON form, the one the
+    ``runs`` row keeps and ``--json`` prints (docs/SCHEMA.md documents the shapes; they stay)."""
+
+    @abstractmethod
+    def summary(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Result)
+
+
 @dataclass(frozen=True)
 class StageResult:
+    """What ``run_stage`` hands back: the stage's typed result (None when skipped) and its summary."""
+
     stage: str
     run_id: str | None
     summary: dict[str, Any]
     skipped: bool = False
+    result: Result | None = None
+
+    def typed(self, kind: type[R]) -> R:
+        """The result as the stage's own type (``run_stage(...).typed(GradeResult).passed``)."""
+        if not isinstance(self.result, kind):
+            raise TypeError(f"stage {self.stage} gave {type(self.result).__name__}, not {kind.__name__}")
+        return self.result

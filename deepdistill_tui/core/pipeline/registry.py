@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deepdistill_tui.core.errors import DeepDistillError, InputError, StageError
-from deepdistill_tui.core.pipeline.context import RunContext
+from deepdistill_tui.core.pipeline.context import Result, RunContext
 from deepdistill_tui.core.pipeline.events import StageProgress
 from deepdistill_tui.core.pipeline.params import (
     AblateParams,
@@ -46,54 +46,54 @@ def am_files(recipe: Recipe) -> list[Path]:
     return files
 
 
-def _ingest(store: Store, recipe: Recipe, p: IngestParams, run: RunContext) -> dict[str, Any]:
+def _ingest(store: Store, recipe: Recipe, p: IngestParams, run: RunContext) -> Result:
     from deepdistill_tui.core.data.am_import import import_am
-    from deepdistill_tui.core.data.ingest import ingest
+    from deepdistill_tui.core.data.ingest import IngestResult, ingest
 
-    result: dict[str, Any] = {}
+    queries = None
     if any(s.format != "am" for s in recipe.data.sources):
         run.emit(StageProgress("ingest", "reading sources"))
-        result["ingest"] = ingest(store, recipe.data, seed=recipe.seed).as_dict()
+        queries = ingest(store, recipe.data, seed=recipe.seed)
     files = am_files(recipe)
+    released = None
     if files:
         run.emit(StageProgress("ingest", f"importing {len(files)} AM files"))
-        result["import_am"] = import_am(store, files, thresholds=dict(recipe.grading.thresholds)).as_dict()
+        released = import_am(store, files, thresholds=dict(recipe.grading.thresholds))
+    return IngestResult(queries, released)
+
+
+def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContext) -> Result:
+    from deepdistill_tui.core.data.am_import import import_am
+    from deepdistill_tui.core.data.ingest import IngestResult
+
+    thresholds = dict(recipe.grading.thresholds) if recipe else None
+    return IngestResult(import_am=import_am(store, list(p.files), thresholds=thresholds))
+
+
+def _sample(store: Store, recipe: Recipe, p: SampleParams, run: RunContext) -> Result:
+    from deepdistill_tui.core.teachers.sample import SampleResult, sample
+
+    result = SampleResult(sample(store, recipe, teacher_name=p.teacher, limit=p.limit, emit=run.emit,
+                                 stop=run.stop))
+    if result.errors:
+        raise StageError("; ".join(result.errors), result.summary())
     return result
 
 
-def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContext) -> dict[str, Any]:
-    from deepdistill_tui.core.data.am_import import import_am
-
-    thresholds = dict(recipe.grading.thresholds) if recipe else None
-    return {"import_am": import_am(store, list(p.files), thresholds=thresholds).as_dict()}
-
-
-def _sample(store: Store, recipe: Recipe, p: SampleParams, run: RunContext) -> dict[str, Any]:
-    from deepdistill_tui.core.teachers.sample import sample
-
-    reports = [r.as_dict() for r in sample(store, recipe, teacher_name=p.teacher, limit=p.limit,
-                                           emit=run.emit, stop=run.stop)]
-    summary = {"teachers": reports}
-    failed = [r["error"] for r in reports if r["error"]]
-    if failed:
-        raise StageError("; ".join(failed), summary)
-    return summary
-
-
-def _grade(store: Store, recipe: Recipe, p: GradeParams, run: RunContext) -> dict[str, Any]:
+def _grade(store: Store, recipe: Recipe, p: GradeParams, run: RunContext) -> Result:
     from deepdistill_tui.core.grading.stage import grade_store
 
     return grade_store(store, recipe, emit=run.emit, stop=run.stop, workers=p.workers)
 
 
-def _select(store: Store, recipe: Recipe, p: SelectParams, run: RunContext) -> dict[str, Any]:
-    from deepdistill_tui.core.difficulty.selection import run_selection, summary
+def _select(store: Store, recipe: Recipe, p: SelectParams, run: RunContext) -> Result:
+    from deepdistill_tui.core.difficulty.selection import SelectResult, run_selection
 
     name = recipe.name if p.name is None else p.name
-    return {"selections": [summary(s) for s in run_selection(store, recipe, name)]}
+    return SelectResult(run_selection(store, recipe, name))
 
 
-def _train(store: Store, recipe: Recipe, p: TrainParams, run: RunContext) -> dict[str, Any]:
+def _train(store: Store, recipe: Recipe, p: TrainParams, run: RunContext) -> Result:
     from deepdistill_tui.core.train import train
 
     return train(store, recipe, _selection(recipe, p), run_id=run.run_id,
@@ -110,13 +110,12 @@ def _selection(recipe: Recipe, p: TrainParams) -> str:
     return recipe.name if p.selection is None else p.selection
 
 
-def _eval(store: Store, recipe: Recipe, p: EvalParams, run: RunContext) -> dict[str, Any]:
-    from deepdistill_tui.core.evaluation.evaluate import comparison, evaluate
+def _eval(store: Store, recipe: Recipe, p: EvalParams, run: RunContext) -> Result:
+    from deepdistill_tui.core.evaluation.evaluate import EvalResult, comparison, evaluate
 
-    evaluated = []
-    for model in _models_to_evaluate(store, recipe, p.model):
-        evaluated.append(evaluate(store, recipe, model, emit=run.emit, stop=run.stop))
-    return {"evaluated": evaluated, "evals": comparison(store, recipe)}
+    evaluated = [evaluate(store, recipe, model, emit=run.emit, stop=run.stop)
+                 for model in _models_to_evaluate(store, recipe, p.model)]
+    return EvalResult(evaluated, comparison(store, recipe))
 
 
 def latest_trained(store: Store, recipe: Recipe) -> str | None:
@@ -138,18 +137,17 @@ def _models_to_evaluate(store: Store, recipe: Recipe, model: str | None) -> list
     return [model]
 
 
-def _export(store: Store, recipe: Recipe, p: ExportParams, run: RunContext) -> dict[str, Any]:
-    from deepdistill_tui.core.difficulty.export import export
+def _export(store: Store, recipe: Recipe, p: ExportParams, run: RunContext) -> Result:
+    from deepdistill_tui.core.difficulty.export import ExportResult, export
 
-    records = export(store, recipe, p.selection, p.format, p.out)
-    return {"records": records, "selection": p.selection, "format": p.format, "path": p.out}
+    return ExportResult(export(store, recipe, p.selection, p.format, p.out), p.selection, p.format, p.out)
 
 
-def _ablate(store: Store, recipe: Recipe, p: AblateParams, run: RunContext) -> dict[str, Any]:
-    from deepdistill_tui.core.evaluation.ablate import ablate, contrasts, parse_arms
+def _ablate(store: Store, recipe: Recipe, p: AblateParams, run: RunContext) -> Result:
+    from deepdistill_tui.core.evaluation.ablate import AblateResult, ablate, contrasts, parse_arms
 
     rows = ablate(store, recipe, parse_arms(",".join(p.arms)), run)
-    return {"arms": rows, "contrasts": contrasts(store, recipe, rows)}
+    return AblateResult(rows, contrasts(store, recipe, rows))
 
 
 # ---------------------------------------------------------------- the registry
@@ -160,7 +158,7 @@ class Stage:
     name: str
     summary: str
     params: type
-    run: Callable[[Store, Any, Any, RunContext], dict[str, Any]]
+    run: Callable[[Store, Any, Any, RunContext], Result]
     inputs: Callable[[Recipe], Any] | None = None
     """The recipe values the stage's result depends on: ``run`` skips a stage that already succeeded
     for the same values. None: the stage works from the store's state (new queries, samples, grades

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from deepdistill_tui.core.errors import DeepDistillError, StageError, StageStopped
-from deepdistill_tui.core.pipeline.context import RunContext, StageContext, StageResult
+from deepdistill_tui.core.pipeline.context import Result, RunContext, StageContext, StageResult
 from deepdistill_tui.core.pipeline.events import (
     StageFailed,
     StageFinished,
@@ -54,10 +54,11 @@ def run_stage(store: Store, name: str, recipe: Recipe | None, params: Any = None
 
     run = RunContext(run_id, ctx.emit, ctx.stop, children)
     ctx.emit(StageStarted(name, run_id))
-    summary = _guarded(store, stage, recipe, params, run)
+    result = _guarded(store, stage, recipe, params, run)
+    summary = result.summary()  # serialised once: the runs row, the event and --json share it
     store.finish_run(run_id, "ok", summary)
     ctx.emit(StageFinished(name, run_id, summary))
-    return StageResult(name, run_id, summary)
+    return StageResult(name, run_id, summary, result=result)
 
 
 def _stage(name: str) -> Stage:
@@ -80,14 +81,14 @@ def _open_run(store: Store, stage: Stage, recipe: Recipe | None, params: Any, ke
 
 
 def _guarded(store: Store, stage: Stage, recipe: Recipe | None, params: Any,
-             run: RunContext) -> dict[str, Any]:
+             run: RunContext) -> Result:
     """The stage's summary; on any way out but success, the row says how it ended and the face hears."""
     def ended(status: str, error: str, summary: Any = None) -> None:
         store.finish_run(run.run_id, status, summary, error=error)
         run.emit(StageFailed(stage.name, run.run_id, error, stopped=status == "interrupted"))
 
     try:
-        summary = stage.run(store, recipe, params, run)
+        result = stage.run(store, recipe, params, run)
     except StageStopped as exc:
         ended("interrupted", str(exc))
         raise
@@ -103,9 +104,9 @@ def _guarded(store: Store, stage: Stage, recipe: Recipe | None, params: Any,
     if run.stopped:
         # The stage honoured the stop at a safe point: what it finished is stored, the rest is left.
         message = f"{stage.name} stopped; run it again to pick up where it stopped"
-        ended("interrupted", message, summary)
+        ended("interrupted", message, result.summary())
         raise StageStopped(message)
-    return summary
+    return result
 
 
 def run_pipeline(store: Store, recipe: Recipe, stages: list[str] | None = None, *, force: bool = False,

@@ -14,10 +14,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from deepdistill_tui.core.data.text import split_response
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.pipeline.context import Result
 from deepdistill_tui.core.pipeline.events import (
     Emit,
     SampleFailed,
@@ -51,6 +52,19 @@ class TeacherReport:
                 "skipped": self.skipped, "error": self.error}
 
 
+@dataclass(frozen=True)
+class SampleResult(Result):
+    reports: list[TeacherReport]
+    """One per teacher sampled, failed ones included (their ``error`` says why)."""
+
+    @property
+    def errors(self) -> list[str]:
+        return [r.error for r in self.reports if r.error]
+
+    def summary(self) -> dict[str, Any]:
+        return {"teachers": [r.as_dict() for r in self.reports]}
+
+
 # ---------------------------------------------------------------- identity
 
 
@@ -62,7 +76,14 @@ def teacher_params(teacher: Teacher) -> dict[str, Any]:
             "sampling": teacher.sampling.model_dump(), "served_model": served}
 
 
-def teacher_identity(teacher: Teacher, model_path: Path | None) -> tuple[str, str, str | None]:
+class TeacherIdentity(NamedTuple):
+    teacher_id: str
+    model: str
+    """The GGUF's path, or the server's address and model name."""
+    model_sha256: str | None
+
+
+def teacher_identity(teacher: Teacher, model_path: Path | None) -> TeacherIdentity:
     """(teacher_id, model, model_sha256): the id hashes the weights and the sampling setup.
 
     A GGUF file is known by its content; a served model by its name, not by the server's address,
@@ -74,7 +95,7 @@ def teacher_identity(teacher: Teacher, model_path: Path | None) -> tuple[str, st
     model = str(model_path) if model_path else f"{url}#{served or teacher.name}"
     weights = sha or (f"served:{served}" if served else model)
     blob = json.dumps({"model": weights, **teacher_params(teacher)}, sort_keys=True)
-    return f"{teacher.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}", model, sha
+    return TeacherIdentity(f"{teacher.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}", model, sha)
 
 
 def register_teacher(store: Store, teacher: Teacher, model_path: Path | None) -> str:

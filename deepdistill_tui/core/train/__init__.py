@@ -12,10 +12,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deepdistill_tui.core.errors import DeepDistillError, StageStopped
+from deepdistill_tui.core.pipeline.context import Result
 from deepdistill_tui.core.pipeline.events import (
     Emit,
     Event,
@@ -115,8 +117,20 @@ def _run_dir(store: Store, recipe: Recipe, selection: str, run_id: str, runs_dir
     return run_dir
 
 
+@dataclass(frozen=True)
+class TrainResult(Result):
+    run_id: str
+    run_dir: str
+    worker: dict[str, Any]
+    """What the training subprocess reported at its end (steps, losses, the exported files); its keys
+    are the worker's, documented in docs/SCHEMA.md with the runs row."""
+
+    def summary(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "run_dir": self.run_dir, **self.worker}
+
+
 def train(store: Store, recipe: Recipe, selection: str, *, run_id: str, emit: Emit,
-          runs_dir: Path | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+          runs_dir: Path | None = None, stop: threading.Event | None = None) -> TrainResult:
     """SFT in a subprocess under the runs row ``run_id``; its events go to ``emit``. Setting ``stop``
     terminates the subprocess; the run stays resumable from its last checkpoint."""
     if store.scalar("SELECT 1 FROM selections WHERE name = ?", (selection,)) is None:
@@ -132,7 +146,7 @@ def train(store: Store, recipe: Recipe, selection: str, *, run_id: str, emit: Em
     if summary is None:
         raise DeepDistillError(error or f"training exited with status {code}: "
                                f"{_last_line(run_dir / 'train.log')} (log: {run_dir / 'train.log'})")
-    return {"run_id": run_id, "run_dir": str(run_dir), **summary}
+    return TrainResult(run_id, str(run_dir), summary)
 
 
 def _supervise(run_dir: Path, emit: Emit, stop: threading.Event | None,

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from deepdistill_tui.core.data.am_import import import_am
 from deepdistill_tui.core.data.ingest import ingest
+from deepdistill_tui.core.data.released import import_am
 from deepdistill_tui.core.recipe import DataConfig
 from deepdistill_tui.core.store.database import Store
 

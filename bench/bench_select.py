@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deepdistill_tui.core.data.am_import import import_am
+from deepdistill_tui.core.data.released import import_am
 from deepdistill_tui.core.difficulty.selection import run_selection
 from deepdistill_tui.core.difficulty.stats import compute_stats
 from deepdistill_tui.core.recipe import Recipe, load_recipe

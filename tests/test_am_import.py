@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deepdistill_tui.core.data.am_import import am_query_id, import_am
+from deepdistill_tui.core.data.am_import import am_query_id
+from deepdistill_tui.core.data.released import import_am
 from deepdistill_tui.core.errors import InputError
 from deepdistill_tui.core.store.database import Store
 from tests.conftest import data_counts
@@ -102,13 +103,13 @@ def test_bad_file_names(store: Store, tmp_path: Path, name: str) -> None:
     (b'{"question": "q2", "answer": "a", "verify_score": 1', r":2: malformed JSON"),
     (b'{"question": "\xc3\x28", "answer": "a", "verify_score": 1}', r":2: invalid UTF-8"),
 ])
-def test_bad_line_rolls_back_every_file(store: Store, tmp_path: Path, line: bytes,
-                                        pattern: str) -> None:
+def test_strict_refuses_at_a_bad_line_and_rolls_back_every_file(store: Store, tmp_path: Path, line: bytes,
+                                                                 pattern: str) -> None:
     good = write_am_files(tmp_path / "good", 10, categories=("math",), teachers=("r1",), passes=1)
     bad = tmp_path / "code_7b_1pass.jsonl"
     bad.write_bytes(b'{"question": "q1", "answer": "a", "verify_score": 1}\n' + line + b"\n")
     with pytest.raises(InputError, match=pattern):
-        import_am(store, [*good, bad])
+        import_am(store, [*good, bad], strict=True)
     assert data_counts(store) == {"queries": 0, "teachers": 0, "samples": 0, "grades": 0,
                                   "selections": 0}
 

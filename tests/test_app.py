@@ -84,7 +84,7 @@ async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> 
 async def test_grade_then_analyze_tabs(tmp_path: Path) -> None:
     """Grade and Analyze over real AM-format data (graded at import): the histogram appears and the
     category and teacher keys move through the views."""
-    from deepdistill_tui.core.data.am_import import import_am
+    from deepdistill_tui.core.data.released import import_am
     from deepdistill_tui.core.store.database import Store
     from deepdistill_tui.tui.analyze import AnalyzeView
     from tests.synthetic import write_am_files

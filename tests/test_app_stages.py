@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, Sparkline, Static
 
-from deepdistill_tui.core.data.am_import import import_am
+from deepdistill_tui.core.data.released import import_am
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.store.database import Store
 from deepdistill_tui.tui.app import ACTIONS, DeepDistillApp

@@ -120,7 +120,7 @@ def test_shard_refuses_a_folder_of_another_split(tmp_path: Path) -> None:
 
 
 def test_a_file_given_twice_is_imported_once(tmp_path: Path) -> None:
-    from deepdistill_tui.core.data.am_import import import_am
+    from deepdistill_tui.core.data.released import import_am
     from tests.synthetic import write_am_files
 
     files = write_am_files(tmp_path / "am", 20, categories=("math",), passes=1)

@@ -21,13 +21,15 @@ from typing import NoReturn
 from deepdistill_tui import __version__
 from deepdistill_tui.cli.cluster import add_parsers as add_cluster_parsers
 from deepdistill_tui.cli.common import positive_int
-from deepdistill_tui.cli.data import cmd_import_am, cmd_ingest, cmd_recipes
+from deepdistill_tui.cli.data import cmd_import, cmd_import_am, cmd_ingest, cmd_recipes
 from deepdistill_tui.cli.grading import cmd_grade, cmd_grade_file
 from deepdistill_tui.cli.pipeline import cmd_ablate, cmd_app, cmd_run, cmd_status
 from deepdistill_tui.cli.sampling import cmd_sample
 from deepdistill_tui.cli.selection import cmd_export, cmd_select, cmd_selections, cmd_stats
 from deepdistill_tui.cli.training import cmd_eval, cmd_train
+from deepdistill_tui.core.data.released import FORMATS
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.recipe import CATEGORIES
 from deepdistill_tui.core.store.database import DEFAULT_DB
 
 Handler = Callable[[argparse.Namespace], int]
@@ -153,9 +155,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_ablate)
 
+    p = sub.add_parser("import", parents=[common],
+                       help="import released responses with their verdicts: AM files, its siblings' "
+                            "conversations, or several generations per problem")
+    p.add_argument("files", nargs="+", metavar="FILE|DIR|hf:REPO[:CONFIG]")
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="am (the 40M release), am-conversations (AM-Thinking-v1 and siblings), "
+                        "generations (a list of responses and of verdicts per row); default: auto")
+    p.add_argument("--map", action="append", metavar="KEY=COLUMN",
+                   help="where a field is: question=, responses=, scores=, ground_truth=, category=, "
+                        "teacher=, pass=, answer=, verify_score= (repeatable)")
+    p.add_argument("--category", choices=CATEGORIES, help="the category of rows that name none")
+    p.add_argument("--teacher", metavar="NAME", help="the teacher of rows that name none")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse at the first bad row and import nothing (default: skip and count it)")
+    p.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME|PATH",
+                   help="take pass thresholds from this recipe (default: the paper's)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=cmd_import)
+
     p = sub.add_parser("import-am", parents=[common],
-                       help="import AM-DeepSeek-Distilled-40M JSONL files (CATEGORY_TEACHER_Kpass.jsonl)")
+                       help="import AM-DeepSeek-Distilled-40M files (CATEGORY_TEACHER_Kpass.jsonl): "
+                            "import --format am, file names checked")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse at the first bad row and import nothing (default: skip and count it)")
     p.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME|PATH",
                    help="take pass thresholds from this recipe (default: the paper's)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

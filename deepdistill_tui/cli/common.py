@@ -40,7 +40,7 @@ def load_recipe_arg(args: argparse.Namespace) -> Any:
     return recipe
 
 
-CREATING_STAGES = ("ingest", "import-am", "run", "merge")
+CREATING_STAGES = ("ingest", "import", "import-am", "run", "merge")
 """The commands that write data of their own and so may start a new store; every other one refuses a
 missing --db rather than leave an empty store behind a typo."""
 

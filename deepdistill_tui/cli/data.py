@@ -1,4 +1,4 @@
-"""ingest, import-am and recipes: getting queries into the store."""
+"""ingest, import, import-am and recipes: getting queries and released responses into the store."""
 
 from __future__ import annotations
 
@@ -22,9 +22,17 @@ def print_ingest(console: Any, report: dict[str, Any]) -> None:
 def print_import(console: Any, report: dict[str, Any]) -> None:
     rows: list[tuple[str, Any]] = [(path, n) for path, n in report["per_file"].items()]
     rows += [("responses", report["responses"]), ("new queries", report["new_queries"]),
-             ("duplicates skipped (first record kept)", report["duplicates"]),
-             ("responses/s", report["responses_per_s"])]
-    console.print(report_table("Import (AM format)", rows))
+             ("duplicates skipped (first record kept)", report["duplicates"])]
+    skipped = report.get("skipped") or {}
+    rows += [(f"bad rows skipped: {reason}", n) for reason, n in sorted(skipped.items())]
+    if report.get("already_imported"):
+        rows.append(("sources already imported (not read again)", report["already_imported"]))
+    if report.get("resumed"):
+        rows.append(("sources resumed after their last committed row", report["resumed"]))
+    rows.append(("responses/s", report["responses_per_s"]))
+    console.print(report_table("Import", rows))
+    for example in report.get("skipped_examples") or []:
+        console.print(f"  [yellow]skipped[/] {example}", markup=True, highlight=False)
 
 
 def print_data(console: Any, summary: dict[str, Any]) -> None:
@@ -47,11 +55,29 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_import_am(args: argparse.Namespace) -> int:
+    return cmd_import(args, alias=True)
+
+
+def parse_map(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
+    from deepdistill_tui.core.errors import InputError
+
+    out = []
+    for pair in pairs or []:
+        key, sep, column = pair.partition("=")
+        if not sep or not key or not column:
+            raise InputError(f"--map {pair!r}: expected KEY=COLUMN (question=problem, scores=correct, ...)")
+        out.append((key, column))
+    return tuple(out)
+
+
+def cmd_import(args: argparse.Namespace, alias: bool = False) -> int:
     from deepdistill_tui.core.pipeline.params import ImportParams
 
     # Without a recipe the paper's pass thresholds apply.
     recipe = load_recipe_arg(args) if getattr(args, "recipe", None) else None
-    result = run_command(args, "import-am", ImportParams(tuple(args.files)), recipe=recipe,
+    params = ImportParams(tuple(args.files), strict=args.strict) if alias else ImportParams(
+        tuple(args.files), args.format, parse_map(args.map), args.category, args.teacher, args.strict)
+    result = run_command(args, "import-am" if alias else "import", params, recipe=recipe,
                          with_recipe=False)
     if args.json:
         print_json(result.summary["import_am"])

@@ -39,6 +39,9 @@ def _cv_labels(edges: list[float | None]) -> list[str]:
 
 
 def _print_stats(console: Any, stats: dict[str, Any]) -> None:
+    for name in stats.get("single_response_teachers", []):
+        console.print(f"[yellow]{name}: one verified response per query (released single answers): its "
+                      "pass rates below are single verdicts, not rates, and it has no CV[/]")
     for cat, teachers in sorted(stats["categories"].items()):
         for name, e in teachers.items():
             mean = e["mean_verify_score"]

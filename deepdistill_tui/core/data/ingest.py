@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepdistill_tui.core.data.am_import import ImportReport
 from deepdistill_tui.core.data.dedup import Contamination, near_duplicates
 from deepdistill_tui.core.data.readers import iter_source
+from deepdistill_tui.core.data.released import ImportReport
 from deepdistill_tui.core.data.text import (
     has_table,
     has_url,

@@ -160,3 +160,10 @@ def query_scores(store: Store, recipe: Recipe, teacher_id: str) -> QueryScores:
     return QueryScores(np.array(cols[0], dtype=object), cats, np.array(cols[1], dtype=np.float64),
                        above[which, np.arange(len(cats))], np.array(cols[2], dtype=np.float64),
                        np.array(cols[3], dtype=np.float64))
+
+
+def single_response(store: Store, teacher_id: str) -> bool:
+    """Does this teacher have one verified response per query (a release of single answers)? Its
+    queries then have no pass rate and no CV: one verdict is not a rate."""
+    row = store.conn.execute("SELECT params FROM teachers WHERE teacher_id = ?", (teacher_id,)).fetchone()
+    return bool(row and '"single_response": true' in row[0])

@@ -33,6 +33,7 @@ from deepdistill_tui.core.difficulty.responses import (
     load_responses,
     query_scores,
     resolve_teachers,
+    single_response,
     thresholds_of,
 )
 from deepdistill_tui.core.errors import DeepDistillError
@@ -152,6 +153,10 @@ def training_responses(store: Store, recipe: Recipe) -> tuple[str, Responses]:
     tid = resolve_teachers(store, [teacher]).get(teacher)
     if tid is None:
         raise DeepDistillError(f"no samples from the training teacher {teacher!r}; sample first")
+    if single_response(store, tid):
+        raise DeepDistillError(f"training teacher {teacher!r} has one verified response per query "
+                               "(released single answers): no pass rate or CV to select by; choose a "
+                               "teacher with several passes per query as selection.training_teacher")
     r = load_responses(store, tid)
     if len(r.score) == 0:
         raise DeepDistillError(f"no graded responses from teacher {teacher!r} to training queries; "

@@ -18,6 +18,7 @@ from deepdistill_tui.core.difficulty.responses import (
     load_responses,
     query_scores,
     resolve_teachers,
+    single_response,
 )
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import CATEGORIES, Recipe
@@ -130,7 +131,8 @@ def compute_stats(store: Store, recipe: Recipe, *, lengths: bool = True) -> dict
             if lengths:
                 entry["length"] = lengths_of.get(cat, {"sampled": 0})
             per.setdefault(cat, {})[name] = entry
-    return {"recipe": recipe.name, "passes": passes,
+    single = sorted(n for n, tid in teachers.items() if single_response(store, tid))
+    return {"recipe": recipe.name, "passes": passes, "single_response_teachers": single,
             "training_teacher": recipe.selection.training_teacher,
             "quality_filters": _quality_counts(store, recipe, teachers[recipe.selection.training_teacher]),
             "released_pass_rates": released_comparison(store, recipe, teachers),

@@ -13,6 +13,14 @@ class IngestParams:
 @dataclass(frozen=True)
 class ImportParams:
     files: tuple[str, ...]
+    """Files, folders, saved ``datasets`` folders or hf:REPO[:CONFIG] names."""
+    format: str = "am"
+    columns: tuple[tuple[str, str], ...] = ()
+    """--map key=COLUMN pairs."""
+    category: str | None = None
+    teacher: str | None = None
+    strict: bool = False
+    """Refuse the import at the first bad row (one transaction) instead of skipping and counting."""
 
 
 @dataclass(frozen=True)

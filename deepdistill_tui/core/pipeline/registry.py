@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepdistill_tui.core.errors import DeepDistillError, InputError, StageError
 from deepdistill_tui.core.pipeline.context import Result, RunContext
@@ -32,9 +32,13 @@ from deepdistill_tui.core.pipeline.params import (
 from deepdistill_tui.core.recipe import Recipe, resolve_data_path
 from deepdistill_tui.core.store.database import Store
 
+if TYPE_CHECKING:  # the adapters import the stages' modules when they run, not before
+    from deepdistill_tui.core.data.released import ImportReport
 
-def am_files(recipe: Recipe) -> list[Path]:
-    files: list[Path] = []
+
+def am_sources(recipe: Recipe) -> list[tuple[list[Path], int | None]]:
+    """Each ``format: am`` source of the recipe: the files its glob matches, and its row limit."""
+    out = []
     for src in recipe.data.sources:
         if src.format != "am":
             continue
@@ -42,32 +46,56 @@ def am_files(recipe: Recipe) -> list[Path]:
         matched = sorted(Path(p) for p in glob.glob(pattern))
         if not matched:
             raise InputError(f"recipe {recipe.name}: data.sources: no AM files match {src.path}")
-        files.extend(matched)
-    return files
+        out.append((matched, src.limit))
+    return out
 
 
 def _ingest(store: Store, recipe: Recipe, p: IngestParams, run: RunContext) -> Result:
-    from deepdistill_tui.core.data.am_import import import_am
     from deepdistill_tui.core.data.ingest import IngestResult, ingest
+    from deepdistill_tui.core.data.released import import_am
 
     queries = None
     if any(s.format != "am" for s in recipe.data.sources):
         run.emit(StageProgress("ingest", "reading sources"))
         queries = ingest(store, recipe.data, seed=recipe.seed)
-    files = am_files(recipe)
     released = None
-    if files:
-        run.emit(StageProgress("ingest", f"importing {len(files)} AM files"))
-        released = import_am(store, files, thresholds=dict(recipe.grading.thresholds))
+    for files, limit in am_sources(recipe):
+        run.emit(StageProgress("ingest", f"importing {len(files)} AM files"
+                                         + (f", the first {limit} rows of each" if limit else "")))
+        report = import_am(store, files, thresholds=dict(recipe.grading.thresholds), limit=limit)
+        released = report if released is None else _merged(released, report)
     return IngestResult(queries, released)
 
 
+def _merged(a: ImportReport, b: ImportReport) -> ImportReport:
+    """Two sources' reports as one (the recipe's AM sources are one step of ingest)."""
+    from dataclasses import replace
+
+    return replace(a, files=a.files + b.files, responses=a.responses + b.responses,
+                   new_queries=a.new_queries + b.new_queries, duplicates=a.duplicates + b.duplicates,
+                   rows=a.rows + b.rows, already_imported=a.already_imported + b.already_imported,
+                   resumed=a.resumed + b.resumed, skipped=a.skipped + b.skipped,
+                   examples=(a.examples + b.examples)[:20], per_file={**a.per_file, **b.per_file},
+                   duplicates_per_file={**a.duplicates_per_file, **b.duplicates_per_file},
+                   formats={**a.formats, **b.formats}, seconds=a.seconds + b.seconds)
+
+
 def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContext) -> Result:
-    from deepdistill_tui.core.data.am_import import import_am
     from deepdistill_tui.core.data.ingest import IngestResult
+    from deepdistill_tui.core.data.released import import_released
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
-    return IngestResult(import_am=import_am(store, list(p.files), thresholds=thresholds))
+    report = import_released(store, list(p.files), fmt=p.format, columns=dict(p.columns),
+                             category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict)
+    return IngestResult(import_am=report)
+
+
+def _import_am(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContext) -> Result:
+    from deepdistill_tui.core.data.ingest import IngestResult
+    from deepdistill_tui.core.data.released import import_am
+
+    thresholds = dict(recipe.grading.thresholds) if recipe else None
+    return IngestResult(import_am=import_am(store, list(p.files), thresholds=thresholds, strict=p.strict))
 
 
 def _sample(store: Store, recipe: Recipe, p: SampleParams, run: RunContext) -> Result:
@@ -183,7 +211,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("export", "a selection as chat-format records", ExportParams, _export, in_pipeline=False),
     Stage("ablate", "train and evaluate the paper's arms on one query pool", AblateParams, _ablate,
           in_pipeline=False),
-    Stage("import-am", "AM-DeepSeek-Distilled-40M files into the store", ImportParams, _import,
+    Stage("import", "released responses (AM, its siblings, generations) into the store", ImportParams,
+          _import, in_pipeline=False, needs_recipe=False),
+    Stage("import-am", "AM-DeepSeek-Distilled-40M files into the store", ImportParams, _import_am,
           in_pipeline=False, needs_recipe=False),
 ]}
 PIPELINE = [s.name for s in STAGES.values() if s.in_pipeline]

@@ -195,6 +195,18 @@ MIGRATIONS: list[str] = [
     DROP TABLE evals;
     ALTER TABLE evals_keyed RENAME TO evals;
     """,
+    # `import`: how far each released-data source got, committed with its rows, so that a killed
+    # import resumes after its last committed row and a finished source is not read again.
+    """
+    CREATE TABLE imports (
+        source     TEXT NOT NULL PRIMARY KEY,
+        format     TEXT NOT NULL,
+        rows_done  INTEGER NOT NULL,
+        finished   INTEGER NOT NULL,
+        report     TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

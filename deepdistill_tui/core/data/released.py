@@ -1,0 +1,590 @@
+"""Import of released distillation data: responses with their verdicts, from any public layout.
+
+Three formats (``FORMATS``), each a mapping from a source row to the rows that sampling and grading fill
+(queries, teachers, samples, grades), so that statistics and selection treat released data like data
+sampled here:
+
+- ``am``: AM-DeepSeek-Distilled-40M, one response per row (question, answer, verify_score, ...). The
+  teacher and the pass come from the row (``teacher``, ``pass``) when it has them, else from the file
+  name ``CATEGORY_TEACHER_Kpass``; a row whose category disagrees with the name is a bad row.
+- ``am-conversations``: AM-Thinking-v1-Distilled and its siblings, ``{system, conversations}`` rows whose
+  assistant turn carries ``info`` (category, verify_score, model_name, ppl, ...): one verified response
+  per query, so its queries have no pass rate (the teacher is recorded as single-response).
+- ``generations``: several responses per problem with a verdict each (OpenR1-Math): ``--map
+  question=COL --map responses=COL --map scores=COL`` name the columns, scores are numbers or booleans.
+
+Sources are JSONL or Parquet files, folders of them, a folder that ``datasets`` saved, or
+``hf:REPO[:CONFIG]`` (streamed, never materialised). A bad row is skipped and counted by reason, with
+where it was (``--strict`` refuses at the first instead, and the import is then one transaction). Work
+commits every ``CHUNK`` rows together with the source's resume key in ``imports``: a kill loses at most
+the chunk in flight, a rerun starts after the last committed row, and every insert is idempotent, so
+nothing is lost or doubled and a finished source imports nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepdistill_tui.core.data.am_import import AM_DATASET, SCORE_RANGE, am_query_id, parse_am_name
+from deepdistill_tui.core.data.readers import DEFAULT_MAX_LINE_BYTES, parse_json_line
+from deepdistill_tui.core.data.text import split_response
+from deepdistill_tui.core.errors import InputError
+from deepdistill_tui.core.recipe import CATEGORIES, PAPER_PASS_THRESHOLDS
+from deepdistill_tui.core.store.database import Store
+
+FORMATS = ("am", "am-conversations", "generations", "auto")
+CHUNK = 20_000
+"""Rows per transaction: a kill loses at most this many rows of work, and the WAL stays small."""
+EXAMPLES = 20
+"""Bad rows named in the report (where and why); the rest are only counted."""
+MAP_KEYS = ("question", "responses", "scores", "ground_truth", "category", "teacher", "pass", "answer",
+            "verify_score")
+_TEACHER = re.compile(r"[^A-Za-z0-9._-]+")
+RELEASED_RATES = {"pass_rate_r1": "r1", "pass_rate_7b": "7b", "pass_rate_1.5b": "1.5b"}
+
+
+class BadRow(Exception):
+    """A row that cannot be imported: ``reason`` is the counter it goes to, the message says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input. ``key`` identifies it for resuming: a file by its real path, size and mtime (a file
+    rewritten in place is a new source), a dataset by its name."""
+
+    kind: str  # jsonl | parquet | hf_disk | hf_hub
+    path: str
+    key: str
+    config: str | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+def _file_source(path: Path) -> Source:
+    kind = "parquet" if path.suffix == ".parquet" else "jsonl"
+    st = path.stat()
+    return Source(kind, str(path), f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+
+
+def expand_sources(specs: Iterable[str]) -> list[Source]:
+    """Files, folders (their *.jsonl and *.parquet, or a folder ``datasets`` saved) and hf: names."""
+    out: dict[str, Source] = {}
+    for spec in specs:
+        if spec.startswith("hf:"):
+            repo, _, config = spec[3:].partition(":")
+            if not repo:
+                raise InputError(f"{spec}: expected hf:REPO or hf:REPO:CONFIG")
+            src = Source("hf_hub", repo, f"hf:{repo}:{config}", config or None)
+            out[src.key] = src
+            continue
+        path = Path(spec)
+        if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()
+                              or (path / "dataset_dict.json").is_file()):
+            src = Source("hf_disk", str(path), f"disk:{path.resolve()}")
+            out[src.key] = src
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet") and p.is_file())
+            if not files:
+                raise InputError(f"{path}: a folder with no .jsonl or .parquet files")
+            for p in files:
+                src = _file_source(p)
+                out.setdefault(src.key.split("|")[0], src)
+        elif path.is_file():
+            src = _file_source(path)
+            out.setdefault(src.key.split("|")[0], src)  # a file named twice is one file
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    if not out:
+        raise InputError("import: no sources given")
+    return list(out.values())
+
+
+Row = tuple[str, dict[str, Any] | BadRow]
+"""(where, the record or why it could not be read)."""
+
+
+def iter_jsonl_rows(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Row]:
+    """Every non-blank line as (FILE:LINE, record); a line that is not a JSON object, or is too long,
+    or is cut short at the end of the file, comes as its BadRow and the reading goes on."""
+    with path.open("rb") as fh:
+        lineno = 0
+        while raw := fh.readline(max_line_bytes + 1):
+            lineno += 1
+            where = f"{path}:{lineno}"
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass  # skip the rest of the long line without holding it
+                yield where, BadRow("line_too_long", f"{where}: line is longer than {max_line_bytes} bytes")
+                continue
+            if raw.isspace():
+                continue
+            try:
+                obj = parse_json_line(raw, where)
+            except InputError as exc:
+                reason = "truncated" if not raw.endswith(b"\n") else "bad_json"
+                yield where, BadRow(reason, str(exc))
+                continue
+            if not isinstance(obj, dict):
+                yield where, BadRow("not_an_object", f"{where}: expected a JSON object, got "
+                                                     f"{type(obj).__name__}")
+                continue
+            yield where, obj
+
+
+def iter_rows(src: Source, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Row]:
+    if src.kind == "jsonl":
+        yield from iter_jsonl_rows(Path(src.path), max_line_bytes)
+    elif src.kind == "parquet":
+        yield from _parquet_rows(Path(src.path))
+    else:
+        yield from _dataset_rows(src)
+
+
+def _parquet_rows(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
+    row = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for rec in batch.to_pylist():
+            row += 1
+            yield f"{path}: row {row}", rec
+
+
+def _dataset_rows(src: Source) -> Iterator[Row]:
+    """A saved folder or a Hub dataset, streamed: rows arrive as they are read, none held."""
+    import datasets
+
+    try:
+        if src.kind == "hf_disk":
+            loaded: Any = datasets.load_from_disk(src.path)
+        else:
+            loaded = datasets.load_dataset(src.path, src.config, streaming=True)
+    except Exception as exc:  # datasets raises many types; the user needs the cause, not the type
+        raise InputError(f"{src.path}: cannot load dataset ({exc})") from exc
+    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict | datasets.IterableDatasetDict) \
+        else {"": loaded}
+    for split, ds in splits.items():
+        stream = ds.to_iterable_dataset() if isinstance(ds, datasets.Dataset) else ds
+        for i, rec in enumerate(stream, start=1):
+            yield f"{src.path}{'[' + split + ']' if split else ''}: row {i}", dict(rec)
+
+
+# ---------------------------------------------------------------- rows -> responses
+
+
+@dataclass(frozen=True)
+class Response:
+    """One released response, ready for the store."""
+
+    query_id: str
+    question: str
+    category: str
+    ground_truth: str | None
+    test_cases: str | None
+    constraints: str | None
+    source: str | None
+    teacher: str
+    pass_index: int
+    response: str
+    score: float
+    ppl: float | None
+    detail: dict[str, Any]
+    released_rates: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Options:
+    fmt: str
+    columns: dict[str, str] = field(default_factory=dict)
+    """--map key=COLUMN: where each field is in the source's rows."""
+    category: str | None = None
+    teacher: str | None = None
+    limit: int | None = None
+    """Read at most this many rows of each source (a slice of a release)."""
+
+
+def _col(rec: dict[str, Any], opts: Options, key: str) -> Any:
+    return rec.get(opts.columns.get(key, key))
+
+
+def _text(value: Any, key: str, required: bool = False) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise BadRow(f"missing_{key}", f"missing required field {key!r}")
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise BadRow(f"bad_{key}", f"field {key!r} has unexpected type {type(value).__name__}")
+
+
+def _score(value: Any, category: str, key: str = "verify_score") -> float:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if value is None:
+        raise BadRow("no_score", f"field {key!r} is null")
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRow("bad_score", f"field {key!r} must be a finite number, got {value!r:.40}")
+    low, high = SCORE_RANGE[category]
+    if not low <= value <= high:  # 7 or -3 would pass or fail a query by itself
+        raise BadRow("score_out_of_range", f"{key} {value:g} is outside {low:g}..{high:g} for {category}")
+    return float(value)
+
+
+def _optional_number(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRow(f"bad_{key}", f"field {key!r} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def _category(value: Any) -> str:
+    if value not in CATEGORIES:
+        raise BadRow("bad_category", f"category {value!r:.40} is not one of {', '.join(CATEGORIES)}")
+    return str(value)
+
+
+def teacher_name(value: Any) -> str:
+    """A teacher name as recipes refer to it: a model id keeps its last path part (deepseek-ai/X -> X)."""
+    name = _TEACHER.sub("-", str(value).rsplit("/", 1)[-1]).strip("-.")
+    if not name:
+        raise BadRow("bad_teacher", f"teacher {value!r:.40} has no usable name")
+    return name[:80]
+
+
+def am_rows(src: Source, rec: dict[str, Any], opts: Options) -> list[Response]:
+    """A flat AM row; the file name (when it follows the release's) supplies what the row lacks."""
+    named = parse_am_name(Path(src.path), strict=False) if src.kind in ("jsonl", "parquet") else None
+    row_cat = _col(rec, opts, "category")
+    category = _category(row_cat if row_cat is not None else (named.category if named else opts.category))
+    if named and row_cat is not None and row_cat != named.category:
+        raise BadRow("category_mismatch", f"category {row_cat!r} in a {named.category} file ({src.name})")
+    teacher = _col(rec, opts, "teacher") or (named.teacher if named else opts.teacher)
+    passes = _col(rec, opts, "pass")
+    if teacher is None or (passes is None and named is None):
+        raise BadRow("no_teacher_or_pass", "the row names no teacher or pass, and the file name is not "
+                                           "CATEGORY_TEACHER_Kpass")
+    if passes is not None and (isinstance(passes, bool) or not isinstance(passes, int) or passes < 1):
+        raise BadRow("bad_pass", f"pass must be a count from 1, got {passes!r:.20}")
+    pass_index = passes - 1 if passes is not None else named.pass_index  # type: ignore[union-attr]
+    question = _text(_col(rec, opts, "question"), "question", required=True)
+    response = _text(_col(rec, opts, "answer"), "answer", required=True)
+    assert question is not None and response is not None
+    qid = am_query_id(category, question)
+    rates = tuple((t, r) for key, t in RELEASED_RATES.items()
+                  if (r := _optional_number(rec.get(key), key)) is not None)
+    detail = {k: rec[k] for k in ("ppl", *RELEASED_RATES, "model_name", "answer_source")
+              if rec.get(k) is not None}
+    return [Response(qid, question, category, _text(_col(rec, opts, "ground_truth"), "ground_truth"),
+                     _text(rec.get("test_case"), "test_case"), _text(rec.get("instruction_constrain"),
+                                                                     "instruction_constrain"),
+                     _text(rec.get("question_source"), "question_source"), f"am-{teacher_name(teacher)}",
+                     pass_index, response, _score(_col(rec, opts, "verify_score"), category),
+                     _optional_number(rec.get("ppl"), "ppl"), detail, rates)]
+
+
+def conversation_rows(src: Source, rec: dict[str, Any], opts: Options) -> list[Response]:
+    """One verified assistant turn with its ``info``; earlier turns make up the question."""
+    turns = rec.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise BadRow("no_conversations", "no conversations list")
+    reply = next((i for i, t in enumerate(turns) if isinstance(t, dict)
+                  and t.get("from") in ("assistant", "gpt") and isinstance(t.get("info"), dict)), None)
+    if reply is None or reply == 0:
+        raise BadRow("no_verified_reply", "no assistant turn with info after a user turn")
+    before = [t for t in turns[:reply] if isinstance(t, dict)]
+    if not all(isinstance(t.get("value"), str) for t in before):
+        raise BadRow("bad_turn", "a turn before the reply has no text value")
+    question = before[-1]["value"] if len(before) == 1 else \
+        "\n\n".join(f"{t.get('from', 'user')}: {t['value']}" for t in before)
+    info = turns[reply]["info"]
+    response = _text(turns[reply].get("value"), "answer", required=True)
+    category = _category(info.get("category", opts.category))
+    model = opts.teacher or info.get("model_name")
+    if not model:
+        raise BadRow("no_teacher", "info has no model_name (or give --teacher)")
+    if not question:
+        raise BadRow("missing_question", "the user turn is empty")
+    assert response is not None
+    detail = {k: info[k] for k in ("model_name", "source", "ppl") if info.get(k) is not None}
+    return [Response(am_query_id(category, question), question, category,
+                     _text(info.get("ground_truth"), "ground_truth"),
+                     _text(info.get("test_case"), "test_case"),
+                     _text(info.get("instruction_constrain"), "instruction_constrain"),
+                     _text(info.get("source"), "source"), f"amc-{teacher_name(model)}", 0, response,
+                     _score(info.get("verify_score"), category), _optional_number(info.get("ppl"), "ppl"),
+                     detail)]
+
+
+def generation_rows(src: Source, rec: dict[str, Any], opts: Options) -> list[Response]:
+    """A problem, its generations and a verdict per generation, in the columns --map names."""
+    question = _text(_col(rec, opts, "question"), "question", required=True)
+    responses, scores = _col(rec, opts, "responses"), _col(rec, opts, "scores")
+    if not isinstance(responses, list) or not responses:
+        raise BadRow("no_responses", f"column {opts.columns.get('responses', 'responses')!r} is not a "
+                                     "non-empty list")
+    if not isinstance(scores, list) or len(scores) != len(responses):
+        raise BadRow("scores_mismatch", f"{len(responses)} responses but "
+                                        f"{len(scores) if isinstance(scores, list) else 'no'} scores")
+    category = _category(_col(rec, opts, "category") or opts.category)
+    teacher = _col(rec, opts, "teacher") or opts.teacher or "released"
+    assert question is not None
+    qid = am_query_id(category, question)
+    truth = _text(_col(rec, opts, "ground_truth"), "ground_truth")
+    out = []
+    for i, (text, score) in enumerate(zip(responses, scores, strict=True)):
+        response = _text(text, "response", required=True)
+        assert response is not None
+        out.append(Response(qid, question, category, truth, None, None, None, f"gen-{teacher_name(teacher)}",
+                            i, response, _score(score, category, f"scores[{i}]"), None, {}))
+    return out
+
+
+PARSERS = {"am": am_rows, "am-conversations": conversation_rows, "generations": generation_rows}
+
+
+def detect_format(rec: dict[str, Any], opts: Options) -> str:
+    """``auto``: the format the first readable row has the shape of."""
+    if isinstance(rec.get("conversations"), list):
+        return "am-conversations"
+    if isinstance(_col(rec, opts, "responses"), list):
+        return "generations"
+    if _col(rec, opts, "question") is not None and _col(rec, opts, "answer") is not None:
+        return "am"
+    raise InputError(f"cannot tell the format from a row with keys {sorted(rec)[:8]}: give --format")
+
+
+# ---------------------------------------------------------------- the store
+
+
+_Q = ("INSERT INTO queries (query_id, question, category, split, ground_truth, test_cases, constraints,"
+      " source, origin, created_at) VALUES (?, ?, ?, 'train', ?, ?, ?, ?, ?, ?)"
+      " ON CONFLICT(query_id) DO NOTHING")
+_S = ("INSERT INTO samples (query_id, teacher_id, pass_index, response, reasoning, answer, ppl, created_at)"
+      " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(query_id, teacher_id, pass_index) DO NOTHING")
+_G = ("INSERT INTO grades (query_id, teacher_id, pass_index, verify_score, passed, status, grader,"
+      " grader_version, detail, created_at) VALUES (?, ?, ?, ?, ?, 'ok', 'am-import', ?, ?, ?)"
+      " ON CONFLICT(query_id, teacher_id, pass_index) DO NOTHING")
+_R = ("INSERT INTO released_pass_rates (query_id, teacher, pass_rate) VALUES (?, ?, ?)"
+      " ON CONFLICT(query_id, teacher) DO NOTHING")
+_T = ("INSERT INTO teachers (teacher_id, name, backend, model, params, created_at)"
+      " VALUES (?, ?, 'am_import', ?, ?, ?) ON CONFLICT(teacher_id) DO NOTHING")
+_PROGRESS = ("INSERT INTO imports (source, format, rows_done, finished, report, updated_at)"
+             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(source) DO UPDATE SET format = excluded.format,"
+             " rows_done = excluded.rows_done, finished = excluded.finished, report = excluded.report,"
+             " updated_at = excluded.updated_at")
+
+
+@dataclass
+class ImportReport:
+    """What an import did; ``responses`` and ``new_queries`` count rows new to the store."""
+
+    files: int = 0
+    responses: int = 0
+    new_queries: int = 0
+    duplicates: int = 0
+    rows: int = 0
+    already_imported: int = 0
+    """Sources a previous import finished: read no further."""
+    resumed: int = 0
+    """Sources taken up after the last row an interrupted import committed."""
+    skipped: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    per_file: dict[str, int] = field(default_factory=dict)
+    duplicates_per_file: dict[str, int] = field(default_factory=dict)
+    formats: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def skip(self, where: str, bad: BadRow) -> None:
+        self.skipped[bad.reason] += 1
+        if len(self.examples) < EXAMPLES:
+            message = str(bad)
+            self.examples.append(message if message.startswith(where) else f"{where}: {message}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "responses": self.responses, "new_queries": self.new_queries,
+                "duplicates": self.duplicates, "rows": self.rows, "skipped": dict(self.skipped),
+                "skipped_examples": self.examples, "already_imported": self.already_imported,
+                "resumed": self.resumed, "per_file": self.per_file, "formats": self.formats,
+                "duplicates_per_file": self.duplicates_per_file, "seconds": round(self.seconds, 3),
+                "responses_per_s": round(self.responses / self.seconds) if self.seconds else None}
+
+
+@dataclass
+class _Batch:
+    queries: list[tuple[Any, ...]] = field(default_factory=list)
+    samples: list[tuple[Any, ...]] = field(default_factory=list)
+    grades: list[tuple[Any, ...]] = field(default_factory=list)
+    rates: list[tuple[Any, ...]] = field(default_factory=list)
+    teachers: dict[str, str] = field(default_factory=dict)
+
+
+def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "auto",
+                    columns: dict[str, str] | None = None, category: str | None = None,
+                    teacher: str | None = None, thresholds: dict[str, float] | None = None,
+                    strict: bool = False, limit: int | None = None,
+                    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> ImportReport:
+    """Import every source (each only up to its first ``limit`` rows); see the module's docstring for
+    formats, faults and resuming."""
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    unknown = sorted(set(columns or {}) - set(MAP_KEYS))
+    if unknown:
+        raise InputError(f"--map {unknown[0]}=...: unknown key; expected one of {', '.join(MAP_KEYS)}")
+    if category is not None and category not in CATEGORIES:
+        raise InputError(f"--category {category!r}: expected one of {', '.join(CATEGORIES)}")
+    opts = Options(fmt, dict(columns or {}), category, teacher, limit)
+    sources = expand_sources(str(s) for s in specs)
+    thresholds = {**PAPER_PASS_THRESHOLDS, **(thresholds or {})}
+    report = ImportReport(files=len(sources))
+    start = time.perf_counter()
+    if strict:  # today's rule: the first bad row refuses the whole import, nothing written
+        with store.write() as conn:
+            for src in sources:
+                _import_source(store, conn, src, opts, thresholds, report, strict, max_line_bytes)
+    else:
+        for src in sources:
+            _import_source(store, None, src, opts, thresholds, report, strict, max_line_bytes)
+    report.seconds = time.perf_counter() - start
+    if report.rows and sum(report.skipped.values()) == report.rows:
+        raise InputError(f"import: none of the {report.rows} rows could be imported; the first: "
+                         f"{report.examples[0] if report.examples else '?'}")
+    return report
+
+
+def import_am(store: Store, paths: Iterable[str | Path], *, thresholds: dict[str, float] | None = None,
+              strict: bool = False, limit: int | None = None,
+              max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> ImportReport:
+    """``import-am``: the release's own files, named as released (CATEGORY_TEACHER_Kpass.jsonl)."""
+    paths = list(paths)
+    for p in paths:
+        parse_am_name(Path(p))  # the name says the category, the teacher and the pass: refuse a wrong one
+    return import_released(store, paths, fmt="am", thresholds=thresholds, strict=strict, limit=limit,
+                           max_line_bytes=max_line_bytes)
+
+
+def _import_source(store: Store, conn: Any, src: Source, opts: Options, thresholds: dict[str, float],
+                   report: ImportReport, strict: bool, max_line_bytes: int) -> None:
+    source_key = src.key if opts.limit is None else f"{src.key}|first {opts.limit}"
+    src = Source(src.kind, src.path, source_key, src.config)
+    done = store.conn.execute("SELECT rows_done, finished FROM imports WHERE source = ?",
+                              (src.key,)).fetchone()
+    if done and done[1]:
+        report.already_imported += 1
+        report.per_file[src.path] = 0
+        return
+    resume_at = done[0] if done else 0
+    report.resumed += bool(resume_at)
+    fmt = opts.fmt
+    batch, seen, pending, in_source = _Batch(), 0, 0, set()
+    counts = Counter[str]()
+    now = time.time()
+    rows = iter_rows(src, max_line_bytes)
+    for where, rec in rows:
+        if opts.limit is not None and seen >= opts.limit:
+            break
+        seen += 1
+        if seen <= resume_at:
+            continue
+        report.rows += 1
+        pending += 1
+        try:
+            if isinstance(rec, BadRow):
+                raise rec
+            if fmt == "auto":
+                fmt = detect_format(rec, opts)
+            responses = PARSERS[fmt](src, rec, opts)
+        except BadRow as bad:
+            if strict:
+                message = str(bad)
+                raise InputError(message if message.startswith(where) else f"{where}: {message}") from None
+            report.skip(where, bad)
+            counts["skipped"] += 1
+            continue
+        for r in responses:
+            key = (r.query_id, r.teacher, r.pass_index)
+            if key in in_source:
+                counts["duplicates"] += 1  # the first record of this question, teacher and pass stands
+                continue
+            in_source.add(key)
+            _add(batch, r, now, thresholds, fmt)
+        if pending >= CHUNK or len(batch.samples) >= CHUNK:
+            _commit(store, conn, src, fmt, seen, False, batch, counts)
+            batch, pending = _Batch(), 0
+    if counts["skipped"] == seen - resume_at > 0 and not counts["committed"]:
+        return  # every row bad: nothing written for this source (the caller says so if none was good)
+    _commit(store, conn, src, fmt if fmt != "auto" else "am", seen, True, batch, counts)
+    report.formats[src.path] = fmt
+    report.per_file[src.path] = counts["responses"]
+    report.duplicates_per_file[src.path] = counts["duplicates"]
+    report.responses += counts["responses"]
+    report.new_queries += counts["new_queries"]
+    report.duplicates += counts["duplicates"]
+
+
+def _add(batch: _Batch, r: Response, now: float, thresholds: dict[str, float], fmt: str) -> None:
+    batch.teachers[r.teacher] = fmt
+    origin = "am-import" if fmt == "am" else f"import:{fmt}"
+    batch.queries.append((r.query_id, r.question, r.category, r.ground_truth, r.test_cases, r.constraints,
+                          r.source, origin, now))
+    reasoning, answer = split_response(r.response)
+    batch.samples.append((r.query_id, r.teacher, r.pass_index, r.response, reasoning, answer, r.ppl, now))
+    batch.grades.append((r.query_id, r.teacher, r.pass_index, r.score, int(r.score > thresholds[r.category]),
+                         AM_DATASET if fmt == "am" else f"released ({fmt})", json.dumps(r.detail), now))
+    batch.rates.extend((r.query_id, teacher, rate) for teacher, rate in r.released_rates)
+
+
+def _commit(store: Store, conn: Any, src: Source, fmt: str, rows_done: int, finished: bool,
+            batch: _Batch, counts: Counter[str]) -> None:
+    """The batch and the source's resume key in one transaction (or in the caller's, when strict)."""
+    if conn is None:
+        with store.write() as own:
+            _write(own, src, fmt, rows_done, finished, batch, counts)
+    else:
+        _write(conn, src, fmt, rows_done, finished, batch, counts)
+
+
+def _write(conn: Any, src: Source, fmt: str, rows_done: int, finished: bool, batch: _Batch,
+           counts: Counter[str]) -> None:
+    now = time.time()
+    for tid, tfmt in batch.teachers.items():
+        name = tid.split("-", 1)[1]
+        params = {"dataset": AM_DATASET if tfmt == "am" else src.path, "teacher": name, "format": tfmt,
+                  "single_response": tfmt == "am-conversations"}
+        conn.execute(_T, (tid, name, f"{params['dataset']}/{name}", json.dumps(params), now))
+    before = conn.total_changes
+    conn.executemany(_Q, batch.queries)
+    counts["new_queries"] += conn.total_changes - before
+    before = conn.total_changes
+    conn.executemany(_S, batch.samples)
+    counts["responses"] += conn.total_changes - before  # responses new to the store, not rows read
+    conn.executemany(_G, batch.grades)
+    conn.executemany(_R, batch.rates)
+    report = {"responses": counts["responses"], "skipped": counts["skipped"]}
+    conn.execute(_PROGRESS, (src.key, fmt, rows_done, int(finished), json.dumps(report), now))
+    counts["committed"] += 1

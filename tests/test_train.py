@@ -198,7 +198,12 @@ def test_eval_through_llama_cpp_on_base_and_exported_student(tmp_path: Path) -> 
 def test_answers_that_never_end_stop_at_max_tokens(tmp_path: Path) -> None:
     """A student asked for something endless stops at max_tokens; one asked a short question stops at
     its end-of-turn token: the chat template's end of turn ends an answer, not the token budget."""
-    from deepdistill_tui.core.evaluation.evaluate import sampler_answers, student_model, student_teacher
+    from deepdistill_tui.core.evaluation.evaluate import (
+        Query,
+        sampler_answers,
+        student_model,
+        student_teacher,
+    )
     from deepdistill_tui.core.teachers.registry import open_backend
 
     data = load_recipe("tiny").model_dump()
@@ -208,14 +213,15 @@ def test_answers_that_never_end_stop_at_max_tokens(tmp_path: Path) -> None:
         model = student_model(store, r, "base")
     backend, _ = open_backend(student_teacher(r, model), passes=2)
     try:
-        outs = {req.key: o for req, o in backend.generate_many([  # type: ignore[attr-defined]
+        outs = {req.key: o for req, o in backend.generate_many([
             Request("endless", "Count from 1 to 1000, one number per line.", [1, 2]),
             Request("short", "Reply with the single word: yes", [1, 2])])}
     finally:
         backend.close()
     assert all(c.completion_tokens == 32 and c.finish_reason == "length" for c in outs["endless"])
     assert all(c.completion_tokens < 32 and c.finish_reason == "stop" for c in outs["short"])
-    answers = sampler_answers(r, model, [("q", "math", "What is 2 + 2?", "4", None)], lambda e: None, None)
+    problem = Query("q", "math", "What is 2 + 2?", "4", None)
+    answers = sampler_answers(r, model, [problem], lambda e: None, None)
     assert len(answers["q"]) == 2
 
 

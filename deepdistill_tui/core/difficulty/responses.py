@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepdistill_tui.core.difficulty import summaries
 from deepdistill_tui.core.recipe import CATEGORIES, Recipe
 from deepdistill_tui.core.store.database import Store
 
@@ -136,6 +137,25 @@ def scores_of(r: Responses, recipe: Recipe) -> QueryScores:
 
 
 def query_scores(store: Store, recipe: Recipe, teacher_id: str) -> QueryScores:
+    """Per-query aggregates of the teacher's graded responses to training queries, from the score
+    summaries (one row per query, kept by triggers); from the grades when the summaries cannot be
+    built (a read-only store) or a threshold has no slot."""
+    cut_slots = summaries.ensure(store, summaries.recipe_cuts(recipe))
+    passing = summaries.pass_column(recipe, cut_slots) if cut_slots is not None else None
+    if passing is None:
+        return _scores_from_grades(store, recipe, teacher_id)
+    cols = _columns(store.conn.execute(
+        f"SELECT query_id, category, n, {passing}, total, total_sq FROM score_summaries"
+        " WHERE teacher_id = ? AND split = 'train' AND n > 0 ORDER BY query_id", (teacher_id,)).fetchall(), 6)
+    return QueryScores(np.array(cols[0], dtype=object), np.array(cols[1], dtype=object),
+                       *(np.array(c, dtype=np.float64) for c in cols[2:]))
+
+
+def _columns(rows: list[tuple[object, ...]], width: int) -> list[tuple[object, ...]]:
+    return list(zip(*rows, strict=True)) if rows else [() for _ in range(width)]
+
+
+def _scores_from_grades(store: Store, recipe: Recipe, teacher_id: str) -> QueryScores:
     """Per-query aggregates computed by SQLite in one pass over the teacher's grades.
 
     Pass counts are taken against each distinct threshold (a handful) rather than a per-row CASE on

@@ -207,6 +207,28 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # Per (teacher, query): what statistics and selection read instead of every grade. Kept up to
+    # date by triggers on grades (difficulty/summaries.py writes them with the pass thresholds in
+    # use), so every write path, in its own transaction, keeps them exact.
+    """
+    CREATE TABLE score_summaries (
+        teacher_id TEXT NOT NULL,
+        query_id   TEXT NOT NULL,
+        category   TEXT,
+        split      TEXT,
+        n          INTEGER NOT NULL,
+        total      REAL NOT NULL,
+        total_sq   REAL NOT NULL,
+        p0 INTEGER NOT NULL DEFAULT 0, p1 INTEGER NOT NULL DEFAULT 0, p2 INTEGER NOT NULL DEFAULT 0,
+        p3 INTEGER NOT NULL DEFAULT 0, p4 INTEGER NOT NULL DEFAULT 0, p5 INTEGER NOT NULL DEFAULT 0,
+        p6 INTEGER NOT NULL DEFAULT 0, p7 INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (teacher_id, query_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE summary_cuts (
+        slot INTEGER NOT NULL PRIMARY KEY,
+        cut  REAL NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -340,6 +362,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # INSERT OR REPLACE deletes the row it replaces; only with this do delete triggers see that (the
+    # score summaries' triggers must, or a merged grade would be counted twice).
+    conn.execute("PRAGMA recursive_triggers = ON")
     return conn
 
 

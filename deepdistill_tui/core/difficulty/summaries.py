@@ -1,0 +1,119 @@
+"""Per-(teacher, query) summaries of the grades, kept exact by triggers: what statistics and selection
+read instead of every response.
+
+A summary row holds a query's number of graded responses from one teacher, the sum and the sum of
+squares of their scores (the CV), and how many of them pass each of up to ``SLOTS`` thresholds. The
+thresholds are recipe values, so the triggers are written with the ones in use (``summary_cuts``); a
+recipe with a threshold that has no slot rebuilds the table once, from the grades, and the new triggers
+carry it from then on. Triggers fire inside the transaction of whatever writes a grade (an import, the
+grade stage, a regrade, a shard merge, a test's own INSERT), so no write path can leave a summary
+stale, and reading them costs one row per query however many responses and however long their text.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+from deepdistill_tui.core.recipe import CATEGORIES, Recipe
+from deepdistill_tui.core.store.database import Store
+
+SLOTS = 8
+_NONE = 1e308
+"""The cut of an unused slot: no score passes it."""
+_TRIGGERS = ("score_summaries_insert", "score_summaries_delete", "score_summaries_update")
+
+
+def recipe_cuts(recipe: Recipe) -> list[float]:
+    return sorted({float(recipe.grading.threshold(c)) for c in CATEGORIES})
+
+
+def slots(store: Store) -> dict[float, int]:
+    """Threshold -> slot of the summaries as they are now (empty before they are first built)."""
+    return {float(cut): int(slot) for slot, cut in store.conn.execute("SELECT slot, cut FROM summary_cuts")}
+
+
+def ensure(store: Store, cuts: list[float]) -> dict[float, int] | None:
+    """The slot of every threshold in ``cuts``, building (or rebuilding, with new thresholds) the
+    summaries first when needed; None when the store cannot be written (then read the grades)."""
+    have = slots(store)
+    if have and all(c in have for c in cuts):
+        return have
+    wanted = sorted(set(have) | set(cuts)) if len(set(have) | set(cuts)) <= SLOTS else sorted(set(cuts))
+    if len(wanted) > SLOTS:
+        wanted = wanted[:SLOTS]  # more distinct thresholds than slots: the rest read the grades
+    try:
+        with store.write() as conn:
+            _rebuild(conn, wanted)
+    except sqlite3.OperationalError as exc:  # a read-only file or folder: the slow path still works
+        if "readonly" in str(exc) or "read-only" in str(exc):
+            return None
+        raise
+    return slots(store)
+
+
+def _rebuild(conn: sqlite3.Connection, cuts: list[float]) -> None:
+    padded = [*cuts, *[_NONE] * (SLOTS - len(cuts))]
+    for name in _TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    conn.execute("DELETE FROM summary_cuts")
+    conn.executemany("INSERT INTO summary_cuts (slot, cut) VALUES (?, ?)", list(enumerate(cuts)))
+    conn.execute("DELETE FROM score_summaries")
+    passes = ", ".join(f"sum(g.verify_score > {_literal(c)})" for c in padded)
+    conn.execute(
+        "INSERT INTO score_summaries SELECT g.teacher_id, g.query_id, q.category, q.split, count(*),"
+        f" sum(g.verify_score), sum(g.verify_score * g.verify_score), {passes}"
+        " FROM grades g LEFT JOIN queries q ON q.query_id = g.query_id"
+        " WHERE g.verify_score IS NOT NULL GROUP BY g.query_id, g.teacher_id")
+    for statement in _trigger_sql(padded):
+        conn.execute(statement)
+
+
+def _literal(cut: float) -> str:
+    """A threshold as SQL text that reads back as the same double."""
+    if not math.isfinite(cut):
+        raise ValueError(f"threshold {cut} is not finite")
+    return repr(float(cut))
+
+
+def _trigger_sql(cuts: list[float]) -> list[str]:
+    cols = [f"p{i}" for i in range(SLOTS)]
+
+    def above(row: str) -> str:
+        return ", ".join(f"({row}.verify_score > {_literal(c)})" for c in cuts)
+
+    add = (
+        "INSERT INTO score_summaries (teacher_id, query_id, category, split, n, total, total_sq, "
+        f"{', '.join(cols)}) SELECT NEW.teacher_id, NEW.query_id, q.category, q.split, 1, NEW.verify_score,"
+        f" NEW.verify_score * NEW.verify_score, {above('NEW')}"
+        " FROM (SELECT 1) LEFT JOIN queries q ON q.query_id = NEW.query_id WHERE NEW.verify_score IS NOT NULL"
+        " ON CONFLICT(teacher_id, query_id) DO UPDATE SET n = n + 1, total = total + excluded.total,"
+        f" total_sq = total_sq + excluded.total_sq, {', '.join(f'{c} = {c} + excluded.{c}' for c in cols)};"
+    )
+    minus = ", ".join(f"{c} = {c} - (OLD.verify_score > {_literal(cut)})" for c, cut in zip(cols, cuts,
+                                                                                             strict=True))
+    remove = (
+        "UPDATE score_summaries SET n = n - 1, total = total - OLD.verify_score,"
+        f" total_sq = total_sq - OLD.verify_score * OLD.verify_score, {minus}"
+        " WHERE teacher_id = OLD.teacher_id AND query_id = OLD.query_id AND OLD.verify_score IS NOT NULL;"
+        " DELETE FROM score_summaries WHERE teacher_id = OLD.teacher_id AND query_id = OLD.query_id"
+        " AND n <= 0;"
+    )
+    return [
+        f"CREATE TRIGGER score_summaries_insert AFTER INSERT ON grades BEGIN {add} END",
+        f"CREATE TRIGGER score_summaries_delete AFTER DELETE ON grades BEGIN {remove} END",
+        "CREATE TRIGGER score_summaries_update AFTER UPDATE OF verify_score, query_id, teacher_id ON grades"
+        f" BEGIN {remove} {add} END",
+    ]
+
+
+def pass_column(recipe: Recipe, cut_slots: dict[float, int]) -> str | None:
+    """SQL for each summary row's count of passing responses at its category's threshold; None when a
+    threshold has no slot."""
+    cases = []
+    for cat in CATEGORIES:
+        slot = cut_slots.get(float(recipe.grading.threshold(cat)))
+        if slot is None:
+            return None
+        cases.append(f"WHEN '{cat}' THEN p{slot}")
+    return f"CASE category {' '.join(cases)} ELSE 0 END"

@@ -1,0 +1,81 @@
+"""The score summaries equal a full recomputation from the grades after every kind of write: import,
+sample and grade, regrade of an ungraded item, a threshold the summaries had no slot for, a merge of
+shards that replaces responses, and a test's own INSERTs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deepdistill_tui.core.data.released import import_released
+from deepdistill_tui.core.difficulty.responses import _scores_from_grades, query_scores
+from deepdistill_tui.core.grading.stage import _INSERT
+from deepdistill_tui.core.recipe import Recipe, load_recipe
+from deepdistill_tui.core.store.database import Store
+from deepdistill_tui.core.store.shards import merge_shards, shard_path, write_shards
+from tests.synthetic import write_am_files
+from tests.test_select import put
+
+
+def recipe(**thresholds: float) -> Recipe:
+    data = load_recipe("full-32b").model_dump()
+    data["grading"]["thresholds"].update(thresholds)
+    data["selection"]["difficulty_teachers"] = []
+    return Recipe.model_validate(data)
+
+
+def assert_exact(store: Store, r: Recipe) -> None:
+    teachers = [t for (t,) in store.conn.execute("SELECT DISTINCT teacher_id FROM grades")]
+    assert teachers
+    for tid in teachers:
+        got, want = query_scores(store, r, tid), _scores_from_grades(store, r, tid)
+        assert got.query_ids.tolist() == want.query_ids.tolist(), tid
+        assert got.categories.tolist() == want.categories.tolist()
+        np.testing.assert_array_equal(got.n, want.n)
+        np.testing.assert_array_equal(got.n_pass, want.n_pass)
+        np.testing.assert_allclose(got.total, want.total, atol=1e-9)
+        np.testing.assert_allclose(got.total_sq, want.total_sq, atol=1e-9)
+
+
+def test_summaries_follow_every_write(tmp_path: Path) -> None:
+    files = write_am_files(tmp_path / "am", 300, teachers=("r1", "7b"), passes=4)
+    with Store(tmp_path / "s.db") as s:
+        import_released(s, files[: len(files) // 2])
+        assert_exact(s, recipe())  # built from the grades
+        import_released(s, files[len(files) // 2:])  # then kept by the triggers
+        assert_exact(s, recipe())
+        put(s, {(f"own{i}", "gemma"): [1.0, 0.0, None, 1.0] for i in range(20)})  # plain INSERTs
+        assert_exact(s, recipe())
+        now = time.time()
+        with s.write() as conn:  # a sandbox_error, then the next grade replaces it (the regrade path)
+            for row in (("own0", "id-gemma", 2, None, 0, "sandbox_error"),
+                        ("own0", "id-gemma", 2, 1.0, 1, "ok"), ("own1", "id-gemma", 2, 0.25, 0, "ok")):
+                conn.execute(_INSERT, (*row, "code", "1", 0.1, "", now))
+        assert s.scalar("SELECT n FROM score_summaries WHERE query_id = 'own0'") == 4
+        assert_exact(s, recipe())
+        assert_exact(s, recipe(math=0.5, other=0.3))  # new thresholds: rebuilt once, then exact
+        assert s.count("summary_cuts") > 3
+
+
+def test_summaries_survive_a_merge_that_replaces_responses(tmp_path: Path) -> None:
+    files = write_am_files(tmp_path / "am", 120, categories=("math", "code"), teachers=("r1",), passes=4)
+    with Store(tmp_path / "main.db") as main:
+        import_released(main, files)
+        assert_exact(main, recipe())
+        write_shards(main, 2, tmp_path / "shards")
+    with Store(shard_path(tmp_path / "shards", 0)) as shard:
+        with shard.write() as conn:  # re-sampled passes (other responses, other grades), and regraded
+            rows = conn.execute("SELECT query_id, teacher_id, pass_index FROM samples LIMIT 40").fetchall()
+            for i, key in enumerate(rows):  # ones (the same response, a newer grade: INSERT OR REPLACE)
+                if i < 30:
+                    conn.execute("UPDATE samples SET response = 'resampled' WHERE query_id = ? AND"
+                                 " teacher_id = ? AND pass_index = ?", key)
+                conn.execute("UPDATE grades SET verify_score = 1 - verify_score, created_at = ? WHERE"
+                             " query_id = ? AND teacher_id = ? AND pass_index = ?", (time.time(), *key))
+        assert_exact(shard, recipe())
+    with Store(tmp_path / "main.db") as main:
+        added = merge_shards(main, [shard_path(tmp_path / "shards", i) for i in range(2)])
+        assert added["replaced"] == 30
+        assert_exact(main, recipe())

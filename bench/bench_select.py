@@ -1,23 +1,28 @@
-"""Stats and selection over 1M synthetic AM-format responses (250k queries x 4 passes of r1).
+"""Import, stats and selection over synthetic AM-format responses (N queries x 4 passes of r1).
 
-    python bench/bench_select.py                    # 250k queries
-    python bench/bench_select.py --queries 50000
+    python bench/bench_select.py                               # 250k queries: 1M responses
+    python bench/bench_select.py --queries 1000000             # 4M responses
+    python bench/bench_select.py --queries 250000 --answer-chars 2000
 
-Times import-am, `stats` (everything the CLI's stats command computes) and one Stage I + Stage II
-selection of the full-32b recipe, each on the same database in one run.
+Times `import-am` as the command runs it (the rows, then the score summaries and the quality filters
+that reads use), `stats` (everything the CLI's stats command computes) and one Stage I + Stage II
+selection of the full-32b recipe, each on the same database in one run, and prints the process's peak
+resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from deepdistill_tui.core.data.released import import_am
 from deepdistill_tui.core.difficulty.selection import run_selection
 from deepdistill_tui.core.difficulty.stats import compute_stats
+from deepdistill_tui.core.pipeline.params import ImportParams
+from deepdistill_tui.core.pipeline.runner import run_stage
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.store.database import Store
 
@@ -25,9 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' data 
 from tests.synthetic import write_am_files
 
 
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=250_000)
+    ap.add_argument("--answer-chars", type=int, default=100)
     ap.add_argument("--db", help="keep the database here (default: a temporary one)")
     args = ap.parse_args()
     data = load_recipe("full-32b").model_dump()
@@ -35,16 +45,21 @@ def main() -> None:
     recipe = Recipe.model_validate(data)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        files = write_am_files(tmp / "am", args.queries, teachers=("r1",), passes=4, answer_chars=100)
+        files = write_am_files(tmp / "am", args.queries, teachers=("r1",), passes=4,
+                               answer_chars=args.answer_chars)
+        print(f"{args.queries * 4:,} responses of {args.answer_chars} characters; peak after writing "
+              f"the files {peak_mb():,.0f} MB")
         with Store(args.db or tmp / "bench.db") as store:
-            rep = import_am(store, files)
-            print(f"import-am: {rep.responses:,} responses in {rep.seconds:.1f} s "
-                  f"({rep.responses / rep.seconds:,.0f}/s)")
+            t0 = time.perf_counter()
+            done = run_stage(store, "import-am", recipe, ImportParams(tuple(map(str, files))))
+            dt = time.perf_counter() - t0
+            n = done.summary["import_am"]["responses"]
+            print(f"import-am: {n:,} responses in {dt:.1f} s ({n / dt:,.0f}/s); peak {peak_mb():,.0f} MB")
             for label, fn in (("stats", lambda: compute_stats(store, recipe)),
                               ("select (Stage I + II)", lambda: run_selection(store, recipe, "bench"))):
                 t0 = time.perf_counter()
                 fn()
-                print(f"{label}: {time.perf_counter() - t0:.2f} s")
+                print(f"{label}: {time.perf_counter() - t0:.2f} s; peak {peak_mb():,.0f} MB")
 
 
 if __name__ == "__main__":

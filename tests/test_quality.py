@@ -84,3 +84,34 @@ def test_scorer_must_be_a_llama_cpp_teacher() -> None:
     data["selection"]["quality"] = {"perplexity_model": "nobody"}
     with pytest.raises(ValueError, match="unknown teacher"):
         Recipe.model_validate(data)
+
+
+def test_the_sketch_keeps_the_flags_exact_and_the_memory_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a sketch of 2^15 cells and 64-text batches, texts whose exact n-gram set takes five
+    times the sketch still get exactly the flags a full count gives (collisions only add candidates,
+    which the exact second pass clears), in memory set by the sketch and the batch."""
+    import random
+    import tracemalloc
+    from collections import Counter
+
+    from deepdistill_tui.core.difficulty import quality
+
+    monkeypatch.setattr(quality, "SKETCH_BITS", 15)
+    monkeypatch.setattr(quality, "BATCH_TEXTS", 64)
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(5000)]
+    texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(3000)]
+    phrase = " ".join(f"loop{i}" for i in range(8))
+    for i in rng.sample(range(3000), 9):  # one phrase in 9 texts: frequent at n=8, max 8
+        texts[i] += " " + phrase
+    texts[5] += (" " + phrase) * 3  # and a text that repeats it
+    counts = Counter(tuple(t.split()[j : j + 8]) for t in texts for j in range(len(t.split()) - 7))
+    truth = [any(counts[tuple(t.split()[j : j + 8])] > 8 for j in range(len(t.split()) - 7)) for t in texts]
+    assert 9 <= sum(truth) <= 10
+    tracemalloc.start()
+    got = quality.ngram_flags(texts, 8, 8)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert got.tolist() == truth
+    windows = sum(len(t.split()) - 7 for t in texts)
+    assert peak < windows * 16 / 4, (peak, windows * 16)  # a quarter of holding every hash and owner

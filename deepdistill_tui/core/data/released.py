@@ -30,10 +30,11 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from deepdistill_tui.core.data.am_import import AM_DATASET, SCORE_RANGE, am_query_id, parse_am_name
+from deepdistill_tui.core.data.am_import import AM_DATASET, SCORE_RANGE, AmFile, am_query_id, parse_am_name
 from deepdistill_tui.core.data.readers import DEFAULT_MAX_LINE_BYTES, parse_json_line
 from deepdistill_tui.core.data.text import split_response
 from deepdistill_tui.core.errors import InputError
@@ -277,9 +278,14 @@ def teacher_name(value: Any) -> str:
     return name[:80]
 
 
+@lru_cache(maxsize=256)
+def _named(path: str) -> AmFile | None:
+    return parse_am_name(Path(path), strict=False)
+
+
 def am_rows(src: Source, rec: dict[str, Any], opts: Options) -> list[Response]:
     """A flat AM row; the file name (when it follows the release's) supplies what the row lacks."""
-    named = parse_am_name(Path(src.path), strict=False) if src.kind in ("jsonl", "parquet") else None
+    named = _named(src.path) if src.kind in ("jsonl", "parquet") else None
     row_cat = _col(rec, opts, "category")
     category = _category(row_cat if row_cat is not None else (named.category if named else opts.category))
     if named and row_cat is not None and row_cat != named.category:
@@ -418,6 +424,8 @@ class ImportReport:
     per_file: dict[str, int] = field(default_factory=dict)
     duplicates_per_file: dict[str, int] = field(default_factory=dict)
     formats: dict[str, str] = field(default_factory=dict)
+    teachers: set[str] = field(default_factory=set)
+    """The teacher ids that got rows."""
     seconds: float = 0.0
 
     def skip(self, where: str, bad: BadRow) -> None:
@@ -470,10 +478,10 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
     else:
         for src in sources:
             _import_source(store, None, src, opts, thresholds, report, strict, max_line_bytes)
-    report.seconds = time.perf_counter() - start
     if report.rows and sum(report.skipped.values()) == report.rows:
         raise InputError(f"import: none of the {report.rows} rows could be imported; the first: "
                          f"{report.examples[0] if report.examples else '?'}")
+    report.seconds = time.perf_counter() - start
     return report
 
 
@@ -502,6 +510,7 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
     report.resumed += bool(resume_at)
     fmt = opts.fmt
     batch, seen, pending, in_source = _Batch(), 0, 0, set()
+    seen_teachers: set[str] = set()
     counts = Counter[str]()
     now = time.time()
     rows = iter_rows(src, max_line_bytes)
@@ -532,6 +541,7 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
                 counts["duplicates"] += 1  # the first record of this question, teacher and pass stands
                 continue
             in_source.add(key)
+            seen_teachers.add(r.teacher)
             _add(batch, r, now, thresholds, fmt)
         if pending >= CHUNK or len(batch.samples) >= CHUNK:
             _commit(store, conn, src, fmt, seen, False, batch, counts)
@@ -539,6 +549,7 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
     if counts["skipped"] == seen - resume_at > 0 and not counts["committed"]:
         return  # every row bad: nothing written for this source (the caller says so if none was good)
     _commit(store, conn, src, fmt if fmt != "auto" else "am", seen, True, batch, counts)
+    report.teachers |= seen_teachers
     report.formats[src.path] = fmt
     report.per_file[src.path] = counts["responses"]
     report.duplicates_per_file[src.path] = counts["duplicates"]
@@ -577,12 +588,9 @@ def _write(conn: Any, src: Source, fmt: str, rows_done: int, finished: bool, bat
         params = {"dataset": AM_DATASET if tfmt == "am" else src.path, "teacher": name, "format": tfmt,
                   "single_response": tfmt == "am-conversations"}
         conn.execute(_T, (tid, name, f"{params['dataset']}/{name}", json.dumps(params), now))
-    before = conn.total_changes
-    conn.executemany(_Q, batch.queries)
-    counts["new_queries"] += conn.total_changes - before
-    before = conn.total_changes
-    conn.executemany(_S, batch.samples)
-    counts["responses"] += conn.total_changes - before  # responses new to the store, not rows read
+    # rowcount, not total_changes: the rows these statements wrote, not what their triggers did too.
+    counts["new_queries"] += max(0, conn.executemany(_Q, batch.queries).rowcount)
+    counts["responses"] += max(0, conn.executemany(_S, batch.samples).rowcount)  # new, not rows read
     conn.executemany(_G, batch.grades)
     conn.executemany(_R, batch.rates)
     report = {"responses": counts["responses"], "skipped": counts["skipped"]}

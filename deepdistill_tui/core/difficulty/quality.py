@@ -15,9 +15,13 @@ A response with no perplexity is kept.
 
 from __future__ import annotations
 
+import json
 import math
+import sqlite3
 import threading
 import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,49 +53,217 @@ class Exclusions:
                 "removed": int(self.any.sum())}
 
 
-def ngram_hashes(text: str, n: int, vocab: dict[str, int]) -> np.ndarray:
-    """64-bit hashes of every whitespace-token n-gram of ``text`` (a polynomial rolling hash)."""
-    ids = np.fromiter((vocab.setdefault(t, len(vocab) + 1) for t in text.split()), dtype=np.uint64)
-    if len(ids) < n:
-        return np.zeros(0, dtype=np.uint64)
-    h = np.zeros(len(ids) - n + 1, dtype=np.uint64)
+def _token_ids(text: str) -> np.ndarray:
+    """A stable 32-bit id per whitespace token (CRC-32 of its UTF-8 bytes), in C from end to end:
+    the same text gives the same ids in any process, so flags computed at different times agree."""
+    return np.fromiter(map(zlib.crc32, text.encode("utf-8", "surrogatepass").split()), dtype=np.uint64)
+
+
+SKETCH_BITS = 25
+"""Cells per row of the counting sketch (two rows of bytes: 64 MB however much text there is)."""
+BATCH_TEXTS = 4096
+
+
+def _windows(texts: Iterable[str], n: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """For batches of texts: (the text index of each n-token window, its 64-bit hash, texts seen so
+    far). Token ids of a batch are laid end to end and every window that stays inside one text is
+    hashed at once (a polynomial over the ids, modulo 2^64): a few vector operations per batch."""
+    ids: list[np.ndarray] = []
+    owners: list[int] = []
+    seen = 0
+    for i, text in enumerate(texts):
+        seen = i + 1
+        tokens = _token_ids(text)
+        if len(tokens) >= n:
+            ids.append(tokens)
+            owners.append(i)
+        if len(ids) >= BATCH_TEXTS:
+            yield (*_hash_batch(ids, owners, n), seen)
+            ids, owners = [], []
+    if ids:
+        yield (*_hash_batch(ids, owners, n), seen)
+    elif seen:
+        yield np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64), seen
+
+
+def _hash_batch(ids: list[np.ndarray], owners: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    flat = np.concatenate(ids)
+    windows = len(flat) - n + 1
+    h = np.zeros(windows, dtype=np.uint64)
     with np.errstate(over="ignore"):  # wrapping modulo 2^64 is the point
         for j in range(n):
-            h = h * _MULT + ids[j : j + len(h)]
-    return h
+            h = h * _MULT + flat[j : j + windows]
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    text_of = np.repeat(np.arange(len(ids)), lengths)[:windows]
+    inside = np.arange(windows) + n <= (starts + lengths)[text_of]
+    return np.asarray(owners, dtype=np.int64)[text_of[inside]], h[inside]
 
 
-def ngram_flags(texts: list[str], n: int, max_count: int) -> np.ndarray:
-    """True for each text holding an n-gram that occurs more than ``max_count`` times in all texts."""
-    vocab: dict[str, int] = {}
-    per_text = [ngram_hashes(t, n, vocab) for t in texts]
-    if not per_text or not any(len(h) for h in per_text):
-        return np.zeros(len(texts), dtype=bool)
-    values, counts = np.unique(np.concatenate(per_text), return_counts=True)
+def _cells(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.uint64((1 << SKETCH_BITS) - 1)
+    return (h & mask).astype(np.int64), ((h >> np.uint64(32)) & mask).astype(np.int64)
+
+
+def ngram_flags(texts: Sequence[str] | Callable[[], Iterable[str]], n: int, max_count: int) -> np.ndarray:
+    """True for each text holding an n-gram that occurs more than ``max_count`` times in all texts.
+
+    Two passes over the texts (``texts`` is a sequence, or a function that reads them again) in
+    bounded memory. The first counts every n-gram in a sketch of two rows of saturating byte counters
+    (hash cells, 64 MB); an n-gram whose two cells both pass ``max_count`` is a candidate, and a
+    candidate's count in the sketch is never below its true count, so no frequent n-gram is missed.
+    The second pass counts the candidates exactly, so the flags are exact. Hashes: distinct n-grams
+    share one with probability about 2^-64 per pair; distinct tokens share an id (CRC-32) about once
+    per 2^32 pairs, which can only merge counts, so the filter errs towards removing a response,
+    never towards keeping a looping one. Texts with fewer than ``n`` tokens cost one split.
+    """
+    again = texts if callable(texts) else (lambda: texts)
+    rows = [np.zeros(1 << SKETCH_BITS, dtype=np.uint8) for _ in range(2)]
+    count = 0
+    for _, h, seen in _windows(again(), n):
+        count = seen  # texts read so far, short ones included
+        for row, cells in zip(rows, _cells(h), strict=True):
+            u, c = np.unique(cells, return_counts=True)
+            row[u] = np.minimum(row[u].astype(np.int64) + c, 255).astype(np.uint8)
+    flags = np.zeros(count, dtype=bool)
+    if not count:
+        return flags
+    if max_count >= 255:  # a byte counter saturates first: count everything exactly
+        return _exact_flags(again(), n, max_count, count)
+    owner_parts, hash_parts = [], []
+    for owners, h, _ in _windows(again(), n):
+        a, b = _cells(h)
+        pick = (rows[0][a] > max_count) & (rows[1][b] > max_count)
+        if pick.any():
+            owner_parts.append(owners[pick])
+            hash_parts.append(h[pick])
+    if not hash_parts:
+        return flags
+    owners, h = np.concatenate(owner_parts), np.concatenate(hash_parts)
+    values, counts = np.unique(h, return_counts=True)
     frequent = values[counts > max_count]
-    if len(frequent) == 0:
-        return np.zeros(len(texts), dtype=bool)
-    return np.array([bool(np.isin(h, frequent).any()) for h in per_text])
+    if len(frequent):
+        flags[np.unique(owners[np.isin(h, frequent)])] = True
+    return flags
 
 
-def _texts_and_ppl(store: Store, teacher_id: str, r: Responses) -> tuple[list[str], np.ndarray]:
-    """The response text and perplexity of each row of ``r`` (same order)."""
-    rows = {(q, p): (text, ppl) for q, p, text, ppl in store.conn.execute(
-        "SELECT query_id, pass_index, response, ppl FROM samples WHERE teacher_id = ?", (teacher_id,))}
-    found = [rows.get((q, int(p)), ("", None)) for q, p in zip(r.query_ids.tolist(), r.pass_index.tolist(),
-                                                                strict=True)]
-    return [t for t, _ in found], np.array([np.nan if v is None else v for _, v in found], dtype=float)
+def _exact_flags(texts: Iterable[str], n: int, max_count: int, count: int) -> np.ndarray:
+    """Past what a byte counter holds: every n-gram counted exactly (memory grows with the text)."""
+    parts = list(_windows(texts, n))
+    flags = np.zeros(count, dtype=bool)
+    if not parts:
+        return flags
+    owners = np.concatenate([o for o, _, _ in parts])
+    h = np.concatenate([x for _, x, _ in parts])
+    values, counts = np.unique(h, return_counts=True)
+    frequent = values[counts > max_count]
+    if len(frequent):
+        flags[np.unique(owners[np.isin(h, frequent)])] = True
+    return flags
 
 
 def exclusions(store: Store, cfg: QualityFilters, teacher_id: str, r: Responses) -> Exclusions:
+    """Which of ``r``'s responses the filters remove, from the flags the store keeps for the teacher
+    (computed again only when the teacher's responses, or the filter settings, changed since)."""
     n = len(r.score)
     if cfg.max_perplexity is None and cfg.max_ngram_count is None:
         return Exclusions(np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
-    texts, ppl = _texts_and_ppl(store, teacher_id, r)
-    high = np.zeros(n, dtype=bool) if cfg.max_perplexity is None else np.nan_to_num(ppl) > cfg.max_perplexity
-    loops = (np.zeros(n, dtype=bool) if cfg.max_ngram_count is None
-             else ngram_flags(texts, cfg.ngram, cfg.max_ngram_count))
-    return Exclusions(high, loops)
+    flagged = stored_flags(store, cfg, teacher_id)
+    return Exclusions(_rows_of(r, flagged["perplexity"]), _rows_of(r, flagged["ngram"]))
+
+
+def _rows_of(r: Responses, pairs: list[tuple[str, int]]) -> np.ndarray:
+    """A mask over ``r``'s rows (sorted by query id, then pass) of the given (query, pass) pairs: a
+    binary search per flagged response, none per response kept."""
+    mask = np.zeros(len(r.score), dtype=bool)
+    if not pairs:
+        return mask
+    qids = np.array([q for q, _ in pairs], dtype=object)
+    lo = np.searchsorted(r.query_ids, qids, side="left")
+    hi = np.searchsorted(r.query_ids, qids, side="right")
+    for (_, p), a, b in zip(pairs, lo.tolist(), hi.tolist(), strict=True):
+        for row in range(a, b):
+            if r.pass_index[row] == p:
+                mask[row] = True
+    return mask
+
+
+def exclusion_counts(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[str, int]:
+    """How many of the teacher's graded responses to training queries each filter removes, from the
+    stored flags (no response is read): what ``Exclusions.counts`` gives, for statistics."""
+    if cfg.max_perplexity is None and cfg.max_ngram_count is None:
+        return {"perplexity": 0, "ngram": 0, "removed": 0}
+    stored_flags(store, cfg, teacher_id)  # refreshed first when stale
+    rows = store.conn.execute(
+        "SELECT f.kind, f.query_id, f.pass_index FROM quality_flags f JOIN grades g"
+        " ON g.query_id = f.query_id AND g.teacher_id = f.teacher_id AND g.pass_index = f.pass_index"
+        " JOIN queries q ON q.query_id = f.query_id WHERE f.teacher_id = ? AND g.verify_score IS NOT NULL"
+        " AND q.split = 'train'", (teacher_id,)).fetchall()
+    return {"perplexity": sum(k == "perplexity" for k, _, _ in rows),
+            "ngram": sum(k == "ngram" for k, _, _ in rows), "removed": len({(q, p) for _, q, p in rows})}
+
+
+def _params(cfg: QualityFilters) -> str:
+    return json.dumps({"max_perplexity": cfg.max_perplexity, "max_ngram_count": cfg.max_ngram_count,
+                       "ngram": cfg.ngram}, sort_keys=True)
+
+
+def stored_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[str, list[tuple[str, int]]]:
+    """The teacher's flagged responses, (query, pass) per filter, refreshed first when stale."""
+    fresh = store.conn.execute(
+        "SELECT 1 FROM quality_cache c JOIN teacher_versions v USING (teacher_id) WHERE c.teacher_id = ?"
+        " AND c.params = ? AND c.version = v.version", (teacher_id, _params(cfg))).fetchone()
+    if fresh is None:
+        refresh_flags(store, cfg, teacher_id)
+    out: dict[str, list[tuple[str, int]]] = {"perplexity": [], "ngram": []}
+    for q, p, kind in store.conn.execute("SELECT query_id, pass_index, kind FROM quality_flags"
+                                         " WHERE teacher_id = ?", (teacher_id,)):
+        out[kind].append((q, int(p)))
+    return out
+
+
+def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str,
+                   ) -> tuple[int, list[tuple[str, int]], list[bool], list[bool]]:
+    version = store.scalar("SELECT version FROM teacher_versions WHERE teacher_id = ?", (teacher_id,)) or 0
+    keys: list[tuple[str, int]] = []
+    high: list[bool] = []
+    for q, p, ppl in store.conn.execute("SELECT query_id, pass_index, ppl FROM samples WHERE teacher_id = ?"
+                                        " ORDER BY query_id, pass_index", (teacher_id,)):
+        keys.append((q, int(p)))
+        high.append(cfg.max_perplexity is not None and ppl is not None and ppl > cfg.max_perplexity)
+
+    def texts() -> Iterator[str]:  # read again for each pass, in the same order, never all held
+        for (text,) in store.conn.execute("SELECT response FROM samples WHERE teacher_id = ?"
+                                          " ORDER BY query_id, pass_index", (teacher_id,)):
+            yield text
+
+    loops = (ngram_flags(texts, cfg.ngram, cfg.max_ngram_count).tolist()
+             if cfg.max_ngram_count is not None else [False] * len(keys))
+    return version, keys, high, loops
+
+
+def refresh_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[str, int]:
+    """Compute the filters over every response of the teacher and store the flagged ones, with the
+    teacher's response version they hold for. Read-only stores compute them and keep nothing."""
+    store.conn.execute("BEGIN")  # one snapshot for every read below: the passes see the same rows
+    try:
+        version, keys, high, loops = _compute_flags(store, cfg, teacher_id)
+    finally:
+        store.conn.execute("COMMIT")
+    flagged = [(teacher_id, q, p, kind) for (q, p), h, lp in zip(keys, high, loops, strict=True)
+               for kind, on in (("perplexity", h), ("ngram", lp)) if on]
+    try:
+        with store.write() as conn:
+            conn.execute("DELETE FROM quality_flags WHERE teacher_id = ?", (teacher_id,))
+            conn.executemany("INSERT INTO quality_flags (teacher_id, query_id, pass_index, kind)"
+                             " VALUES (?, ?, ?, ?)", flagged)
+            conn.execute("INSERT INTO quality_cache (teacher_id, params, version) VALUES (?, ?, ?)"
+                         " ON CONFLICT(teacher_id) DO UPDATE SET params = excluded.params,"
+                         " version = excluded.version", (teacher_id, _params(cfg), version))
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc):
+            raise
+    return {"perplexity": sum(high), "ngram": sum(loops)}
 
 
 # ---------------------------------------------------------------- perplexity of own samples

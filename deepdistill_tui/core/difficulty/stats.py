@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from deepdistill_tui.core.difficulty.quality import exclusions
+from deepdistill_tui.core.difficulty.quality import exclusion_counts
 from deepdistill_tui.core.difficulty.responses import (
     QueryScores,
-    load_responses,
     query_scores,
     resolve_teachers,
     single_response,
@@ -142,8 +141,7 @@ def compute_stats(store: Store, recipe: Recipe, *, lengths: bool = True) -> dict
 
 def _quality_counts(store: Store, recipe: Recipe, teacher_id: str) -> dict[str, int]:
     """How many of the training teacher's responses the paper's quality filters keep out of selection."""
-    return exclusions(store, recipe.selection.quality, teacher_id,
-                      load_responses(store, teacher_id)).counts()
+    return exclusion_counts(store, recipe.selection.quality, teacher_id)
 
 
 def released_comparison(store: Store, recipe: Recipe, teachers: dict[str, str]) -> dict[str, Any]:

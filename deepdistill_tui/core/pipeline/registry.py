@@ -63,6 +63,7 @@ def _ingest(store: Store, recipe: Recipe, p: IngestParams, run: RunContext) -> R
         run.emit(StageProgress("ingest", f"importing {len(files)} AM files"
                                          + (f", the first {limit} rows of each" if limit else "")))
         report = import_am(store, files, thresholds=dict(recipe.grading.thresholds), limit=limit)
+        prepare_reads(store, recipe, report.teachers)
         released = report if released is None else _merged(released, report)
     return IngestResult(queries, released)
 
@@ -77,7 +78,8 @@ def _merged(a: ImportReport, b: ImportReport) -> ImportReport:
                    resumed=a.resumed + b.resumed, skipped=a.skipped + b.skipped,
                    examples=(a.examples + b.examples)[:20], per_file={**a.per_file, **b.per_file},
                    duplicates_per_file={**a.duplicates_per_file, **b.duplicates_per_file},
-                   formats={**a.formats, **b.formats}, seconds=a.seconds + b.seconds)
+                   formats={**a.formats, **b.formats}, teachers=a.teachers | b.teachers,
+                   seconds=a.seconds + b.seconds)
 
 
 def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContext) -> Result:
@@ -87,6 +89,7 @@ def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContex
     thresholds = dict(recipe.grading.thresholds) if recipe else None
     report = import_released(store, list(p.files), fmt=p.format, columns=dict(p.columns),
                              category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict)
+    prepare_reads(store, recipe, report.teachers)
     return IngestResult(import_am=report)
 
 
@@ -95,7 +98,22 @@ def _import_am(store: Store, recipe: Recipe | None, p: ImportParams, run: RunCon
     from deepdistill_tui.core.data.released import import_am
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
-    return IngestResult(import_am=import_am(store, list(p.files), thresholds=thresholds, strict=p.strict))
+    report = import_am(store, list(p.files), thresholds=thresholds, strict=p.strict)
+    prepare_reads(store, recipe, report.teachers)
+    return IngestResult(import_am=report)
+
+
+def prepare_reads(store: Store, recipe: Recipe | None, teachers: set[str]) -> None:
+    """After responses arrive: the score summaries (for the recipe's thresholds, else the paper's) and
+    the quality filters of each teacher that got them, computed now so that no read has to."""
+    from deepdistill_tui.core.difficulty import summaries
+    from deepdistill_tui.core.difficulty.quality import refresh_flags
+    from deepdistill_tui.core.recipe import PAPER_PASS_THRESHOLDS, QualityFilters
+
+    cuts = summaries.recipe_cuts(recipe) if recipe else sorted(set(PAPER_PASS_THRESHOLDS.values()))
+    summaries.ensure(store, cuts)
+    for tid in sorted(teachers):
+        refresh_flags(store, recipe.selection.quality if recipe else QualityFilters(), tid)
 
 
 def _sample(store: Store, recipe: Recipe, p: SampleParams, run: RunContext) -> Result:

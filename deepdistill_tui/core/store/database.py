@@ -229,6 +229,38 @@ MIGRATIONS: list[str] = [
         cut  REAL NOT NULL
     );
     """,
+    # The paper's quality filters (perplexity, frequent n-grams) computed once per state of a
+    # teacher's responses: a version that triggers on samples move with every change, and the
+    # flagged responses that hold for it, so that a read finds them instead of reading all text.
+    """
+    CREATE TABLE teacher_versions (
+        teacher_id TEXT NOT NULL PRIMARY KEY,
+        version    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE quality_cache (
+        teacher_id TEXT NOT NULL PRIMARY KEY,
+        params     TEXT NOT NULL,
+        version    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE quality_flags (
+        teacher_id TEXT NOT NULL,
+        query_id   TEXT NOT NULL,
+        pass_index INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        PRIMARY KEY (teacher_id, query_id, pass_index, kind)
+    ) WITHOUT ROWID;
+    INSERT INTO teacher_versions SELECT teacher_id, 1 FROM samples GROUP BY teacher_id;
+    CREATE TRIGGER teacher_versions_insert AFTER INSERT ON samples BEGIN
+        INSERT INTO teacher_versions VALUES (NEW.teacher_id, 1)
+        ON CONFLICT(teacher_id) DO UPDATE SET version = version + 1;
+    END;
+    CREATE TRIGGER teacher_versions_delete AFTER DELETE ON samples BEGIN
+        UPDATE teacher_versions SET version = version + 1 WHERE teacher_id = OLD.teacher_id;
+    END;
+    CREATE TRIGGER teacher_versions_update AFTER UPDATE OF response, ppl ON samples BEGIN
+        UPDATE teacher_versions SET version = version + 1 WHERE teacher_id = NEW.teacher_id;
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -355,6 +387,20 @@ def refuse_read_only(path: Path) -> None:
                                    " somewhere writable")
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration, one at a time (a trigger's body holds semicolons of its own;
+    executescript would commit the transaction the migration runs in)."""
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                yield buf
+            buf = ""
+    if buf.strip(" \n;"):
+        yield buf
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """A connection in autocommit mode: transactions are explicit (``Store.write``)."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -421,9 +467,8 @@ class Store:
             # Re-read under the write lock: another process may have migrated meanwhile.
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(MIGRATIONS[step]):
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------ transactions

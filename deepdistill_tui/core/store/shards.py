@@ -110,18 +110,17 @@ def _merge_one(store: Store, path: Path) -> dict[str, int]:
             conn.execute(f"DELETE FROM main.grades WHERE {where}")
             conn.execute(f"DELETE FROM main.samples WHERE {where}")
             for table in ("queries", "teachers", "samples"):
-                before = conn.total_changes
-                conn.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM shard_db.{table}")
-                added[table] = conn.total_changes - before - (added["replaced"] if table == "samples" else 0)
+                # rowcount counts what the statement wrote, not what the summaries' triggers did.
+                inserted = conn.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM shard_db.{table}")
+                added[table] = inserted.rowcount - (added["replaced"] if table == "samples" else 0)
             # Only the grades of the very responses the store now holds (the shard's grade is the newer).
-            before = conn.total_changes
-            conn.execute("INSERT OR REPLACE INTO main.grades SELECT g.* FROM shard_db.grades g"
+            merged = conn.execute("INSERT OR REPLACE INTO main.grades SELECT g.* FROM shard_db.grades g"
                          f" JOIN shard_db.samples s USING ({_KEY}) JOIN main.samples m USING ({_KEY})"
                          " WHERE s.response IS m.response AND s.prefill IS m.prefill AND NOT EXISTS ("
                          " SELECT 1 FROM main.grades x WHERE x.query_id = g.query_id"
                          " AND x.teacher_id = g.teacher_id AND x.pass_index = g.pass_index"
                          " AND x.created_at IS g.created_at AND x.verify_score IS g.verify_score)")
-            added["grades"] = conn.total_changes - before
+            added["grades"] = merged.rowcount
             conn.execute("DROP TABLE temp.merge_replaced")
     except sqlite3.DatabaseError as exc:
         raise DeepDistillError(f"{path}: cannot merge ({exc})") from exc

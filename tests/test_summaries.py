@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from deepdistill_tui.core.data.released import import_released
 from deepdistill_tui.core.difficulty.responses import _scores_from_grades, query_scores
@@ -79,3 +80,22 @@ def test_summaries_survive_a_merge_that_replaces_responses(tmp_path: Path) -> No
         added = merge_shards(main, [shard_path(tmp_path / "shards", i) for i in range(2)])
         assert added["replaced"] == 30
         assert_exact(main, recipe())
+
+
+def test_the_released_comparison_in_sql_equals_the_one_from_per_query_rates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepdistill_tui.core.difficulty import stats, summaries
+
+    files = write_am_files(tmp_path / "am", 400, teachers=("r1",), passes=4)
+    with Store(tmp_path / "s.db") as s:
+        import_released(s, files)
+        with s.write() as conn:
+            conn.execute("INSERT INTO released_pass_rates SELECT query_id, 'r1', 0.5 FROM queries LIMIT 100")
+        r = recipe()
+        fast = stats.released_comparison(s, r, {"r1": "am-r1"})
+        with monkeypatch.context() as m:
+            m.setattr(summaries, "released_comparison", lambda *a, **k: None)
+            slow = stats.released_comparison(s, r, {"r1": "am-r1"})
+    assert fast["r1"]["queries"] == slow["r1"]["queries"] == 100
+    for key in ("computed_mean", "released_mean", "mean_abs_diff"):
+        assert fast["r1"][key] == pytest.approx(slow["r1"][key])

@@ -117,3 +117,19 @@ def pass_column(recipe: Recipe, cut_slots: dict[float, int]) -> str | None:
             return None
         cases.append(f"WHEN '{cat}' THEN p{slot}")
     return f"CASE category {' '.join(cases)} ELSE 0 END"
+
+
+def released_comparison(store: Store, recipe: Recipe, teacher_id: str, released: str,
+                        ) -> tuple[int, float, float, float] | None:
+    """(queries, mean computed pass rate, mean released pass rate, mean absolute difference) over the
+    training queries that have both, in one pass of SQLite; None when the summaries cannot serve."""
+    cut_slots = ensure(store, recipe_cuts(recipe))
+    passing = pass_column(recipe, cut_slots) if cut_slots is not None else None
+    if passing is None:
+        return None
+    row = store.conn.execute(
+        f"SELECT count(*), avg(ours), avg(theirs), avg(abs(ours - theirs)) FROM"
+        f" (SELECT ({passing}) * 1.0 / n AS ours, r.pass_rate AS theirs FROM score_summaries s"
+        "  JOIN released_pass_rates r ON r.query_id = s.query_id AND r.teacher = ?"
+        "  WHERE s.teacher_id = ? AND s.split = 'train' AND s.n > 0)", (released, teacher_id)).fetchone()
+    return (int(row[0]), float(row[1] or 0), float(row[2] or 0), float(row[3] or 0))

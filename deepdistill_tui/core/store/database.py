@@ -261,6 +261,18 @@ MIGRATIONS: list[str] = [
         UPDATE teacher_versions SET version = version + 1 WHERE teacher_id = NEW.teacher_id;
     END;
     """,
+    # `import` stages each committed chunk here (appends), and moves the staged rows into the keyed
+    # tables in key order in one transaction at its end: rows a kill leaves here are moved by the
+    # next import.
+    """
+    CREATE TABLE staged_queries (query_id, question, category, ground_truth, test_cases, constraints,
+                                 source, origin, created_at);
+    CREATE TABLE staged_samples (query_id, teacher_id, pass_index, response, reasoning, answer, ppl,
+                                 created_at);
+    CREATE TABLE staged_grades (query_id, teacher_id, pass_index, verify_score, passed, grader_version,
+                                detail, created_at);
+    CREATE TABLE staged_rates (query_id, teacher, pass_rate);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -407,6 +419,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
+    # 64 MB of page cache instead of SQLite's 2 MB: inserts into million-row B-trees stop reading the
+    # same inner pages from disk again and again (a 4M-response import ran at a third of its speed).
+    conn.execute("PRAGMA cache_size = -65536")
     conn.execute("PRAGMA foreign_keys = ON")
     # INSERT OR REPLACE deletes the row it replaces; only with this do delete triggers see that (the
     # score summaries' triggers must, or a merged grade would be counted twice).

@@ -155,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_ablate)
 
-    p = sub.add_parser("import", parents=[common],
+    importing = _Parser(add_help=False)  # what import and import-am share
+    importing.add_argument("--strict", action="store_true",
+                           help="refuse at the first bad row and import nothing (default: skip and count it)")
+    importing.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME|PATH",
+                           help="take pass thresholds and quality filters from this recipe "
+                                "(default: the paper's)")
+    importing.add_argument("--json", action="store_true", help="print the report as JSON")
+    p = sub.add_parser("import", parents=[common, importing],
                        help="import released responses with their verdicts: AM files, its siblings' "
                             "conversations, or several generations per problem")
     p.add_argument("files", nargs="+", metavar="FILE|DIR|hf:REPO[:CONFIG]")
@@ -167,22 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "teacher=, pass=, answer=, verify_score= (repeatable)")
     p.add_argument("--category", choices=CATEGORIES, help="the category of rows that name none")
     p.add_argument("--teacher", metavar="NAME", help="the teacher of rows that name none")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse at the first bad row and import nothing (default: skip and count it)")
-    p.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME|PATH",
-                   help="take pass thresholds from this recipe (default: the paper's)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_import)
 
-    p = sub.add_parser("import-am", parents=[common],
+    p = sub.add_parser("import-am", parents=[common, importing],
                        help="import AM-DeepSeek-Distilled-40M files (CATEGORY_TEACHER_Kpass.jsonl): "
                             "import --format am, file names checked")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse at the first bad row and import nothing (default: skip and count it)")
-    p.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME|PATH",
-                   help="take pass thresholds from this recipe (default: the paper's)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_import_am)
 
     add_cluster_parsers(sub, common, with_recipe)

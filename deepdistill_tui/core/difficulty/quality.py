@@ -223,23 +223,26 @@ def stored_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[str
 
 
 def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str,
-                   ) -> tuple[int, list[tuple[str, int]], list[bool], list[bool]]:
+                   ) -> tuple[int, list[tuple[str, int, str]]]:
+    """(the teacher's response version, its flagged responses as (query, pass, filter)); every pass
+    streams the responses in key order, and only the flagged ones are kept."""
     version = store.scalar("SELECT version FROM teacher_versions WHERE teacher_id = ?", (teacher_id,)) or 0
-    keys: list[tuple[str, int]] = []
-    high: list[bool] = []
-    for q, p, ppl in store.conn.execute("SELECT query_id, pass_index, ppl FROM samples WHERE teacher_id = ?"
-                                        " ORDER BY query_id, pass_index", (teacher_id,)):
-        keys.append((q, int(p)))
-        high.append(cfg.max_perplexity is not None and ppl is not None and ppl > cfg.max_perplexity)
 
     def texts() -> Iterator[str]:  # read again for each pass, in the same order, never all held
         for (text,) in store.conn.execute("SELECT response FROM samples WHERE teacher_id = ?"
                                           " ORDER BY query_id, pass_index", (teacher_id,)):
             yield text
 
-    loops = (ngram_flags(texts, cfg.ngram, cfg.max_ngram_count).tolist()
-             if cfg.max_ngram_count is not None else [False] * len(keys))
-    return version, keys, high, loops
+    loops = ngram_flags(texts, cfg.ngram, cfg.max_ngram_count) if cfg.max_ngram_count is not None else None
+    flagged: list[tuple[str, int, str]] = []
+    rows = store.conn.execute("SELECT query_id, pass_index, ppl FROM samples WHERE teacher_id = ?"
+                              " ORDER BY query_id, pass_index", (teacher_id,))
+    for i, (q, p, ppl) in enumerate(rows):
+        if cfg.max_perplexity is not None and ppl is not None and ppl > cfg.max_perplexity:
+            flagged.append((q, int(p), "perplexity"))
+        if loops is not None and loops[i]:
+            flagged.append((q, int(p), "ngram"))
+    return version, flagged
 
 
 def refresh_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[str, int]:
@@ -247,11 +250,10 @@ def refresh_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[st
     teacher's response version they hold for. Read-only stores compute them and keep nothing."""
     store.conn.execute("BEGIN")  # one snapshot for every read below: the passes see the same rows
     try:
-        version, keys, high, loops = _compute_flags(store, cfg, teacher_id)
+        version, found = _compute_flags(store, cfg, teacher_id)
     finally:
         store.conn.execute("COMMIT")
-    flagged = [(teacher_id, q, p, kind) for (q, p), h, lp in zip(keys, high, loops, strict=True)
-               for kind, on in (("perplexity", h), ("ngram", lp)) if on]
+    flagged = [(teacher_id, q, p, kind) for q, p, kind in found]
     try:
         with store.write() as conn:
             conn.execute("DELETE FROM quality_flags WHERE teacher_id = ?", (teacher_id,))
@@ -263,7 +265,7 @@ def refresh_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[st
     except sqlite3.OperationalError as exc:
         if "readonly" not in str(exc):
             raise
-    return {"perplexity": sum(high), "ngram": sum(loops)}
+    return {kind: sum(k == kind for _, _, k in found) for kind in ("perplexity", "ngram")}
 
 
 # ---------------------------------------------------------------- perplexity of own samples

@@ -97,7 +97,11 @@ def stage_one(store: Store, recipe: Recipe, r: Responses, teacher_id: str, name:
     keep_p = category_values(cfg.easy_keep_probability, gc, 0.0)
     challenging = any_pass & in_band & (cv > cv_t)  # NaN CV compares False
     easy = any_pass & in_band & ~challenging
-    easy_kept = easy & (uniform(cfg.seed, gq, "easy") < keep_p)
+    # The seeded draw only where it can keep a query (a hash per query costs a microsecond).
+    draw = np.ones(len(gq))
+    may_keep = easy & (keep_p > 0)
+    draw[may_keep] = uniform(cfg.seed, gq[may_keep], "easy")
+    easy_kept = easy & (draw < keep_p)
     keep_query = challenging | easy_kept
     keep_row = np.repeat(keep_query, r.counts) & passing
     branch = {

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deepdistill_tui.core.difficulty.responses import query_info, resolve_teachers
 from deepdistill_tui.core.difficulty.stats import per_query
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.pipeline.context import Result
@@ -34,11 +35,13 @@ def assistant_text(response: str, reasoning: str | None, answer: str | None) -> 
 
 
 def iter_records(store: Store, recipe: Recipe, selection: str) -> Iterator[dict[str, Any]]:
+    """The selection's records in query order, in chunks of ``BATCH``: each chunk's pass rates and
+    CV are read for its own queries, so memory holds a chunk, whatever the selection's size."""
     if store.scalar("SELECT 1 FROM selections WHERE name = ?", (selection,)) is None:
         known = [r[0] for r in store.conn.execute("SELECT name FROM selections ORDER BY name")]
         raise DeepDistillError(f"no selection named {selection!r}; known: {', '.join(known) or 'none'}")
-    info = {q["query_id"]: q for q in per_query(store, recipe)}
     teacher_names = [t.name for t in recipe.teachers]
+    teachers = resolve_teachers(store, teacher_names)
     cur = store.conn.execute(
         "SELECT m.query_id, q.question, q.category, t.name, m.teacher_id, m.pass_index, m.stage,"
         " s.response, s.reasoning, s.answer, g.verify_score"
@@ -51,17 +54,23 @@ def iter_records(store: Store, recipe: Recipe, selection: str) -> Iterator[dict[
         " WHERE m.selection = ? ORDER BY m.query_id, m.pass_index",
         (selection,),
     )
-    for qid, question, cat, teacher, tid, p, stage, response, reasoning, answer, score in cur:
-        q = info.get(qid, {})
-        rates = q.get("pass_rates", {})
-        yield {
-            "messages": [{"role": "user", "content": question},
-                         {"role": "assistant", "content": assistant_text(response, reasoning, answer)}],
-            "query_id": qid, "question": question, "category": cat, "teacher": teacher,
-            "teacher_id": tid, "pass_index": p, "stage": stage,
-            "pass_rates": {name: rates.get(name) for name in teacher_names},
-            "cv": q.get("cv"), "verify_score": score,
-        }
+    every: dict[str, dict[str, Any]] | None = None  # the slow path's table, read once
+    while rows := cur.fetchmany(BATCH):
+        info = query_info(store, recipe, teachers, sorted({r[0] for r in rows}))
+        if info is None:
+            every = every if every is not None else {q["query_id"]: q for q in per_query(store, recipe)}
+            info = every
+        for qid, question, cat, teacher, tid, p, stage, response, reasoning, answer, score in rows:
+            q = info.get(qid, {})
+            rates = q.get("pass_rates", {})
+            yield {
+                "messages": [{"role": "user", "content": question},
+                             {"role": "assistant", "content": assistant_text(response, reasoning, answer)}],
+                "query_id": qid, "question": question, "category": cat, "teacher": teacher,
+                "teacher_id": tid, "pass_index": p, "stage": stage,
+                "pass_rates": {name: rates.get(name) for name in teacher_names},
+                "cv": q.get("cv"), "verify_score": score,
+            }
 
 
 def _batches(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

@@ -8,6 +8,7 @@ A response passes when its verify_score is above its category's threshold *from 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -149,6 +150,33 @@ def query_scores(store: Store, recipe: Recipe, teacher_id: str) -> QueryScores:
         " WHERE teacher_id = ? AND split = 'train' AND n > 0 ORDER BY query_id", (teacher_id,)).fetchall(), 6)
     return QueryScores(np.array(cols[0], dtype=object), np.array(cols[1], dtype=object),
                        *(np.array(c, dtype=np.float64) for c in cols[2:]))
+
+
+def query_info(store: Store, recipe: Recipe, teachers: dict[str, str], query_ids: list[str],
+               ) -> dict[str, dict[str, Any]] | None:
+    """For these training queries: each teacher's pass rate and the training teacher's CV (None where
+    undefined), as ``stats.per_query`` gives them, reading only their own summary rows. None when the
+    summaries cannot serve (a read-only store, or thresholds without a slot)."""
+    cut_slots = summaries.ensure(store, summaries.recipe_cuts(recipe))
+    passing = summaries.pass_column(recipe, cut_slots) if cut_slots is not None else None
+    if passing is None or not query_ids:
+        return None if passing is None else {}
+    out: dict[str, dict[str, Any]] = {}
+    marks = ", ".join("?" * len(query_ids))
+    for name, tid in teachers.items():
+        cols = _columns(store.conn.execute(
+            f"SELECT query_id, category, n, {passing}, total, total_sq FROM score_summaries"
+            f" WHERE teacher_id = ? AND split = 'train' AND n > 0 AND query_id IN ({marks})"
+            " ORDER BY query_id", (tid, *query_ids)).fetchall(), 6)
+        s = QueryScores(np.array(cols[0], dtype=object), np.array(cols[1], dtype=object),
+                        *(np.array(c, dtype=np.float64) for c in cols[2:]))
+        for qid, rate in zip(s.query_ids.tolist(), s.pass_rate.tolist(), strict=True):
+            out.setdefault(qid, {"pass_rates": {}, "cv": None})["pass_rates"][name] = rate
+        if name == recipe.selection.training_teacher:
+            for qid, c in zip(s.query_ids.tolist(), s.cv_with(recipe.selection.cv_ddof).tolist(),
+                              strict=True):
+                out[qid]["cv"] = None if np.isnan(c) else c
+    return out
 
 
 def _columns(rows: list[tuple[object, ...]], width: int) -> list[tuple[object, ...]]:

@@ -28,7 +28,7 @@ def recipe(**thresholds: float) -> Recipe:
 
 
 def assert_exact(store: Store, r: Recipe) -> None:
-    teachers = [t for (t,) in store.conn.execute("SELECT DISTINCT teacher_id FROM grades")]
+    teachers = [t for (t,) in store.conn.execute("SELECT DISTINCT teacher_id FROM samples")]
     assert teachers
     for tid in teachers:
         got, want = query_scores(store, r, tid), _scores_from_grades(store, r, tid)
@@ -99,3 +99,32 @@ def test_the_released_comparison_in_sql_equals_the_one_from_per_query_rates(
     assert fast["r1"]["queries"] == slow["r1"]["queries"] == 100
     for key in ("computed_mean", "released_mean", "mean_abs_diff"):
         assert fast["r1"][key] == pytest.approx(slow["r1"][key])
+
+
+def test_summaries_follow_the_real_sample_and_grade_stages(tmp_path: Path) -> None:
+    """tiny's teachers answer through llama.cpp, Math-Verify and the sandbox grade: the summaries and
+    the stored quality flags follow both stages' own writes."""
+    from deepdistill_tui.core.data.ingest import ingest
+    from deepdistill_tui.core.difficulty.quality import stored_flags
+    from deepdistill_tui.core.grading.stage import grade_store
+    from deepdistill_tui.core.pipeline.events import noop
+    from deepdistill_tui.core.teachers.sample import sample
+    from tests.test_sample import tiny
+
+    r = tiny()
+    with Store(tmp_path / "s.db") as s:
+        ingest(s, r.data)
+        sample(s, r, limit=3, emit=noop)
+        assert_exact(s, r)  # nothing graded yet: no summary rows, and none expected
+        tid = s.scalar("SELECT teacher_id FROM teachers WHERE name = 'smollm2-135m'")
+        before = stored_flags(s, r.selection.quality, tid)
+        version = s.scalar("SELECT version FROM quality_cache WHERE teacher_id = ?", (tid,))
+        grade_store(s, r, emit=noop, workers=1)
+        assert s.scalar("SELECT count(*) FROM score_summaries") > 0
+        assert_exact(s, r)
+        sample(s, r, limit=5, emit=noop)  # new samples move the version: the flags are computed again
+        assert s.scalar("SELECT version FROM teacher_versions WHERE teacher_id = ?", (tid,)) > version
+        assert stored_flags(s, r.selection.quality, tid).keys() == before.keys()
+        assert s.scalar("SELECT version FROM quality_cache WHERE teacher_id = ?", (tid,)) > version
+        grade_store(s, r, emit=noop, workers=1)
+        assert_exact(s, r)

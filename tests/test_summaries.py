@@ -128,3 +128,18 @@ def test_summaries_follow_the_real_sample_and_grade_stages(tmp_path: Path) -> No
         assert s.scalar("SELECT version FROM quality_cache WHERE teacher_id = ?", (tid,)) > version
         grade_store(s, r, emit=noop, workers=1)
         assert_exact(s, r)
+
+
+def test_missing_passes_from_the_summaries_equal_the_count_per_query(tmp_path: Path) -> None:
+    from deepdistill_tui.core.difficulty.stats import _missing_by_query, missing_counts
+
+    files = write_am_files(tmp_path / "am", 200, teachers=("r1", "7b"), passes=4)
+    with Store(tmp_path / "s.db") as s:
+        half = ("_1pass.jsonl", "_2pass.jsonl")  # 7b's first two passes only
+        import_released(s, [f for f in files if "_r1_" in f.name or f.name.endswith(half)])
+        query_scores(s, recipe(), "am-r1")  # the summaries exist from the first read on
+        put(s, {(f"extra{i}", "gemma"): [1.0] * 6 for i in range(5)})  # more passes than the recipe's
+        for tid in ("am-r1", "am-7b", "id-gemma"):
+            fast, slow = missing_counts(s, tid, 4), _missing_by_query(s, tid, 4)
+            assert fast == slow, tid
+        assert sum(v["missing_passes"] for v in missing_counts(s, "am-7b", 4).values()) == 2 * 200 + 4 * 5

@@ -79,9 +79,28 @@ def _percentiles(vals: list[tuple[int, int]]) -> dict[str, Any]:
 def missing_counts(store: Store, teacher_id: str, passes: int) -> dict[str, dict[str, int]]:
     """Per category: responses without a grade, and passes not yet sampled, over training queries.
 
-    Each table is counted per query through its teacher index (which covers the key); when the teacher
-    has as many grades as samples, nothing is ungraded and the grades count is skipped.
+    When every sample of the teacher has a score (the common case, and always for imported data) the
+    score summaries hold each query's sample count: missing passes are the category's training
+    queries times ``passes`` less each summarised query's min(n, passes), two aggregates over small
+    indexes. Otherwise each table is counted per query through its teacher index.
     """
+    # The summaries count scored grades: as many as samples means every sample has a score.
+    n_samples, n_scored = store.conn.execute(
+        "SELECT (SELECT count(*) FROM samples WHERE teacher_id = ?),"
+        " (SELECT coalesce(sum(n), 0) FROM score_summaries WHERE teacher_id = ?)",
+        (teacher_id, teacher_id)).fetchone()
+    if n_samples == n_scored and store.scalar("SELECT count(*) FROM summary_cuts"):
+        queries = dict(store.conn.execute(
+            "SELECT category, count(*) FROM queries WHERE split = 'train' GROUP BY category"))
+        sampled = dict(store.conn.execute(
+            "SELECT category, sum(min(n, ?)) FROM score_summaries WHERE teacher_id = ? AND split = 'train'"
+            " GROUP BY category", (passes, teacher_id)))
+        return {c: {"ungraded": 0, "missing_passes": int(k * passes - (sampled.get(c) or 0))}
+                for c, k in queries.items()}
+    return _missing_by_query(store, teacher_id, passes)
+
+
+def _missing_by_query(store: Store, teacher_id: str, passes: int) -> dict[str, dict[str, int]]:
     n_samples, n_grades = store.conn.execute(
         "SELECT (SELECT count(*) FROM samples WHERE teacher_id = ?),"
         " (SELECT count(*) FROM grades WHERE teacher_id = ?)", (teacher_id, teacher_id)).fetchone()

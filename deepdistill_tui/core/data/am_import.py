@@ -59,6 +59,10 @@ def am_teacher_id(teacher: str) -> str:
     return f"am-{teacher}"
 
 
+RELEASED_RATES = {"pass_rate_r1": "r1", "pass_rate_7b": "7b", "pass_rate_1.5b": "1.5b"}
+"""The release's own pass rates per row, by the teacher they belong to."""
+
+
 def am_query_id(category: str, question: str) -> str:
     """128 bits of sha256 over the category and the exact question text (no normalisation)."""
     return hashlib.sha256(f"{category}\x00{question}".encode()).hexdigest()[:32]

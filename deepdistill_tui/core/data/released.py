@@ -34,7 +34,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from deepdistill_tui.core.data.am_import import AM_DATASET, SCORE_RANGE, AmFile, am_query_id, parse_am_name
+from deepdistill_tui.core.data.am_import import (
+    AM_DATASET,
+    RELEASED_RATES,
+    SCORE_RANGE,
+    AmFile,
+    am_query_id,
+    am_teacher_id,
+    parse_am_name,
+)
 from deepdistill_tui.core.data.readers import DEFAULT_MAX_LINE_BYTES, parse_json_line
 from deepdistill_tui.core.data.text import split_response
 from deepdistill_tui.core.errors import InputError
@@ -49,7 +57,6 @@ EXAMPLES = 20
 MAP_KEYS = ("question", "responses", "scores", "ground_truth", "category", "teacher", "pass", "answer",
             "verify_score")
 _TEACHER = re.compile(r"[^A-Za-z0-9._-]+")
-RELEASED_RATES = {"pass_rate_r1": "r1", "pass_rate_7b": "7b", "pass_rate_1.5b": "1.5b"}
 
 
 class BadRow(Exception):
@@ -314,7 +321,8 @@ def am_rows(src: Source, rec: dict[str, Any], opts: Options) -> list[Response]:
     return [Response(qid, question, category, _text(_col(rec, opts, "ground_truth"), "ground_truth"),
                      _text(rec.get("test_case"), "test_case"), _text(rec.get("instruction_constrain"),
                                                                      "instruction_constrain"),
-                     _text(rec.get("question_source"), "question_source"), f"am-{_cached_name(str(teacher))}",
+                     _text(rec.get("question_source"), "question_source"),
+                     am_teacher_id(_cached_name(str(teacher))),
                      pass_index, response, _score(_col(rec, opts, "verify_score"), category),
                      _optional_number(rec.get("ppl"), "ppl"), detail, rates)]
 

@@ -118,48 +118,35 @@ def ngram_flags(texts: Sequence[str] | Callable[[], Iterable[str]], n: int, max_
     never towards keeping a looping one. Texts with fewer than ``n`` tokens cost one split.
     """
     again = texts if callable(texts) else (lambda: texts)
-    rows = [np.zeros(1 << SKETCH_BITS, dtype=np.uint8) for _ in range(2)]
-    count = 0
-    for _, h, seen in _windows(again(), n):
+    rows = None if max_count >= 255 else _sketch(again(), n)  # a byte counter would saturate first
+    count, owner_parts, hash_parts = 0, [], []
+    for owners, h, seen in _windows(again(), n):
         count = seen  # texts read so far, short ones included
+        if rows is not None:  # only the candidates; without a sketch every window is one
+            a, b = _cells(h)
+            pick = (rows[0][a] > max_count) & (rows[1][b] > max_count)
+            owners, h = owners[pick], h[pick]
+        if len(h):
+            owner_parts.append(owners)
+            hash_parts.append(h)
+    flags = np.zeros(count, dtype=bool)
+    if hash_parts:
+        owners, h = np.concatenate(owner_parts), np.concatenate(hash_parts)
+        values, counts = np.unique(h, return_counts=True)
+        frequent = values[counts > max_count]
+        if len(frequent):
+            flags[np.unique(owners[np.isin(h, frequent)])] = True
+    return flags
+
+
+def _sketch(texts: Iterable[str], n: int) -> list[np.ndarray]:
+    """Two rows of saturating byte counters over the texts' n-gram hashes (the first pass)."""
+    rows = [np.zeros(1 << SKETCH_BITS, dtype=np.uint8) for _ in range(2)]
+    for _, h, _ in _windows(texts, n):
         for row, cells in zip(rows, _cells(h), strict=True):
             u, c = np.unique(cells, return_counts=True)
             row[u] = np.minimum(row[u].astype(np.int64) + c, 255).astype(np.uint8)
-    flags = np.zeros(count, dtype=bool)
-    if not count:
-        return flags
-    if max_count >= 255:  # a byte counter saturates first: count everything exactly
-        return _exact_flags(again(), n, max_count, count)
-    owner_parts, hash_parts = [], []
-    for owners, h, _ in _windows(again(), n):
-        a, b = _cells(h)
-        pick = (rows[0][a] > max_count) & (rows[1][b] > max_count)
-        if pick.any():
-            owner_parts.append(owners[pick])
-            hash_parts.append(h[pick])
-    if not hash_parts:
-        return flags
-    owners, h = np.concatenate(owner_parts), np.concatenate(hash_parts)
-    values, counts = np.unique(h, return_counts=True)
-    frequent = values[counts > max_count]
-    if len(frequent):
-        flags[np.unique(owners[np.isin(h, frequent)])] = True
-    return flags
-
-
-def _exact_flags(texts: Iterable[str], n: int, max_count: int, count: int) -> np.ndarray:
-    """Past what a byte counter holds: every n-gram counted exactly (memory grows with the text)."""
-    parts = list(_windows(texts, n))
-    flags = np.zeros(count, dtype=bool)
-    if not parts:
-        return flags
-    owners = np.concatenate([o for o, _, _ in parts])
-    h = np.concatenate([x for _, x, _ in parts])
-    values, counts = np.unique(h, return_counts=True)
-    frequent = values[counts > max_count]
-    if len(frequent):
-        flags[np.unique(owners[np.isin(h, frequent)])] = True
-    return flags
+    return rows
 
 
 def exclusions(store: Store, cfg: QualityFilters, teacher_id: str, r: Responses) -> Exclusions:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.widgets import DataTable, Input, Sparkline, Static
@@ -124,6 +125,16 @@ def slow_sampling_recipe() -> Recipe:
     return Recipe.model_validate(data)
 
 
+async def loop_lag(pilot: Any, seconds: float) -> float:
+    """The longest the event loop was late to wake a 10 ms sleep over ``seconds``."""
+    worst, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        await asyncio.sleep(0.01)
+        worst = max(worst, time.perf_counter() - start - 0.01)
+    return worst
+
+
 async def test_keys_answer_while_sampling_and_quit_asks_then_stops_cleanly(tmp_path: Path) -> None:
     recipe = slow_sampling_recipe()
     db = tmp_path / "q.db"
@@ -143,6 +154,8 @@ async def test_keys_answer_while_sampling_and_quit_asks_then_stops_cleanly(tmp_p
                 await asyncio.sleep(0.002)
             latencies.append(time.perf_counter() - start)
         assert max(latencies) < 0.1, latencies
+        lag = await loop_lag(pilot, seconds=4.0)
+        assert lag < 0.1, f"the event loop stalled {lag:.3f} s while sampling"
         await pilot.press("q")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmQuit))
         await pilot.press("n")

@@ -18,6 +18,9 @@ class WorkBar(ProgressBar):
 
     def update(self, *, total: float | UnusedParameter | None = UNUSED,
                progress: float | UnusedParameter = UNUSED, advance: float | UnusedParameter = UNUSED) -> None:
-        if self.is_mounted:  # the constructor updates too: only work reported later shows the bar
+        # The constructor, on_mount and a one-second clock call update() with nothing: only work
+        # reported (a total, a position, a step) shows the bar.
+        reported = any(v is not UNUSED for v in (total, progress, advance))
+        if reported and self.is_mounted:
             self.add_class("-working")
         super().update(total=total, progress=progress, advance=advance)

@@ -63,7 +63,7 @@ def run_command(args: argparse.Namespace, stage: str, params: Any, *, recipe: An
         recipe = load_recipe_arg(args)
     console = console_for(stderr=getattr(args, "json", False))
     with open_store(args, stage) as store, Reporter(console, stage_lines=stage_lines) as reporter:
-        return run_stage(store, stage, recipe, params, StageContext(reporter))
+        return run_stage(store, stage, recipe, params, StageContext(reporter, face="cli"))
 
 
 def print_json(obj: Any) -> None:

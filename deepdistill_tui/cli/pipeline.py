@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if "evals" in event.summary:
                     print_evals(reporter.progress.console, event.summary["evals"])
 
-        run_pipeline(store, recipe, stages, force=args.force, ctx=StageContext(show))
+        run_pipeline(store, recipe, stages, force=args.force, ctx=StageContext(show, face="cli"))
     return 0
 
 

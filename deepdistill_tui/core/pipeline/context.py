@@ -14,10 +14,12 @@ from deepdistill_tui.core.recipe import Recipe
 
 @dataclass(frozen=True)
 class StageContext:
-    """What a face hands a stage: where its events go and the signal that stops it."""
+    """What a face hands a stage: where its events go, the signal that stops it, and the face's name
+    (``cli``, ``app``; ``api`` for code that calls the core itself), kept in the ``runs`` row."""
 
     emit: Emit
     stop: threading.Event = field(default_factory=threading.Event)
+    face: str = "api"
 
 
 ChildRunner = Callable[[str, Recipe, Any, bool], "StageResult"]

@@ -46,7 +46,7 @@ def run_stage(store: Store, name: str, recipe: Recipe | None, params: Any = None
     if skip_if_done and key is not None and recipe is not None and store.stage_done(name, recipe.name, key):
         ctx.emit(StageSkipped(name, "already done for the same recipe values"))
         return StageResult(name, None, {}, skipped=True)
-    run_id = _open_run(store, stage, recipe, params, key)
+    run_id = _open_run(store, stage, recipe, params, key, ctx.face)
     face = ctx
 
     def children(child: str, child_recipe: Recipe, child_params: Any, skip: bool) -> StageResult:
@@ -67,7 +67,8 @@ def _stage(name: str) -> Stage:
     return STAGES[name]
 
 
-def _open_run(store: Store, stage: Stage, recipe: Recipe | None, params: Any, key: str | None) -> str:
+def _open_run(store: Store, stage: Stage, recipe: Recipe | None, params: Any, key: str | None,
+              face: str) -> str:
     """A new ``runs`` row, or the unfinished one the stage takes up again (training resumes)."""
     previous = stage.resumes(store, recipe, params) if stage.resumes and recipe else None
     if previous is not None:
@@ -77,7 +78,7 @@ def _open_run(store: Store, stage: Stage, recipe: Recipe | None, params: Any, ke
     if key is not None:
         args["inputs"] = key
     return store.start_run(stage.name, recipe.name if recipe else None,
-                           recipe.to_json() if recipe else None, args)
+                           recipe.to_json() if recipe else None, args, face)
 
 
 def _guarded(store: Store, stage: Stage, recipe: Recipe | None, params: Any,

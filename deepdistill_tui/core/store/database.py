@@ -273,6 +273,10 @@ MIGRATIONS: list[str] = [
                                 detail, created_at);
     CREATE TABLE staged_rates (query_id, teacher, pass_rate);
     """,
+    # Which face started a run (cli, app, api), so the app can list the runs of every face.
+    """
+    ALTER TABLE runs ADD COLUMN face TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -516,14 +520,14 @@ class Store:
     # ------------------------------------------------------------ runs
 
     def start_run(self, command: str, recipe_name: str | None, recipe_json: str | None,
-                  args: dict[str, Any]) -> str:
+                  args: dict[str, Any], face: str | None = None) -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         with self.write() as conn:
             conn.execute(
-                "INSERT INTO runs (run_id, command, recipe_name, recipe, args, status, started_at, owner)"
-                " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                "INSERT INTO runs (run_id, command, recipe_name, recipe, args, status, started_at, owner,"
+                " face) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
                 (run_id, command, recipe_name, recipe_json, json.dumps(args, default=str),
-                 time.time(), process_owner()),
+                 time.time(), process_owner(), face),
             )
         return run_id
 
@@ -578,6 +582,11 @@ class Store:
         except sqlite_utils.db.NotFoundError:
             return None
         return _parsed_run(row)
+
+    def recent_runs(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Every command's runs, newest first, whichever face started them."""
+        rows = self.db["runs"].rows_where(order_by="started_at DESC", limit=limit)
+        return [_parsed_run(row) for row in rows]
 
     def runs(self, command: str, recipe_name: str | None = None, *,
              statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:

@@ -69,6 +69,7 @@ async def test_sample_tab_streams_progress_and_stores_passes(tmp_path: Path) -> 
         from deepdistill_tui.tui.widgets import WorkBar
 
         bars = list(app.query(WorkBar))
+        await pilot.pause(1.3)  # past the bar's own one-second clock, which calls update() idle
         assert len(bars) == 4 and not any(bar.display for bar in bars)  # idle: out of sight
         await pilot.press("s")
         await wait_until(pilot, lambda: any(n.title == "Done" for n in app._notifications), 120)
@@ -87,6 +88,7 @@ async def test_grade_then_analyze_tabs(tmp_path: Path) -> None:
     from deepdistill_tui.core.data.released import import_am
     from deepdistill_tui.core.store.database import Store
     from deepdistill_tui.tui.analyze import AnalyzeView
+    from deepdistill_tui.tui.plots import BarChart
     from tests.synthetic import write_am_files
 
     db = tmp_path / "am.db"
@@ -100,16 +102,21 @@ async def test_grade_then_analyze_tabs(tmp_path: Path) -> None:
         view = app.query_one(AnalyzeView)
         await wait_until(pilot, lambda: view.stats is not None)
         await pilot.pause(0.2)
-        first = str(view.render())
-        assert "pass rate" in first and "code" in first and "· r1" in first
+        first = view.text()
+        assert "code" in first and "· r1" in first
+        bars = app.query_one("#pass-chart", BarChart)
+        assert bars.title == "pass rate of r1 (code)" and bars.labels == ["0", "0.25", "0.5", "0.75", "1"]
+        assert sum(bars.counts) == int(first.split("\n")[1].split()[0])  # every query in one bin
+        assert sum(app.query_one("#cv-chart", BarChart).counts) > 0
         assert "response length (" in first and "p50" in first
         assert "CV of r1's scores" in first
         await pilot.press("c")
         await pilot.pause(0.2)
-        assert "math" in str(view.render())
+        assert "math" in view.text()
         await pilot.press("t")
         await pilot.pause(0.2)
-        assert "· 1.5b" in str(view.render()) or "· 7b" in str(view.render())
+        assert "· 1.5b" in view.text() or "· 7b" in view.text()
+        assert "CV is measured on the training teacher" in view.text()
 
 
 async def test_grading_real_samples_from_the_app(tmp_path: Path) -> None:
@@ -158,8 +165,9 @@ async def test_the_train_tab_shows_a_run_started_headless(tmp_path: Path) -> Non
     """A run trained through the CLI's path (the stage runner, no app) is on the Train tab when the app
     opens: its loss curve from the run's event log, its steps, its export; and the next step is not
     "Train"."""
-    from textual.widgets import Log, Sparkline
+    from textual.widgets import Log
 
+    from deepdistill_tui.tui.plots import LossChart
     from deepdistill_tui.tui.training import TrainPane
     from tests.test_train import recipe, train, training_store
 
@@ -173,7 +181,9 @@ async def test_the_train_tab_shows_a_run_started_headless(tmp_path: Path) -> Non
         pane = app.query_one(TrainPane)
         await wait_until(pilot, lambda: len(pane.losses) == 3)
         assert pane.followed == result["run_id"]
-        assert list(app.query_one("#loss-curve", Sparkline).data or []) == pane.losses
+        chart = app.query_one("#loss-curve", LossChart)
+        assert chart.steps == [1, 2, 3] and chart.has_data
+        assert all(lr is not None for lr in chart.rates)  # the learning rate, plotted on its own axis
         status = str(app.query_one("#train-status", Static).render())
         assert "finished: 3 steps" in status, status
         log = "\n".join(str(line) for line in app.query_one("#train-log", Log).lines)

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Input, Sparkline, Static
+from textual.widgets import DataTable, Input, Static
 
 from deepdistill_tui.core.data.released import import_am
 from deepdistill_tui.core.recipe import Recipe, load_recipe
 from deepdistill_tui.core.store.database import Store
 from deepdistill_tui.tui.app import ACTIONS, DeepDistillApp
+from deepdistill_tui.tui.plots import LossChart
 from deepdistill_tui.tui.screens import ConfirmQuit, HelpScreen
 from tests.synthetic import write_am_files
 from tests.test_app import ingested_app, wait_until
@@ -188,7 +189,7 @@ async def test_train_tab_shows_the_loss_curve_and_finishes(tmp_path: Path) -> No
         await pilot.press("T")
         status = app.query_one("#train-status", Static)
         await wait_until(pilot, lambda: "finished" in str(status.render()) and app.running is None, 300)
-        assert len(app.query_one("#loss-curve", Sparkline).data or []) == 4
+        assert len(app.query_one("#loss-curve", LossChart).losses) == 4
     with Store(db) as s:
         assert s.scalar("SELECT status FROM runs WHERE command = 'train'") == "ok"
 

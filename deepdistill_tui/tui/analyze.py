@@ -8,16 +8,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
-BAR = 36
-
-
-def _bars(rows: list[tuple[str, int]], label: str) -> str:
-    most = max((n for _, n in rows), default=0)
-    lines = [f"[b]{label:>10}[/]  queries"]
-    lines += [f"{key:>10} {n:>8}  {'█' * (round(BAR * n / most) if most else 0)}" for key, n in rows]
-    return "\n".join(lines)
+from deepdistill_tui.tui.plots import BarChart
 
 
 def _lengths(length: dict[str, Any] | None) -> str:
@@ -37,15 +32,30 @@ def busiest_category(stats: dict[str, Any]) -> int:
     return graded.index(max(graded))
 
 
-class AnalyzeView(Static):
+class AnalyzeView(Vertical):
     """Histograms of one (category, teacher); `next_category` / `next_teacher` move through them."""
 
+    DEFAULT_CSS = """
+    AnalyzeView #analyze-head { height: auto; padding: 0 1; }
+    AnalyzeView #analyze-plots { height: 1fr; }
+    """
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("No statistics yet: grade some samples, then press [b]a[/].", **kwargs)
+        super().__init__(**kwargs)
         self.stats: dict[str, Any] | None = None
         self.category = 0
         self.teacher = 0
         self._moved = False  # the person chose a category: keep it across refreshes
+
+    def compose(self) -> ComposeResult:
+        yield Static("No statistics yet: grade some samples, then press [b]a[/].", id="analyze-head")
+        with Horizontal(id="analyze-plots"):
+            yield BarChart("pass rates appear here", id="pass-chart")
+            yield BarChart("the CV of the training teacher appears here", id="cv-chart")
+
+    def text(self) -> str:
+        """What the view says in words (its header): what tests and screen readers read."""
+        return str(self.query_one("#analyze-head", Static).render())
 
     def show(self, stats: dict[str, Any]) -> None:
         self.stats = stats
@@ -76,13 +86,19 @@ class AnalyzeView(Static):
                 f"{teachers.index(name) + 1}/{len(teachers)} teachers; [b]c[/] / [b]t[/] to switch)\n"
                 f"{e['queries']} queries, {e['responses']} graded responses, mean score "
                 f"{'-' if mean is None else f'{mean:.3f}'}, {e['ungraded']} ungraded, "
-                f"{e['missing_passes']} passes missing\n")
-        rows = [(f"{h['pass_rate']:.2f}", h["queries"]) for h in e["pass_rate_histogram"]]
-        parts = [head + _lengths(e.get("length")), _bars(rows, "pass rate")]
+                f"{e['missing_passes']} passes missing\n" + _lengths(e.get("length")))
+        hist = e["pass_rate_histogram"]
+        self.query_one("#pass-chart", BarChart).show(
+            f"pass rate of {name} ({cat})", [f"{h['pass_rate']:g}" for h in hist],
+            [h["queries"] for h in hist], xlabel="pass rate")
+        cv_chart = self.query_one("#cv-chart", BarChart)
         if name == self.stats["training_teacher"]:
             cv = e["cv_histogram"]
             labels = [f"{lo:g}-{hi:g}" if hi is not None else f">{lo:g}"
                       for lo, hi in itertools.pairwise(cv["edges"])]
-            parts += [f"\nCV of {name}'s scores ({cv['zero']} at 0, {cv['undefined']} all wrong)",
-                      _bars(list(zip(labels, cv["counts"], strict=True)), "CV")]
-        self.update("\n".join(parts))
+            head += f"CV of {name}'s scores: {cv['zero']} at 0, {cv['undefined']} all wrong (no CV)"
+            cv_chart.show(f"CV of {name}'s scores", labels, cv["counts"], xlabel="CV")
+        else:
+            head += f"CV is measured on the training teacher ({self.stats['training_teacher']}): press t"
+            cv_chart.show("", [], [], xlabel="CV")
+        self.query_one("#analyze-head", Static).update(head.rstrip())

@@ -44,6 +44,7 @@ from deepdistill_tui.tui.exporting import ExportPane
 from deepdistill_tui.tui.grading import GradePane
 from deepdistill_tui.tui.messages import ProgressEvent, StageFailed, StageFinished
 from deepdistill_tui.tui.overview import render_ingest, render_overview
+from deepdistill_tui.tui.runs import RunsPane
 from deepdistill_tui.tui.sampling import SamplePane
 from deepdistill_tui.tui.screens import ConfirmQuit, HelpScreen
 from deepdistill_tui.tui.selecting import SelectPane, show_selections
@@ -54,7 +55,8 @@ Task = Callable[[Store], dict[str, Any]]
 PANES: dict[str, Any] = {"sample": SamplePane, "grade": GradePane, "train": TrainPane, "eval": EvalPane}
 """Which tab shows the events of each part of the pipeline (``Event.topic()``)."""
 
-TABS = ("overview", "data", "sample", "grade", "analyze", "select", "train", "evaluate", "export")
+TABS = ("overview", "data", "sample", "grade", "analyze", "select", "train", "evaluate", "export", "runs")
+"""Keys 1-9 and 0, in this order."""
 
 # (key, action, footer label, description): the footer, the help screen and the command palette
 # all read this one table.
@@ -87,6 +89,14 @@ def _terminal_theme() -> str:
     return "textual-light" if bg.isdigit() and int(bg) in (7, 15) else "textual-dark"
 
 
+def _near(path: Path) -> Path:
+    """A path as a person typed it: relative to the working folder when it lies under it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 class DeepDistillApp(App[None]):
     TITLE = "DeepDistill"
     CSS = """
@@ -97,7 +107,7 @@ class DeepDistillApp(App[None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         *(Binding(key, action, label, show=action in SHOWN, id=action) for key, action, label, _ in ACTIONS),
-        *(Binding(str(i + 1), f"tab('{tab}')", tab.title(), show=False) for i, tab in enumerate(TABS)),
+        *(Binding(str((i + 1) % 10), f"tab('{tab}')", tab.title(), show=False) for i, tab in enumerate(TABS)),
     ]
 
     def __init__(self, recipe: Recipe, db_path: str | Path, *, hardware: str | None = None) -> None:
@@ -115,7 +125,7 @@ class DeepDistillApp(App[None]):
         self.theme = _terminal_theme()
 
     def compose(self) -> ComposeResult:
-        base = self.db_path.resolve().parent
+        base = _near(self.db_path.resolve().parent)
         yield Header()
         with TabbedContent(initial="tab-overview"):
             with TabPane("Overview", id="tab-overview"), VerticalScroll():
@@ -127,7 +137,7 @@ class DeepDistillApp(App[None]):
                 yield SamplePane()
             with TabPane("Grade", id="tab-grade"):
                 yield GradePane()
-            with TabPane("Analyze", id="tab-analyze"), VerticalScroll():
+            with TabPane("Analyze", id="tab-analyze"):
                 yield AnalyzeView(id="analyze")
             with TabPane("Select", id="tab-select"):
                 yield SelectPane(self.recipe, self.db_path)
@@ -137,6 +147,8 @@ class DeepDistillApp(App[None]):
                 yield EvalPane()
             with TabPane("Export", id="tab-export"):
                 yield ExportPane(base, self.recipe.name)
+            with TabPane("Runs", id="tab-runs"):
+                yield RunsPane()
         yield Static("", id="download")
         yield Footer()
 
@@ -156,6 +168,7 @@ class DeepDistillApp(App[None]):
         from deepdistill_tui.core.evaluation.ablate import arm_models
         from deepdistill_tui.core.evaluation.evaluate import comparison
         from deepdistill_tui.core.grading.stage import recent_grades, status_counts
+        from deepdistill_tui.core.pipeline.history import run_lines
         from deepdistill_tui.core.train import latest_run
         from deepdistill_tui.core.weights.files import detect_hardware
 
@@ -173,6 +186,7 @@ class DeepDistillApp(App[None]):
                     "evals": comparison(store, self.recipe),
                     "arms": arm_models(store, self.recipe),
                     "training": latest_run(store, self.recipe),
+                    "runs": run_lines(store),
                 }
         except DeepDistillError as exc:
             self.call_from_thread(self.notify, str(exc), severity="error", title="Store")
@@ -195,8 +209,22 @@ class DeepDistillApp(App[None]):
         self.query_one(TrainPane).follow(snap["training"])
         self.query_one(ExportPane).set_selections(names)
         self.query_one(EvalPane).show(snap["evals"], snap["arms"])
+        self.query_one(RunsPane).show(snap["runs"])
         if snap["status_counts"]:
             self.query_one(SelectPane).refresh_preview()
+
+    @work(thread=True, exclusive=True, group="run-detail", exit_on_error=False)
+    def show_run(self, run_id: str) -> None:
+        """The Runs tab's highlighted run: its parameters, recipe values, result and training log."""
+        from deepdistill_tui.core.pipeline.history import run_detail
+
+        try:
+            with self._store() as store:
+                detail = run_detail(store, run_id)
+        except DeepDistillError as exc:
+            self.call_from_thread(self.notify, str(exc), severity="error", title="Store")
+            return
+        self.call_from_thread(self.query_one(RunsPane).detail, detail)
 
     # ------------------------------------------------------------ running one stage at a time
 
@@ -209,7 +237,7 @@ class DeepDistillApp(App[None]):
             self.post_message(ProgressEvent(event))
 
         def work(store: Store) -> dict[str, Any]:
-            ctx = StageContext(emit, self.stop_event)
+            ctx = StageContext(emit, self.stop_event, face="app")
             return run_stage(store, stage, recipe or self.recipe, params, ctx).summary
 
         self.start_task(stage, tab, work)

@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Static
 
 from deepdistill_tui.core.evaluation.intervals import Interval
 from deepdistill_tui.core.pipeline.events import EvalFallback, EvalProgress, Event
+from deepdistill_tui.tui.plots import IntervalChart
 from deepdistill_tui.tui.widgets import WorkBar
 
 
@@ -17,7 +18,8 @@ class EvalPane(Vertical):
     DEFAULT_CSS = """
     EvalPane #eval-status { padding: 1 2; height: auto; }
     EvalPane #eval-progress { margin: 0 2; }
-    EvalPane #evals { height: 1fr; margin-top: 1; }
+    EvalPane #evals { height: auto; max-height: 50%; margin-top: 1; }
+    EvalPane #eval-chart { height: 1fr; min-height: 8; }
     """
 
     def compose(self) -> ComposeResult:
@@ -25,6 +27,7 @@ class EvalPane(Vertical):
                      "held-out split.", id="eval-status")
         yield WorkBar(id="eval-progress", show_eta=True)
         yield DataTable(id="evals", cursor_type="row", zebra_stripes=True)
+        yield IntervalChart(id="eval-chart")
 
     def handle(self, event: Event) -> None:
         match event:
@@ -48,6 +51,8 @@ class EvalPane(Vertical):
             table.add_row(label(r["model"], arms), r["k"], r["problems"], pct(r), interval_bar(r),
                           delta_text(d) if d.get("problems") else "-",
                           *(pct(r["by_category"][c]) if c in r["by_category"] else "-" for c in cats))
+        self.query_one("#eval-chart", IntervalChart).show(
+            [(label(r["model"], arms), r["pass_at_1"], r["ci_low"], r["ci_high"]) for r in rows])
         if rows:
             verdicts = [f"[b]{label(r['model'], arms)}[/]: {r['delta_vs_base']['verdict']}" for r in rows
                         if (r.get("delta_vs_base") or {}).get("problems")]

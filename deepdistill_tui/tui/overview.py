@@ -29,7 +29,7 @@ def render_overview(recipe: Recipe, ov: Overview, hardware: str) -> str:
         f"  runs        {c['runs']:>8}\n\n"
         f"[b]Models[/]\n{models}\n\n"
         f"[b]Next[/]  {next_step(ov)}\n\n"
-        "[dim]Keys: 1-9 tabs · i ingest · s sample · g grade · a analyze · ctrl+s save selection · "
+        "[dim]Keys: 1-9, 0 tabs · i ingest · s sample · g grade · a analyze · ctrl+s save selection · "
         "T train · e evaluate · o export · x stop · ? help · ctrl+p commands[/]"
     )
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, Log, Select, Sparkline, Static
+from textual.widgets import Label, Log, Select, Static
 
 from deepdistill_tui.core.pipeline.events import (
     Event,
@@ -20,6 +20,7 @@ from deepdistill_tui.core.pipeline.events import (
     TrainStarted,
     TrainStep,
 )
+from deepdistill_tui.tui.plots import LossChart
 from deepdistill_tui.tui.widgets import WorkBar
 
 
@@ -29,13 +30,12 @@ class TrainPane(Vertical):
     TrainPane #train-selection { width: 40; }
     TrainPane #train-status { padding: 0 2; height: auto; }
     TrainPane #train-progress { margin: 0 2; }
-    TrainPane #loss-curve { height: 5; margin: 0 2; }
-    TrainPane #train-log { height: 1fr; border: round $primary; }
+    TrainPane #loss-curve { height: 2fr; min-height: 8; margin: 0 1; }
+    TrainPane #train-log { height: 1fr; min-height: 4; border: round $primary; }
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.losses: list[float] = []
         self.log_path: Path | None = None
         self.log_offset = 0
         self.followed: str | None = None
@@ -51,9 +51,12 @@ class TrainPane(Vertical):
         yield Static("Press [b]T[/] to train the student on the selection; [b]x[/] stops, [b]T[/] again "
                      "resumes from the last checkpoint.", id="train-status")
         yield WorkBar(id="train-progress", show_eta=True)
-        yield Label("loss")
-        yield Sparkline([], id="loss-curve")
+        yield LossChart(id="loss-curve")
         yield Log(id="train-log", max_lines=400)
+
+    @property
+    def losses(self) -> list[float]:
+        return self.query_one("#loss-curve", LossChart).losses
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self.tail_log)
@@ -103,11 +106,12 @@ class TrainPane(Vertical):
         log = self.query_one("#train-log", Log)
         match event:
             case TrainRun(run_id=run_id, run_dir=run_dir, resumed=resumed):
+                chart = self.query_one("#loss-curve", LossChart)
                 if not replayed:  # the app's own run: its live events replace the replay
                     self.followed, self.events_path = run_id, None
-                    self.losses = []
+                    chart.clear()
                 elif resumed is False:
-                    self.losses = []
+                    chart.clear()
                 self.log_path, self.log_offset = Path(run_dir) / "train.log", 0
                 status.update(f"{'resuming' if resumed else 'starting'} run {run_id} · {run_dir}; "
                               "loading the student…")
@@ -119,8 +123,7 @@ class TrainPane(Vertical):
             case TrainNotice(message=message):
                 log.write_line(message)
             case TrainStep():
-                self.losses.append(event.loss)
-                self.query_one("#loss-curve", Sparkline).data = list(self.losses)
+                self.query_one("#loss-curve", LossChart).add(event.step, event.loss, event.learning_rate)
                 bar.update(total=max(event.max_steps or 1, 1), progress=event.step)
                 tps = f" · {event.tokens_per_s:.0f} tok/s" if event.tokens_per_s else ""
                 status.update(f"step {event.step}/{event.max_steps} · loss [b]{event.loss:.4f}[/]"

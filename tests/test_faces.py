@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from textual.widgets import Static
 
 from deepdistill_tui.core.pipeline.params import (
     EvalParams,
@@ -24,6 +25,7 @@ from deepdistill_tui.core.pipeline.params import (
     TrainParams,
 )
 from deepdistill_tui.core.recipe import Recipe, load_recipe
+from deepdistill_tui.core.store.database import Store
 from deepdistill_tui.tui.app import DeepDistillApp
 from tests.test_app import wait_until
 
@@ -115,3 +117,31 @@ async def test_every_stage_leaves_the_same_store_through_the_cli_and_the_app(tmp
     assert cli_state["members"] and cli_state["evals"]  # the comparison compared something
     exported = [(tmp_path / face / "export.jsonl").read_text() for face in ("cli", "app")]
     assert exported[0] == exported[1] and exported[0]
+
+
+async def test_after_a_headless_run_the_app_shows_its_runs_loss_plot_evaluation_and_next_step(
+        tmp_path: Path) -> None:
+    """`deepdistill-tui run` in a subprocess (as on a server overnight), then the app on its store."""
+    from deepdistill_tui.tui.plots import IntervalChart, LossChart
+    from deepdistill_tui.tui.runs import RunsPane
+
+    recipe = trimmed()
+    recipe_file = tmp_path / "trimmed.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    db = tmp_path / "night.db"
+    cli(db, recipe_file, ["run"])
+    with Store(db) as s:
+        stages_run = {c for (c,) in s.conn.execute("SELECT command FROM runs WHERE face = 'cli'")}
+    assert {"ingest", "sample", "grade", "select", "train", "eval"} <= stages_run
+    app = DeepDistillApp(recipe, db)
+    async with app.run_test(size=(120, 40)) as pilot:
+        runs = app.query_one(RunsPane)
+        await wait_until(pilot, lambda: len(runs.shown) >= len(stages_run), 60)
+        chart = app.query_one("#loss-curve", LossChart)
+        await wait_until(pilot, lambda: len(chart.steps) == recipe.training.max_steps, 60)
+        evals = app.query_one("#eval-chart", IntervalChart)
+        await wait_until(pilot, lambda: len(evals.labels) == 2, 60)  # the base and the student
+        assert evals.labels[0] == "base"
+        overview = str(app.query_one("#overview", Static).render())
+        nxt = overview.split("Next")[1]
+        assert "Train the student" not in nxt and "Done" in nxt, nxt

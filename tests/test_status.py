@@ -82,3 +82,23 @@ def test_status_names_the_next_step_in_every_state(tmp_path: Path) -> None:
         run_selection(s, RECIPE, RECIPE.name)
     nxt = status(db)
     assert nxt["stage"] == "train" and "newer than the last training" in nxt["why"]
+
+
+def test_a_query_limit_bounds_the_passes_the_next_step_asks_for(tmp_path: Path) -> None:
+    """A recipe that samples its first N training queries is done sampling when those N are: the
+    rest of the split is not 'missing' (it said 836 passes were missing after a trimmed `run`)."""
+    data = RECIPE.model_dump()
+    data["sampling"]["query_limit"] = 3
+    limited = type(RECIPE).model_validate(data)
+    db = tmp_path / "l.db"
+    with Store(db) as s:
+        ingest(s, limited.data)
+        first = [q for (q,) in s.conn.execute(
+            "SELECT query_id FROM queries WHERE split = 'train' ORDER BY query_id LIMIT 3")]
+        put(s, {(q, TEACHER): [None] * 3 for q in first})  # 3 of 4 passes each
+        assert overview(s, limited).next_step[1].startswith("Sample answers from the teachers: 3 passes")
+        with s.write() as conn:  # the fourth pass of each
+            conn.executemany("INSERT INTO samples (query_id, teacher_id, pass_index, response, reasoning,"
+                             " answer, completion_tokens, created_at) VALUES (?, ?, 3, 'r', 'r', 'a', 10, 0)",
+                             [(q, f"id-{TEACHER}") for q in first])
+        assert overview(s, limited).next_step[0] == "grade"

@@ -92,20 +92,33 @@ def suggest_next(store: Store, recipe: Recipe, ov: Overview) -> tuple[str, str]:
 
 
 def _work_left(store: Store, recipe: Recipe) -> tuple[int, int]:
-    """(passes not yet sampled, responses without a grade) over the teachers the recipe samples."""
+    """(passes not yet sampled, responses without a grade) over the teachers the recipe samples and
+    the training queries it samples (the first ``sampling.query_limit`` by id, as the sampler takes
+    them)."""
     from deepdistill_tui.core.difficulty.responses import resolve_teachers
     from deepdistill_tui.core.difficulty.stats import missing_counts
 
     names = [t.name for t in recipe.sampled_teachers()]
     ids = resolve_teachers(store, names)
+    passes, limit = recipe.sampling.passes, recipe.sampling.query_limit
     train = store.scalar("SELECT count(*) FROM queries WHERE split = 'train'") or 0
-    missing = train * recipe.sampling.passes * (len(names) - len(ids))  # teachers never sampled
+    sampled = min(train, limit) if limit else train
+    missing = sampled * passes * (len(names) - len(ids))  # teachers never sampled
     ungraded = 0
     for tid in ids.values():
-        for counts in missing_counts(store, tid, recipe.sampling.passes).values():
-            missing += counts["missing_passes"]
-            ungraded += counts["ungraded"]
+        counts = missing_counts(store, tid, passes).values()
+        ungraded += sum(c["ungraded"] for c in counts)
+        missing += (_missing_in_limit(store, tid, passes, limit) if limit and limit < train
+                    else sum(c["missing_passes"] for c in counts))
     return missing, ungraded
+
+
+def _missing_in_limit(store: Store, teacher_id: str, passes: int, limit: int) -> int:
+    """Passes missing over the first ``limit`` training queries: one index lookup per query."""
+    return int(store.scalar(
+        "SELECT coalesce(sum(max(0, ? - (SELECT count(*) FROM samples s WHERE s.query_id = q.query_id"
+        " AND s.teacher_id = ?))), 0) FROM (SELECT query_id FROM queries WHERE split = 'train'"
+        " ORDER BY query_id LIMIT ?) q", (passes, teacher_id, limit)) or 0)
 
 
 def _latest_training(store: Store, recipe: Recipe) -> dict[str, Any] | None:

@@ -176,10 +176,7 @@ class DeepDistillApp(App[None]):
             with self._store() as store:
                 snapshot = {
                     "overview": overview(store, self.recipe),
-                    "queries": store.conn.execute(
-                        "SELECT query_id, split, category, question, ground_truth FROM queries"
-                        " ORDER BY split, category, query_id LIMIT ? OFFSET ?",
-                        (PAGE, self.page * PAGE)).fetchall(),
+                    "queries": store.query_page(self.page, PAGE),
                     "status_counts": status_counts(store),
                     "graded": recent_grades(store),
                     "selections": list_selections(store),

@@ -277,6 +277,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN face TEXT;
     """,
+    # The Data tab's order: a page is read off this index instead of sorting every query per page.
+    """
+    CREATE INDEX queries_browse ON queries(split, category, query_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -582,6 +586,13 @@ class Store:
         except sqlite_utils.db.NotFoundError:
             return None
         return _parsed_run(row)
+
+    PAGE_SQL = ("SELECT query_id, split, category, question, ground_truth FROM queries"
+                " ORDER BY split, category, query_id LIMIT ? OFFSET ?")
+    """The Data tab's pages, read in the order of the queries_browse index."""
+
+    def query_page(self, page: int, size: int) -> list[tuple[str, str, str, str, str | None]]:
+        return self.conn.execute(self.PAGE_SQL, (size, page * size)).fetchall()
 
     def recent_runs(self, limit: int = 500) -> list[dict[str, Any]]:
         """Every command's runs, newest first, whichever face started them."""

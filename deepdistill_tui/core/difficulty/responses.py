@@ -108,6 +108,8 @@ def load_responses(store: Store, teacher_id: str) -> Responses:
     # In chunks: a tuple per row for all of them at once was a third of selection's peak memory.
     qids: list[str] = []
     passes, scores = array("q"), array("d")
+    # The loop costs 5% of the fetch (0.05 of 0.95 s a million rows); zip(*chunk) and array.extend
+    # cost more than it, measured.
     while chunk := cur.fetchmany(100_000):
         for qid, p, score in chunk:
             qids.append(qid)
@@ -129,8 +131,14 @@ def load_responses(store: Store, teacher_id: str) -> Responses:
 
 
 def category_values(values: dict[str, float], categories: np.ndarray, default: float) -> np.ndarray:
+    """Each element's category's value. Responses come sorted by query, so a category holds for a
+    run of rows: one lookup per run (about one per query), then repeated."""
     table = {c: values.get(c, default) for c in CATEGORIES}
-    return np.array([table.get(c, default) for c in categories.tolist()], dtype=np.float64)
+    if len(categories) == 0:
+        return np.zeros(0)
+    starts = np.flatnonzero(np.r_[True, categories[1:] != categories[:-1]])
+    per_run = np.array([table.get(c, default) for c in categories[starts].tolist()], dtype=np.float64)
+    return np.repeat(per_run, np.diff(np.r_[starts, len(categories)]))
 
 
 def thresholds_of(recipe: Recipe, categories: np.ndarray) -> np.ndarray:

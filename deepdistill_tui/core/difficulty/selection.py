@@ -129,10 +129,13 @@ def stage_two(recipe: Recipe, r: Responses, teacher_id: str, name: str, excluded
     tie = uniform(cfg.seed, r.group_qids[candidates], "stage2-order")
     order = candidates[np.lexsort((tie, -cv[candidates]))][: cfg.stage2.max_instances]
     pick = uniform(cfg.seed, r.group_qids[order], "stage2-pick")
-    for g, u in zip(order.tolist(), pick.tolist(), strict=True):
-        rows = r.starts[g] + np.flatnonzero(eligible[r.starts[g] : r.starts[g] + r.counts[g]])
-        row = int(rows[int(u * len(rows))])
-        sel.members.append((str(r.query_ids[row]), teacher_id, int(r.pass_index[row]), 2))
+    # The u-th share of each chosen query's eligible responses, for all of them at once: the
+    # eligible rows in order, and where each query's own begin among them.
+    eligible_rows = np.flatnonzero(eligible)
+    before = np.r_[0, np.cumsum(eligible)][r.starts[order]]
+    rows = eligible_rows[before + (pick * n_eligible[order]).astype(np.int64)]
+    sel.members = [(q, teacher_id, int(p), 2) for q, p in
+                   zip(r.query_ids[rows].tolist(), r.pass_index[rows].tolist(), strict=True)]
     sel.counts = {"queries": {"candidates": len(candidates), "selected": len(order)},
                   "responses_kept": len(sel.members),
                   "by_category": _count_by_category(r.group_categories[order])}

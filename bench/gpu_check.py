@@ -227,7 +227,7 @@ def train(backend: str, student: Path, steps: int, out: Path, length: int | None
         opt.zero_grad(set_to_none=True)
         sync()
         times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
+        losses.append(loss.item())
     timed = times[2:] or times
     result = {"backend": backend, "steps": steps, "tokens_per_step": length,
               "tokens_per_s": round(length * len(timed) / sum(timed), 1),

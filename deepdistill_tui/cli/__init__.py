@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common, with_recipe], help="run the pipeline's stages in order")
     p.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
     p.add_argument("--force", action="store_true", help="re-run stages that already succeeded")
+    p.add_argument("--rehearse", action="store_true",
+                   help="every stage with its counts capped, in a store beside --db (DB.rehearsal.db), "
+                        "then the full run's plan: tokens, steps, checkpoints, disk and hours")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("status", parents=[common, with_recipe],

@@ -20,6 +20,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe_arg(args)
     stages = parse_stages(args.stages)
     console = console_for()
+    if args.rehearse:
+        return rehearse(args, recipe, console)
 
     with open_store(args, "run") as store, Reporter(console, stage_lines=True) as reporter:
         def show(event: Event) -> None:
@@ -31,6 +33,36 @@ def cmd_run(args: argparse.Namespace) -> int:
                     print_evals(reporter.progress.console, event.summary["evals"])
 
         run_pipeline(store, recipe, stages, force=args.force, ctx=StageContext(show, face="cli"))
+    return 0
+
+
+def rehearse(args: argparse.Namespace, recipe: Any, console: Any) -> int:
+    """`run --rehearse`: the capped stages in a fresh store beside --db, then the full run's plan."""
+    from pathlib import Path
+
+    from deepdistill_tui.cli.progress import Reporter
+    from deepdistill_tui.core.errors import DeepDistillError
+    from deepdistill_tui.core.pipeline import rehearsal
+    from deepdistill_tui.core.pipeline.context import StageContext
+    from deepdistill_tui.core.store.database import Store
+
+    if args.stages or args.force:
+        raise DeepDistillError("--rehearse runs every stage afresh: give it without --stages or --force")
+    db = rehearsal.rehearsal_store(Path(args.db))
+    for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        leftover.unlink(missing_ok=True)  # a rehearsal starts from nothing, every time
+    caps = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rehearsal.CAPS.items())
+    console.print(f"[b]Rehearsal[/] of {recipe.name} in {db} (capped: {caps})")
+    with Store(db) as store, Reporter(console, stage_lines=True) as reporter:
+        def show(event: Any) -> None:
+            reporter(event)
+            if type(event).__name__ == "StageFinished":
+                reporter.line(f"[green]✔ {event.stage}[/]")
+
+        plan = rehearsal.rehearse(store, recipe, StageContext(show, face="cli"))
+    console.print(f"[b]The full run of {recipe.name}[/], at the rates measured here:")
+    for line in rehearsal.render(plan):
+        console.print(f"  {line}", highlight=False, markup=False)
     return 0
 
 

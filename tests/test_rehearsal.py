@@ -1,0 +1,52 @@
+"""`run --rehearse`: the recipe's own stages with every count capped, in a store of its own, and the
+full run's plan at the rates the rehearsal measured."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepdistill_tui.core.pipeline.rehearsal import CAPS, rehearsal_recipe, rehearsal_store
+from deepdistill_tui.core.recipe import load_recipe
+
+
+def test_a_rehearsal_caps_every_count_and_keeps_everything_else() -> None:
+    small = load_recipe("small")
+    r = rehearsal_recipe(small)
+    assert r.sampling.query_limit == CAPS["queries"] and r.sampling.passes == CAPS["passes"]
+    assert all(t.sampling.max_tokens <= CAPS["max_tokens"] for t in r.teachers)  # type: ignore[union-attr]
+    assert r.training.max_steps == CAPS["steps"] and r.training.max_length == CAPS["max_length"]
+    assert r.eval.limit == CAPS["eval_problems"] and r.eval.k == 1
+    # The code paths a rehearsal is for stay the recipe's own.
+    assert r.training.save_steps == small.training.save_steps == 0.1  # a share: a checkpoint, then more
+    assert r.training.method == "qlora" and r.training.packing and r.training.gguf == small.training.gguf
+    assert r.selection == small.selection and r.grading == small.grading
+    assert [t.template for t in r.teachers] == [t.template for t in small.teachers]  # type: ignore[union-attr]
+    assert r.data == small.data  # ingest is not capped: the plan needs the real number of queries
+
+
+def test_a_rehearsal_keeps_to_its_own_store() -> None:
+    assert rehearsal_store(Path("runs/deepdistill.db")) == Path("runs/deepdistill.rehearsal.db")
+    assert rehearsal_store(Path("x")) == Path("x.rehearsal.db")
+
+
+@pytest.mark.slow
+def test_rehearsing_tiny_runs_every_stage_and_prints_the_full_runs_plan(tmp_path: Path) -> None:
+    db = tmp_path / "real.db"
+    out = subprocess.run([sys.executable, "-m", "deepdistill_tui", "run", "--recipe", "tiny", "--rehearse",
+                          "--db", str(db)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    text = out.stdout
+    for stage in ("ingest", "sample", "grade", "select", "train", "eval"):
+        assert f"✔ {stage}" in text, text
+    assert not db.exists() and (tmp_path / "real.rehearsal.db").is_file()  # the real store untouched
+    plan = text.split("The full run of tiny")[1]
+    for what in ("training queries", "tokens to sample", "sampling", "grading", "training", "checkpoints",
+                 "evaluation", "disk", "total"):
+        assert f"\n  {what} " in plan, plan
+    assert "(measured)" in plan and "hours on this machine" in plan
+    tiny = load_recipe("tiny")
+    assert f"{tiny.training.max_steps:,} optimizer steps" in plan if tiny.training.max_steps else True

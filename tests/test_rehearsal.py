@@ -3,6 +3,7 @@ full run's plan at the rates the rehearsal measured."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,42 @@ def test_rehearsing_tiny_runs_every_stage_and_prints_the_full_runs_plan(tmp_path
     assert "(measured)" in plan and "hours on this machine" in plan
     tiny = load_recipe("tiny")
     assert f"{tiny.training.max_steps:,} optimizer steps" in plan if tiny.training.max_steps else True
+
+
+@pytest.mark.slow
+def test_small_rehearses_with_stand_ins_on_a_cpu_with_no_network(tmp_path: Path) -> None:
+    """`run --recipe small --rehearse --stand-ins`: the GPU recipe's own stages and code paths, its
+    Hub sources, teachers and student replaced by local things of the same shape."""
+    import gguf
+
+    from deepdistill_tui.core.store.database import Store
+
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # no network: nothing may need one
+
+    out = subprocess.run([sys.executable, "-m", "deepdistill_tui", "run", "--recipe", "small", "--rehearse",
+                          "--stand-ins", "--db", "real.db"], capture_output=True, text=True, timeout=900,
+                         cwd=tmp_path, env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    for stage in ("ingest", "sample", "grade", "select", "train", "eval"):
+        assert f"✔ {stage}" in out.stdout
+    assert "in NF4" in out.stdout and "checkpoint at step" in out.stdout  # 4-bit, save_steps as a share
+    assert "The full run of small" in out.stdout
+    with Store(tmp_path / "real.rehearsal.db") as s:
+        prefills = {p for (p,) in s.conn.execute("SELECT DISTINCT prefill FROM samples")}
+        assert prefills == {"<think>\n"}  # the R1-style template opened every answer's reasoning
+        teachers = {n for (n,) in s.conn.execute("SELECT DISTINCT t.name FROM samples JOIN teachers t"
+                                                 " USING (teacher_id)")}
+        assert teachers == {"r1-distill-1.5b", "r1-distill-7b"}  # the band's teacher sampled too
+        assert s.scalar("SELECT count(*) FROM queries WHERE category = 'code' AND question LIKE"
+                        " '%Your code should pass this test:%assert%'")  # the MBPP template
+        # Every answer graded; SmolLM2 rarely closes its reasoning within the rehearsal's 256 tokens, so
+        # most (often all) grades come from the R1 format check that runs before the graders.
+        assert s.scalar("SELECT count(*) FROM grades") == s.scalar("SELECT count(*) FROM samples") > 0
+        rule = s.scalar("SELECT rule FROM selections WHERE name = 'small'")
+        assert '"difficulty_band"' in rule and "r1-distill-1.5b" in rule
+        models = [m for (m,) in s.conn.execute("SELECT model FROM evals ORDER BY created_at")]
+        run_dir = Path(s.scalar("SELECT json_extract(args, '$.run_dir') FROM runs WHERE command = 'train'"))
+    assert models[0] == "base" and len(models) == 2  # base and student through llama.cpp
+    exported = next(run_dir.glob("*.gguf"))
+    arch = gguf.GGUFReader(exported).fields["general.architecture"]
+    assert bytes(arch.parts[-1]).decode() == "qwen2"  # the small student's architecture, exported

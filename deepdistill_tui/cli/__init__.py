@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rehearse", action="store_true",
                    help="every stage with its counts capped, in a store beside --db (DB.rehearsal.db), "
                         "then the full run's plan: tokens, steps, checkpoints, disk and hours")
+    p.add_argument("--stand-ins", action="store_true",
+                   help="with --rehearse: local stand-ins of the same shape for Hub sources, teachers and "
+                        "the student, so that a GPU recipe rehearses on a CPU with no network")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("status", parents=[common, with_recipe],

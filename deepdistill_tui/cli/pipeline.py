@@ -20,6 +20,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe_arg(args)
     stages = parse_stages(args.stages)
     console = console_for()
+    if args.stand_ins and not args.rehearse:
+        from deepdistill_tui.core.errors import DeepDistillError
+
+        raise DeepDistillError("--stand-ins replaces the recipe's models and data for a rehearsal: "
+                               "give it with --rehearse")
     if args.rehearse:
         return rehearse(args, recipe, console)
 
@@ -49,6 +54,7 @@ def rehearse(args: argparse.Namespace, recipe: Any, console: Any) -> int:
     if args.stages or args.force:
         raise DeepDistillError("--rehearse runs every stage afresh: give it without --stages or --force")
     db = rehearsal.rehearsal_store(Path(args.db))
+    stand_ins = db.with_name(f"{db.stem}-stand-ins") if args.stand_ins else None
     for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         leftover.unlink(missing_ok=True)  # a rehearsal starts from nothing, every time
     caps = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rehearsal.CAPS.items())
@@ -59,7 +65,7 @@ def rehearse(args: argparse.Namespace, recipe: Any, console: Any) -> int:
             if type(event).__name__ == "StageFinished":
                 reporter.line(f"[green]✔ {event.stage}[/]")
 
-        plan = rehearsal.rehearse(store, recipe, StageContext(show, face="cli"))
+        plan = rehearsal.rehearse(store, recipe, StageContext(show, face="cli"), stand_ins)
     console.print(f"[b]The full run of {recipe.name}[/], at the rates measured here:")
     for line in rehearsal.render(plan):
         console.print(f"  {line}", highlight=False, markup=False)

@@ -67,15 +67,49 @@ class Plan:
         self.lines.append((what, figure))
 
 
-def rehearse(store: Store, recipe: Recipe, ctx: StageContext) -> Plan:
-    """Run every stage of the capped recipe, then plan the full run from what it measured."""
+def rehearse(store: Store, recipe: Recipe, ctx: StageContext, stand_ins: Path | None = None) -> Plan:
+    """Run every stage of the capped recipe, then plan the full run from what it measured. With
+    ``stand_ins`` (a folder), what this machine cannot have is replaced first (core/pipeline/standins.py)."""
+    if stand_ins is not None:
+        from deepdistill_tui.core.pipeline.standins import stand_in_recipe
+
+        recipe = stand_in_recipe(recipe, stand_ins)
     capped = rehearsal_recipe(recipe)
-    run_pipeline(store, capped, list(PIPELINE), force=True, ctx=ctx)
-    return plan(store, recipe, capped)
-
-
-def plan(store: Store, recipe: Recipe, capped: Recipe) -> Plan:
+    first = PIPELINE[: PIPELINE.index("select") + 1]
+    run_pipeline(store, capped, first, force=True, ctx=ctx)
     p = Plan()
+    _train_on_something(store, capped, p)
+    run_pipeline(store, capped, PIPELINE[len(first):], force=True, ctx=ctx)
+    p = plan(store, recipe, capped, p)
+    if stand_ins is not None:
+        p.notes.append("with stand-ins the counts are the stand-ins' (small local sources) and the rates "
+                       "those of stand-in models on this machine: the plan has the run's shape, not its size")
+    return p
+
+
+def _train_on_something(store: Store, capped: Recipe, p: Plan) -> None:
+    """A handful of capped answers may all fail their grade, and then the selection keeps nothing: the
+    rehearsal still trains (that is what it checks), on every graded answer of the training teacher,
+    and the plan says so."""
+    from deepdistill_tui.core.difficulty.responses import resolve_teachers
+    from deepdistill_tui.core.difficulty.selection import Selection, rule_of, save_selections
+
+    name = capped.name
+    if store.scalar("SELECT n_members FROM selections WHERE name = ?", (name,)):
+        return
+    teacher = capped.selection.training_teacher
+    tid = resolve_teachers(store, [teacher]).get(teacher)
+    members = [(q, t, int(i), 1) for q, t, i in store.conn.execute(
+        "SELECT g.query_id, g.teacher_id, g.pass_index FROM grades g JOIN queries q USING (query_id)"
+        " WHERE g.teacher_id = ? AND q.split = 'train' ORDER BY g.query_id, g.pass_index", (tid,))]
+    save_selections(store, [Selection(name, rule_of(capped, stage=1), capped.selection.seed,
+                                      {"rehearsal": "every graded answer"}, members)])
+    p.notes.append(f"the rehearsal's selection kept nothing (its {len(members)} capped answers from "
+                   f"{teacher} did not pass): it trained on all of them to check the training path")
+
+
+def plan(store: Store, recipe: Recipe, capped: Recipe, p: Plan | None = None) -> Plan:
+    p = p or Plan()
     seconds = _stage_seconds(store)
     train_queries = store.scalar("SELECT count(*) FROM queries WHERE split = 'train'") or 0
     eval_queries = store.scalar("SELECT count(*) FROM queries WHERE split = ?", (recipe.eval.split,)) or 0

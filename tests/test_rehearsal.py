@@ -70,6 +70,8 @@ def test_small_rehearses_with_stand_ins_on_a_cpu_with_no_network(tmp_path: Path)
     for stage in ("ingest", "sample", "grade", "select", "train", "eval"):
         assert f"✔ {stage}" in out.stdout
     assert "in NF4" in out.stdout and "checkpoint at step" in out.stdout  # 4-bit, save_steps as a share
+    assert "resuming from checkpoint-1" in out.stdout  # stopped at its first checkpoint, then resumed
+    assert "stopped at its first checkpoint and resumed from it" in out.stdout
     assert "The full run of small" in out.stdout
     with Store(tmp_path / "real.rehearsal.db") as s:
         prefills = {p for (p,) in s.conn.execute("SELECT DISTINCT prefill FROM samples")}

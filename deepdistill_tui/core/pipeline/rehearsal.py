@@ -79,7 +79,8 @@ def rehearse(store: Store, recipe: Recipe, ctx: StageContext, stand_ins: Path | 
     run_pipeline(store, capped, first, force=True, ctx=ctx)
     p = Plan()
     _train_on_something(store, capped, p)
-    run_pipeline(store, capped, PIPELINE[len(first):], force=True, ctx=ctx)
+    _train_stopped_and_resumed(store, capped, ctx, p)
+    run_pipeline(store, capped, [s for s in PIPELINE[len(first):] if s != "train"], force=True, ctx=ctx)
     p = plan(store, recipe, capped, p)
     if stand_ins is not None:
         p.notes.append("with stand-ins the counts are the stand-ins' (small local sources) and the rates "
@@ -106,6 +107,31 @@ def _train_on_something(store: Store, capped: Recipe, p: Plan) -> None:
                                       {"rehearsal": "every graded answer"}, members)])
     p.notes.append(f"the rehearsal's selection kept nothing (its {len(members)} capped answers from "
                    f"{teacher} did not pass): it trained on all of them to check the training path")
+
+
+def _train_stopped_and_resumed(store: Store, capped: Recipe, ctx: StageContext, p: Plan) -> None:
+    """Training stopped at its first checkpoint, as a kill would stop it, then taken up again: the
+    rehearsal checks that a night's run can resume, not only that it can start."""
+    import threading
+
+    from deepdistill_tui.core.errors import StageStopped
+    from deepdistill_tui.core.pipeline.events import Event, TrainCheckpoint
+    from deepdistill_tui.core.pipeline.runner import run_stage
+
+    stop = threading.Event()
+
+    def emit(event: Event) -> None:
+        ctx.emit(event)
+        if isinstance(event, TrainCheckpoint):
+            stop.set()
+
+    try:
+        run_stage(store, "train", capped, None, StageContext(emit, stop, face=ctx.face))
+    except StageStopped:
+        run_stage(store, "train", capped, None, ctx)
+        p.notes.append("training was stopped at its first checkpoint and resumed from it")
+        return
+    p.notes.append("training ended before the stop at its first checkpoint took effect: resume not checked")
 
 
 def plan(store: Store, recipe: Recipe, capped: Recipe, p: Plan | None = None) -> Plan:

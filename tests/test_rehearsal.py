@@ -92,3 +92,28 @@ def test_small_rehearses_with_stand_ins_on_a_cpu_with_no_network(tmp_path: Path)
     exported = next(run_dir.glob("*.gguf"))
     arch = gguf.GGUFReader(exported).fields["general.architecture"]
     assert bytes(arch.parts[-1]).decode() == "qwen2"  # the small student's architecture, exported
+
+
+@pytest.mark.slow
+async def test_the_app_rehearses_and_shows_the_plan(tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    from deepdistill_tui.core.store.database import Store
+    from deepdistill_tui.tui.app import DeepDistillApp
+    from deepdistill_tui.tui.screens import PlanScreen
+    from tests.test_app import wait_until
+
+    db = tmp_path / "app.db"
+    app = DeepDistillApp(load_recipe("tiny"), db)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("R")
+        await wait_until(pilot, lambda: isinstance(app.screen, PlanScreen), 600)
+        text = str(app.screen.query_one("#plan-text", Static).render())
+        assert "The full run of tiny" in text and "tokens to sample" in text and "(measured)" in text
+        assert "stand-ins" not in text  # tiny's models and data are all here
+        assert app.history[-1] == ("rehearse", None)
+    with Store(db) as s:
+        assert s.scalar("SELECT count(*) FROM samples") == 0  # the app's own store is not touched
+    with Store(tmp_path / "app.rehearsal.db") as s:
+        faces = {f for (f,) in s.conn.execute("SELECT DISTINCT face FROM runs")}
+        assert faces == {"app"} and s.scalar("SELECT count(*) FROM samples") > 0

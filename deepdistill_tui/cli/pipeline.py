@@ -49,23 +49,20 @@ def rehearse(args: argparse.Namespace, recipe: Any, console: Any) -> int:
     from deepdistill_tui.core.errors import DeepDistillError
     from deepdistill_tui.core.pipeline import rehearsal
     from deepdistill_tui.core.pipeline.context import StageContext
-    from deepdistill_tui.core.store.database import Store
 
     if args.stages or args.force:
         raise DeepDistillError("--rehearse runs every stage afresh: give it without --stages or --force")
     db = rehearsal.rehearsal_store(Path(args.db))
-    stand_ins = db.with_name(f"{db.stem}-stand-ins") if args.stand_ins else None
-    for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        leftover.unlink(missing_ok=True)  # a rehearsal starts from nothing, every time
     caps = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rehearsal.CAPS.items())
     console.print(f"[b]Rehearsal[/] of {recipe.name} in {db} (capped: {caps})")
-    with Store(db) as store, Reporter(console, stage_lines=True) as reporter:
+    with Reporter(console, stage_lines=True) as reporter:
         def show(event: Any) -> None:
             reporter(event)
             if type(event).__name__ == "StageFinished":
                 reporter.line(f"[green]✔ {event.stage}[/]")
 
-        plan = rehearsal.rehearse(store, recipe, StageContext(show, face="cli"), stand_ins)
+        _, plan = rehearsal.rehearse_beside(Path(args.db), recipe, StageContext(show, face="cli"),
+                                            args.stand_ins)
     console.print(f"[b]The full run of {recipe.name}[/], at the rates measured here:")
     for line in rehearsal.render(plan):
         console.print(f"  {line}", highlight=False, markup=False)

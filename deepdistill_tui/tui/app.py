@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
@@ -46,7 +47,7 @@ from deepdistill_tui.tui.messages import ProgressEvent, StageFailed, StageFinish
 from deepdistill_tui.tui.overview import render_ingest, render_overview
 from deepdistill_tui.tui.runs import RunsPane
 from deepdistill_tui.tui.sampling import SamplePane
-from deepdistill_tui.tui.screens import ConfirmQuit, HelpScreen
+from deepdistill_tui.tui.screens import ConfirmQuit, HelpScreen, PlanScreen
 from deepdistill_tui.tui.selecting import SelectPane, show_selections
 from deepdistill_tui.tui.training import TrainPane
 
@@ -70,6 +71,7 @@ ACTIONS: list[tuple[str, str, str, str]] = [
     ("e", "evaluate", "Eval", "Evaluate base and latest trained student (pass@1)"),
     ("o", "export", "Export", "Export the chosen selection as a dataset"),
     ("b", "cluster_export", "Bundle", "Write the cluster bundle (vLLM, Slurm, torchrun)"),
+    ("R", "rehearse", "Rehearse", "Rehearse every stage capped, then plan the full run"),
     ("x", "stop", "Stop", "Stop the running stage after the item in flight"),
     ("c", "next_category", "Category", "Analyze: show the next category"),
     ("t", "next_teacher", "Teacher", "Analyze: show the next teacher"),
@@ -301,6 +303,8 @@ class DeepDistillApp(App[None]):
             self.query_one(ExportPane).done(message.result)
         if message.stage == "grade":
             self.query_one(SelectPane).invalidate()
+        if message.stage == "rehearse":
+            self.push_screen(PlanScreen(message.result["title"], message.result["plan"]))
         self.notify(f"{message.stage} finished", title="Done")
         self._after_stage()
 
@@ -385,6 +389,25 @@ class DeepDistillApp(App[None]):
 
         out = Path(self.query_one(ExportPane).bundle_target())
         self.start_task("bundle", "export", lambda store: write_cluster_bundle(self.recipe, out, store))
+
+    def action_rehearse(self) -> None:
+        """The CLI's `run --rehearse` (with --stand-ins where the recipe needs what is not here)."""
+        from deepdistill_tui.core.pipeline.context import StageContext
+        from deepdistill_tui.core.pipeline.rehearsal import rehearse_beside, render
+        from deepdistill_tui.core.pipeline.standins import needed
+
+        def emit(event: Event) -> None:
+            self.post_message(ProgressEvent(event))
+
+        def work(_store: Store) -> dict[str, Any]:
+            missing = needed(self.recipe)
+            ctx = StageContext(emit, self.stop_event, face="app")
+            where, plan = rehearse_beside(self.db_path, self.recipe, ctx, stand_ins=bool(missing))
+            with_what = f" with stand-ins for {', '.join(missing)}" if missing else ""
+            return {"title": f"The full run of {self.recipe.name} (rehearsed in {where}{with_what})",
+                    "plan": [escape(line) for line in render(plan)]}
+
+        self.start_task("rehearse", "overview", work)
 
     def action_stop(self) -> None:
         if not self.running:

@@ -1,4 +1,4 @@
-"""Modal screens: the key reference and the quit confirmation."""
+"""Modal screens: the key reference, a rehearsal's plan and the quit confirmation."""
 
 from __future__ import annotations
 
@@ -32,6 +32,26 @@ class HelpScreen(ModalScreen[None]):
         body = "\n".join(["[b]Keys[/]  (ctrl+p opens the command palette; esc closes)", "", *lines])
         with VerticalScroll(id="help"):
             yield Static(body)
+
+
+class PlanScreen(ModalScreen[None]):
+    """What a rehearsal measured and what the full run will cost at those rates."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,enter", "dismiss", "Close")]
+    DEFAULT_CSS = """
+    PlanScreen { align: center middle; }
+    #plan { width: 100; max-width: 100%; height: auto; max-height: 90%; border: round $success;
+            background: $surface; padding: 0 1; }
+    """
+
+    def __init__(self, title: str, lines: list[str]) -> None:
+        super().__init__()
+        self.title_text, self.lines = title, lines
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="plan"):
+            yield Static(f"[b]{self.title_text}[/]  (esc closes)\n\n" + "\n".join(self.lines), markup=True,
+                         id="plan-text")
 
 
 class ConfirmQuit(ModalScreen[bool]):

@@ -67,6 +67,18 @@ class Plan:
         self.lines.append((what, figure))
 
 
+def rehearse_beside(db: Path, recipe: Recipe, ctx: StageContext, stand_ins: bool) -> tuple[Path, Plan]:
+    """A rehearsal in a fresh store beside ``db`` (stand-ins, when asked, in a folder beside it): what
+    the CLI's ``run --rehearse`` and the app's rehearse key both do. Returns (its store, the plan)."""
+    store_path = rehearsal_store(db)
+    for leftover in (store_path, store_path.with_name(store_path.name + "-wal"),
+                     store_path.with_name(store_path.name + "-shm")):
+        leftover.unlink(missing_ok=True)  # a rehearsal starts from nothing, every time
+    folder = store_path.with_name(f"{store_path.stem}-stand-ins") if stand_ins else None
+    with Store(store_path) as store:
+        return store_path, rehearse(store, recipe, ctx, folder)
+
+
 def rehearse(store: Store, recipe: Recipe, ctx: StageContext, stand_ins: Path | None = None) -> Plan:
     """Run every stage of the capped recipe, then plan the full run from what it measured. With
     ``stand_ins`` (a folder), what this machine cannot have is replaced first (core/pipeline/standins.py)."""

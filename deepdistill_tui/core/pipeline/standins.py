@@ -37,6 +37,15 @@ ARCHS = {"qwen2": "Qwen2", "llama": "Llama"}
 """Student architectures a stand-in can be built for, by the model family its name or id gives."""
 
 
+def needed(recipe: Recipe) -> list[str]:
+    """What of the recipe this machine does not have (a Hub source, a model not downloaded yet): a
+    rehearsal here needs stand-ins for them."""
+    from deepdistill_tui.core.pipeline.overview import model_statuses
+
+    out = [f"source {s.path}" for s in recipe.data.sources if s.format == "hf_hub"]
+    return out + [f"{m.role} {m.name}" for m in model_statuses(recipe) if not m.present]
+
+
 def stand_in_recipe(recipe: Recipe, folder: Path) -> Recipe:
     folder.mkdir(parents=True, exist_ok=True)
     data = recipe.model_dump(mode="json")

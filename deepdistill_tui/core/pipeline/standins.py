@@ -65,7 +65,7 @@ def stand_in_recipe(recipe: Recipe, folder: Path) -> Recipe:
 # ---------------------------------------------------------------- sources
 
 def _local_source(source: dict[str, Any], index: int, folder: Path) -> dict[str, Any]:
-    if source["format"] in ("jsonl", "am") and Path(source["path"]).exists():
+    if source["format"] != "hf_hub":  # a file or folder: it is here, or ingest says it is not
         return source
     cols = source["columns"]
     n = min(source.get("limit") or ROWS[source.get("split", "train")], ROWS[source.get("split", "train")])

@@ -134,12 +134,14 @@ def _train_stopped_and_resumed(store: Store, capped: Recipe, ctx: StageContext, 
 
     def emit(event: Event) -> None:
         ctx.emit(event)
-        if isinstance(event, TrainCheckpoint):
+        if isinstance(event, TrainCheckpoint) or ctx.stop.is_set():  # ours, or the person's stop
             stop.set()
 
     try:
         run_stage(store, "train", capped, None, StageContext(emit, stop, face=ctx.face))
     except StageStopped:
+        if ctx.stop.is_set():
+            raise  # the person stopped the rehearsal: it ends here
         run_stage(store, "train", capped, None, ctx)
         p.notes.append("training was stopped at its first checkpoint and resumed from it")
         return

@@ -222,6 +222,12 @@ async def test_the_runs_tab_lists_every_face_and_shows_what_a_run_was_given(
         app.query_one(SelectPane).query_one("#selection-name", Input).value = "from-app"
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: len(runs.shown) == 4, 30)
+        # A run whose row changes (one that was running ends) is shown as it is now, not as first read.
+        with Store(folder / "whole.db") as s, s.write() as conn:
+            conn.execute("UPDATE runs SET status = 'failed' WHERE run_id = ?", (RUN,))
+        await pilot.press("r")
+        table = app.query_one("#runs", DataTable)
+        await wait_until(pilot, lambda: "failed" in str(table.get_row(RUN)[4]), 30)
     with Store(folder / "whole.db") as s:
         faces = dict(s.conn.execute("SELECT command, face FROM runs WHERE run_id = ?", (runs.shown[0],)))
         assert faces == {"select": "app"}

@@ -24,6 +24,7 @@ class RunsPane(Vertical):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.shown: list[str] = []  # run ids in table order
+        self.lines: list[RunLine] = []
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
@@ -36,15 +37,18 @@ class RunsPane(Vertical):
                                                        "summary")
 
     def show(self, lines: list[RunLine]) -> None:
-        ids = [r.run_id for r in lines]
-        if ids == self.shown:
-            return  # nothing new: keep the cursor where the person left it
+        if lines == self.lines:
+            return  # nothing changed: leave the table as the person left it
         table = self.query_one("#runs", DataTable)
+        row = table.cursor_row
+        current = self.shown[row] if 0 <= row < len(self.shown) else None
         table.clear()
         for r in lines:
             table.add_row(_when(r.started_at), r.stage, r.face, _took(r), _status(r.status),
                           escape(r.summary), key=r.run_id)
-        self.shown = ids
+        self.lines, self.shown = lines, [r.run_id for r in lines]
+        if current in self.shown:  # a run that ended or a new one above: the cursor stays on its run
+            table.move_cursor(row=self.shown.index(current))
 
     def on_data_table_row_highlighted(self, message: DataTable.RowHighlighted) -> None:
         if message.row_key.value is not None:

@@ -98,12 +98,8 @@ class BarChart(Chart):
 def count_ticks(top: int, most: int = 5) -> list[int]:
     """Whole-number ticks from 0 past ``top`` at a step of 1, 2 or 5 times a power of ten: counts
     of queries read as counts, not as 13.2."""
-    step = 1
-    while (top + step - 1) // step + 1 > most:
-        for factor in (2, 5 / 2, 2):  # 1 -> 2 -> 5 -> 10 -> 20 ...
-            step = round(step * factor)
-            if (top + step - 1) // step + 1 <= most:
-                break
+    steps = (m * 10**e for e in range(20) for m in (1, 2, 5))
+    step = next(s for s in steps if -(-top // s) + 1 <= most)
     last = max(step, -(-top // step) * step)
     return list(range(0, last + 1, step))
 

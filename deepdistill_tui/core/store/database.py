@@ -595,8 +595,11 @@ class Store:
         return self.conn.execute(self.PAGE_SQL, (size, page * size)).fetchall()
 
     def recent_runs(self, limit: int = 500) -> list[dict[str, Any]]:
-        """Every command's runs, newest first, whichever face started them."""
-        rows = self.db["runs"].rows_where(order_by="started_at DESC", limit=limit)
+        """Every command's runs, newest first, whichever face started them, without the resolved recipe
+        (the app lists them on every refresh; ``run(run_id)`` has it)."""
+        rows = self.db["runs"].rows_where(order_by="started_at DESC", limit=limit,
+                                          select="run_id, command, recipe_name, args, status, result, error,"
+                                                 " started_at, finished_at, face")
         return [_parsed_run(row) for row in rows]
 
     def runs(self, command: str, recipe_name: str | None = None, *,

@@ -43,7 +43,7 @@ def cmd_cluster_export(args: argparse.Namespace) -> int:
         raise DeepDistillError(f"--db {args.db} does not exist")
     store = Store(args.db, create=False) if args.db else None
     try:
-        written = write_cluster_bundle(recipe, Path(args.out), store, args.from_run)
+        written = write_cluster_bundle(recipe, Path(args.out), store, args.from_run, args.profile)
     finally:
         if store is not None:
             store.close()
@@ -80,4 +80,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, with_recipe: argparse
                    help="a store whose selections size the plan (and, with --from-run, the pilot's)")
     p.add_argument("--from-run", metavar="RUN_ID",
                    help="carry a pilot train run's data rules and hyperparameters up")
+    p.add_argument("--profile", choices=("cluster", "cpu-test"), default="cluster",
+                   help="cluster: GPUs, vLLM/SGLang, DeepSpeed/FSDP; cpu-test: the same bundle on CPUs "
+                        "(llama.cpp servers on a stand-in GGUF, DDP over gloo) for a test Slurm")
     p.set_defaults(handler=cmd_cluster_export)

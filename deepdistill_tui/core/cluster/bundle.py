@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import string
 import tempfile
@@ -28,6 +29,7 @@ from deepdistill_tui.core.cluster.plan import (
     plan_bundle,
     recipe_yaml,
 )
+from deepdistill_tui.core.cluster.profiles import CPU_TEST_CONTEXT, TEACHER_GGUF, write_stand_ins
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import Recipe
 
@@ -52,48 +54,71 @@ def render(name: str, **values: Any) -> str:
         raise AssertionError(f"template {name}: no value for @@{exc.args[0]}") from None
 
 
-def _header() -> str:
-    return _template("header.sh").template.rstrip("\n")
+def _header(top: bool = False) -> str:
+    """The lines every script opens with; a job runs from the folder it was submitted from (the
+    bundle's), a top-level script from its own folder."""
+    if top:
+        return render("header.sh", cd='cd "$(dirname "$0")"', up="").rstrip("\n")
+    return render("header.sh", cd='cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"', up="/..").rstrip("\n")
 
 
 def bundle_files(b: Bundle) -> Files:
+    p = b.profile
+    values = {"header": _header()}
     files: Files = {
         "README.md": (readme(b), False),
         "recipe.yaml": (recipe_yaml(b.recipe), False),
         "env.sh": (env_sh(b), False),
-        "jobs/01_prepare.sh": (render("prepare.sh", header=_header(), recipe=b.recipe.name), True),
-        "jobs/02_sample.sbatch": (render("sample.sbatch", header=_header(), endpoints=_endpoint_args(b),
+        "submit.sh": (render("submit.sh", header=_header(top=True), teachers=_teacher_words(b),
+                             stages=" ".join(st.name for st in b.stages)), True),
+        "recover.sh": (render("recover.sh", header=_header(top=True)), True),
+        "jobs/01_prepare.sh": (render("prepare.sh", **values, resources=p.resources("prepare"),
+                                      recipe=b.recipe.name), True),
+        "jobs/02_sample.sbatch": (render("sample.sbatch", **values, resources=p.resources("sample"),
+                                         endpoints=_endpoints(b, [sp.teacher for sp in b.serve]),
                                          last_shard=b.cluster.sampling_shards - 1), True),
-        "jobs/03_grade.sbatch": (render("grade.sbatch", header=_header(), endpoints=_endpoint_args(b),
+        "jobs/03_grade.sbatch": (render("grade.sbatch", **values, resources=p.resources("grade"),
+                                        endpoints=_endpoints(b, _judges(b)),
                                         last_shard=b.cluster.grading_shards - 1), True),
         "jobs/04_select_export.sh": (select_export_sh(b), True),
-        "train/train.sbatch": (render("train.sbatch", header=_header(), nodes=b.batch.nodes,
-                                      gpus_per_node=b.batch.gpus_per_node), True),
+        "train/train.sbatch": (render("train.sbatch", **values,
+                                      resources=p.resources("train", b.batch.nodes, b.batch.gpus_per_node)),
+                               True),
         "train/ds_zero3.json": (json.dumps(deepspeed_config(b), indent=2) + "\n", False),
         "train/accelerate_fsdp.yaml": (yaml.safe_dump(fsdp_config(b), sort_keys=False), False),
     }
     for st in b.stages:
         files[f"train/{st.name}/config.json"] = (json.dumps(train_config(b, st), indent=2) + "\n", False)
+    writers = {"vllm": vllm_sbatch, "sglang": sglang_sbatch, "llamacpp": llamacpp_sbatch}
     for sp in b.serve:
-        files[f"serve/{sp.teacher}.vllm.sbatch"] = (vllm_sbatch(b, sp), True)
-        files[f"serve/{sp.teacher}.sglang.sbatch"] = (sglang_sbatch(b, sp), True)
+        for engine in p.engines:
+            files[f"serve/{sp.teacher}.{engine}.sbatch"] = (writers[engine](b, sp), True)
     return files
 
 
 def env_sh(b: Bundle) -> str:
-    c = b.cluster
+    c, p = b.cluster, b.profile
+    engine = "fsdp" if c.distributed == "fsdp" else "deepspeed"
     return render("env.sh", sampling_shards=c.sampling_shards, grading_shards=c.grading_shards,
                   partition=c.partition or "", gpus_per_node=c.gpus_per_node, nodes=c.nodes,
-                  engine="fsdp" if c.distributed == "fsdp" else "deepspeed")
+                  per_node_note="GPUs a node" if p.gpus else "training processes a node (CPU test)",
+                  inference_engine=c.inference_engine if p.gpus else p.engines[0],
+                  engines=" | ".join(p.engines), engine=engine if p.gpus else "ddp",
+                  train_engines="deepspeed | fsdp" if p.gpus else "ddp (CPU test: the others need GPUs)",
+                  endpoint_wait_s=p.endpoint_wait_s, threads=p.threads)
+
+
+def _teacher_words(b: Bundle) -> str:
+    return " ".join(shlex.quote(sp.teacher) for sp in b.serve)
 
 
 # ---------------------------------------------------------------- teachers
 
 
 def _serve_values(b: Bundle, sp: ServePlan) -> dict[str, Any]:
-    return {"header": _header(), "teacher": sp.teacher, "nodes": sp.nodes, "model": sp.model,
-            "gpus_per_node": min(sp.tensor_parallel, b.cluster.gpus_per_node), "port": sp.port,
-            "max_model_len": sp.max_model_len,
+    gpus = min(sp.tensor_parallel, b.cluster.gpus_per_node)
+    return {"header": _header(), "teacher": sp.teacher, "model": sp.model, "port": sp.port,
+            "resources": b.profile.resources("serve", sp.nodes, gpus), "max_model_len": sp.max_model_len,
             "publish_endpoint": render("publish_endpoint.sh", port=sp.port, teacher=sp.teacher).rstrip("\n")}
 
 
@@ -117,15 +142,26 @@ def sglang_sbatch(b: Bundle, sp: ServePlan) -> str:
                   memory_fraction=SGLANG_MEMORY_FRACTION)
 
 
+def llamacpp_sbatch(b: Bundle, sp: ServePlan) -> str:
+    values = _serve_values(b, sp)
+    values["max_model_len"] = min(sp.max_model_len, CPU_TEST_CONTEXT)
+    return render("llamacpp.sbatch", **values, gguf=TEACHER_GGUF)
+
+
 # ---------------------------------------------------------------- data
 
 
-def _endpoint_args(b: Bundle) -> str:
-    lines = ["ENDPOINTS=()"]
-    for sp in b.serve:
-        lines.append(f'if [[ -f endpoints/{sp.teacher}.url ]]; then '
-                     f'ENDPOINTS+=(--endpoint "{sp.teacher}=$(cat endpoints/{sp.teacher}.url)"); fi')
-    return "\n".join(lines)
+def _endpoints(b: Bundle, teachers: list[str]) -> str:
+    """The wait for the named teachers' servers (none: an empty list of endpoints)."""
+    if not teachers:
+        return "ENDPOINTS=()"
+    return render("endpoints.sh", teachers=" ".join(shlex.quote(t) for t in teachers)).rstrip("\n")
+
+
+def _judges(b: Bundle) -> list[str]:
+    """Served teachers the grading step asks: the judge, when the recipe has one."""
+    judge = b.recipe.grading.judge_teacher
+    return [sp.teacher for sp in b.serve if sp.teacher == judge]
 
 
 def select_export_sh(b: Bundle) -> str:
@@ -135,7 +171,8 @@ def select_export_sh(b: Bundle) -> str:
     if any(st.name == "stage2" for st in b.stages):
         exports.append(f'deepdistill-tui export --recipe recipe.yaml --db "$DB" --selection {name}-stage2 '
                        '--format jsonl --out data/stage2.jsonl')
-    return render("select_export.sh", header=_header(), recipe=name, exports="\n".join(exports))
+    return render("select_export.sh", header=_header(), resources=b.profile.resources("select"), recipe=name,
+                  exports="\n".join(exports))
 
 
 # ---------------------------------------------------------------- training
@@ -220,7 +257,9 @@ def readme(b: Bundle) -> str:
                    f"| key | pilot | this bundle | why |\n|---|---|---|---|\n{rows}\n")
     engine = ("DeepSpeed ZeRO-3 (`ENGINE=fsdp` switches to FSDP)" if c.distributed == "deepspeed_zero3"
               else "FSDP (`ENGINE=deepspeed` switches to DeepSpeed ZeRO-3)")
-    serve_cmds = "\n".join(f"sbatch serve/{sp.teacher}.{c.inference_engine}.sbatch" for sp in b.serve)
+    served_by = c.inference_engine if b.profile.gpus else b.profile.engines[0]
+    serve_cmds = (", ".join(f"`serve/{sp.teacher}.{served_by}.sbatch`" for sp in b.serve) + "." if b.serve
+                  else "none: sampling runs llama.cpp inside the array tasks.")
     return render(
         "README.md", recipe=r.name, description=" ".join(r.description.split()), nodes=c.nodes,
         gpus_per_node=c.gpus_per_node, gpu_memory_gb=c.gpu_memory_gb, global_batch=gb.global_batch,
@@ -228,9 +267,20 @@ def readme(b: Bundle) -> str:
         passes=r.sampling.passes, serve_rows=serve_rows, engine_text=engine,
         warmup=f"{r.training.warmup_ratio:.0%}", stage_rows="\n".join(_stage_row(st) for st in b.stages),
         sizes_from="; ".join(sorted({st.tokens_from for st in b.stages})), tflops=f"{c.tflops_per_gpu:g}",
-        changes=changes,
-        serve_commands=serve_cmds or "# (no served teachers: sampling runs llama.cpp inside the array tasks)",
-        train_commands="\n".join(f"sbatch train/train.sbatch train/{st.name}" for st in b.stages))
+        changes=changes, serve_commands=serve_cmds, stages=", ".join(st.name for st in b.stages),
+        profile_note=CPU_TEST_NOTE if not b.profile.gpus else "")
+
+
+CPU_TEST_NOTE = """
+## This is the CPU test profile
+
+Written with `--profile cpu-test`: the plan, the scripts, the shard counts and the chain are the
+cluster's, but the jobs ask for CPUs, the teachers are served by llama.cpp's OpenAI-compatible server
+(`serve/*.llamacpp.sbatch`) on the stand-in GGUF in `models/`, the student is a small stand-in of its
+architecture (`models/student-*`, random weights), decontamination uses n-grams only, and training is
+DDP over gloo with GPUS_PER_NODE processes a node (`ENGINE=ddp`). It exists to submit the bundle to
+a real Slurm without GPUs; its numbers say nothing about a real run's.
+"""
 
 
 def _stage_row(st: StagePlan) -> str:
@@ -256,6 +306,8 @@ def write_bundle(bundle: Bundle, out: Path) -> list[str]:
             path.write_text(text)
             if executable:
                 path.chmod(0o755)
+        if not bundle.profile.gpus:
+            write_stand_ins(bundle.recipe, tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -265,10 +317,10 @@ def write_bundle(bundle: Bundle, out: Path) -> list[str]:
     return bundle.files
 
 
-def write_cluster_bundle(recipe: Recipe, out: Path, store: Any = None,
-                         from_run: str | None = None) -> dict[str, Any]:
+def write_cluster_bundle(recipe: Recipe, out: Path, store: Any = None, from_run: str | None = None,
+                         profile: str = "cluster") -> dict[str, Any]:
     """Plan and write the bundle (both faces call this); what was written, for the faces to show."""
-    bundle = plan_bundle(recipe, store, from_run)
+    bundle = plan_bundle(recipe, store, from_run, profile)
     files = write_bundle(bundle, out)
     return {"bundle": str(out), "files": len(files), "plan": bundle,
             "stages": [{"name": st.name, "steps": st.steps} for st in bundle.stages]}

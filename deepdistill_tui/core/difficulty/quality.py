@@ -166,10 +166,13 @@ def _rows_of(r: Responses, pairs: list[tuple[str, int]]) -> np.ndarray:
     if not pairs:
         return mask
     qids = np.array([q for q, _ in pairs], dtype=object)
-    lo = np.searchsorted(r.query_ids, qids, side="left")
-    hi = np.searchsorted(r.query_ids, qids, side="right")
-    for (_, p), a, b in zip(pairs, lo.tolist(), hi.tolist(), strict=True):
-        for row in range(a, b):
+    groups = r.group_qids
+    at = np.searchsorted(groups, qids)
+    for (q, p), g in zip(pairs, at.tolist(), strict=True):
+        if g == len(groups) or groups[g] != q:
+            continue  # not a graded training response
+        begin = int(r.starts[g])
+        for row in range(begin, begin + int(r.counts[g])):
             if r.pass_index[row] == p:
                 mask[row] = True
     return mask

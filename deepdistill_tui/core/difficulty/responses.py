@@ -73,18 +73,27 @@ class QueryScores:
 
 @dataclass
 class Responses:
-    """A teacher's graded responses to training queries, sorted by (query, pass), grouped by query."""
+    """A teacher's graded responses to training queries, sorted by (query, pass), grouped by query.
+    Query ids are kept once per query, not per response: at 4M responses a string per row was a
+    quarter of selection's memory."""
 
-    query_ids: np.ndarray  # per response
-    categories: np.ndarray
+    group_qids: np.ndarray  # per query
+    categories: np.ndarray  # per response
     pass_index: np.ndarray
     score: np.ndarray
     starts: np.ndarray  # per query: first row
     counts: np.ndarray  # per query: number of rows
 
     @property
-    def group_qids(self) -> np.ndarray:
-        return self.query_ids[self.starts]
+    def query_ids(self) -> np.ndarray:
+        """Each response's query id (built on each call: prefer ``row_query_ids`` with a mask)."""
+        return np.repeat(self.group_qids, self.counts)
+
+    def row_query_ids(self, rows: np.ndarray) -> np.ndarray:
+        """The query ids of the given rows (a boolean mask or row numbers), without a per-row copy of
+        every id."""
+        index = np.flatnonzero(rows) if rows.dtype == bool else rows
+        return self.group_qids[np.searchsorted(self.starts, index, side="right") - 1]
 
     @property
     def group_categories(self) -> np.ndarray:
@@ -107,26 +116,31 @@ def load_responses(store: Store, teacher_id: str) -> Responses:
         " AND verify_score IS NOT NULL ORDER BY query_id, pass_index", (teacher_id,))
     # In chunks: a tuple per row for all of them at once was a third of selection's peak memory.
     qids: list[str] = []
+    first = array("q")
     passes, scores = array("q"), array("d")
+    last = None
     # The loop costs 5% of the fetch (0.05 of 0.95 s a million rows); zip(*chunk) and array.extend
-    # cost more than it, measured.
+    # cost more than it, measured. Rows come in query order: an id is kept when it changes.
     while chunk := cur.fetchmany(100_000):
         for qid, p, score in chunk:
-            qids.append(qid)
+            if qid != last:
+                qids.append(qid)
+                first.append(len(passes))
+                last = qid
             passes.append(p)
             scores.append(score)
     train = dict(store.conn.execute("SELECT query_id, category FROM queries WHERE split = 'train'"))
-    q = np.array(qids, dtype=object)
+    group_q = np.array(qids, dtype=object)
     del qids
-    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if len(q) else np.zeros(0, dtype=np.int64)
-    counts = np.diff(np.r_[starts, len(q)]).astype(np.int64)
-    group_cat = np.array([train.get(x) for x in q[starts]], dtype=object)
-    keep = np.repeat(group_cat != None, counts)  # noqa: E711 - elementwise: eval queries are left out
-    q = q[keep]
-    cats = np.repeat(group_cat, counts)[keep]
-    counts = counts[group_cat != None]  # noqa: E711
+    starts = np.frombuffer(first, dtype=np.int64) if len(first) else np.zeros(0, dtype=np.int64)
+    counts = np.diff(np.r_[starts, len(passes)]).astype(np.int64)
+    group_cat = np.array([train.get(x) for x in group_q.tolist()], dtype=object)
+    is_train = group_cat != None  # noqa: E711 - elementwise: eval queries are left out
+    keep = np.repeat(is_train, counts)
+    counts = counts[is_train]
     starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64) if len(counts) else counts
-    return Responses(q, cats, np.frombuffer(passes, dtype=np.int64)[keep],
+    return Responses(group_q[is_train], np.repeat(group_cat[is_train], counts),
+                     np.frombuffer(passes, dtype=np.int64)[keep],
                      np.frombuffer(scores, dtype=np.float64)[keep], starts, counts)
 
 

@@ -112,7 +112,7 @@ def stage_one(store: Store, recipe: Recipe, r: Responses, teacher_id: str, name:
                   "responses_kept": int(keep_row.sum()), "quality_filters": excluded.counts(),
                   "by_category": _count_by_category(r.categories[keep_row])}
     sel.members = [(q, teacher_id, int(p), 1) for q, p in
-                   zip(r.query_ids[keep_row].tolist(), r.pass_index[keep_row].tolist(), strict=True)]
+                   zip(r.row_query_ids(keep_row).tolist(), r.pass_index[keep_row].tolist(), strict=True)]
     return sel
 
 
@@ -135,7 +135,7 @@ def stage_two(recipe: Recipe, r: Responses, teacher_id: str, name: str, excluded
     before = np.r_[0, np.cumsum(eligible)][r.starts[order]]
     rows = eligible_rows[before + (pick * n_eligible[order]).astype(np.int64)]
     sel.members = [(q, teacher_id, int(p), 2) for q, p in
-                   zip(r.query_ids[rows].tolist(), r.pass_index[rows].tolist(), strict=True)]
+                   zip(r.row_query_ids(rows).tolist(), r.pass_index[rows].tolist(), strict=True)]
     sel.counts = {"queries": {"candidates": len(candidates), "selected": len(order)},
                   "responses_kept": len(sel.members),
                   "by_category": _count_by_category(r.group_categories[order])}

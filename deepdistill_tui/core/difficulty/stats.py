@@ -151,22 +151,47 @@ def compute_stats(store: Store, recipe: Recipe, *, lengths: bool = True) -> dict
 
 def _category_entries(store: Store, recipe: Recipe, tid: str) -> dict[str, dict[str, Any]]:
     """Per category: the aggregates ``_entry`` turns into histograms, from one row per query (the
-    score summaries). Binning them in numpy beats SQLite's own GROUP BY here: measured at 250k
-    queries, 0.43 s against 0.73 s."""
-    scores = query_scores(store, recipe, tid)
+    score summaries), binned in numpy: measured at 250k queries, 0.43 s against SQLite's own GROUP BY
+    0.73 s. Only numbers are read (the category as its index, no query id): at 1M queries reading the
+    ids was most of the time."""
+    table = _score_table(store, recipe, tid)
+    if table is None:
+        s = query_scores(store, recipe, tid)
+        codes = np.array([CATEGORIES.index(c) if c in CATEGORIES else -1 for c in s.categories.tolist()])
+        table = np.column_stack([codes, s.n, s.n_pass, s.total, s.total_sq]) if len(codes) else \
+            np.zeros((0, 5))
     out: dict[str, dict[str, Any]] = {}
-    for cat in sorted(set(scores.categories.tolist())):
-        mask = scores.categories == cat
-        sub = QueryScores(scores.query_ids[mask], scores.categories[mask], scores.n[mask],
-                          scores.n_pass[mask], scores.total[mask], scores.total_sq[mask])
-        cv = cv_histogram(sub.cv_with(recipe.selection.cv_ddof))
-        rates: dict[tuple[int, int], int] = {}
-        for n, k in zip(sub.n.astype(int).tolist(), sub.n_pass.astype(int).tolist(), strict=True):
-            rates[(n, k)] = rates.get((n, k), 0) + 1
-        out[cat] = {"queries": int(mask.sum()), "responses": int(sub.n.sum()),
-                    "total": float(sub.total.sum()), "rates": rates, "cv_counts": cv["counts"],
-                    "zero": cv["zero"], "undefined": cv["undefined"]}
+    for code in np.unique(table[:, 0]).astype(int).tolist():
+        if code < 0:
+            continue  # not a category a query can have (validated on ingest)
+        sub = table[table[:, 0] == code]
+        n, k = sub[:, 1], sub[:, 2]
+        scores = QueryScores(np.zeros(0), np.zeros(0), n, k, sub[:, 3], sub[:, 4])
+        cv = cv_histogram(scores.cv_with(recipe.selection.cv_ddof))
+        # (n, k) as one integer, counted with bincount: np.unique over pairs sorted them, a fifth of
+        # the time at 1M queries.
+        ni, ki = n.astype(np.int64), k.astype(np.int64)
+        width = int(ki.max()) + 1 if len(ki) else 1
+        tally = np.bincount(ni * width + ki)
+        rates = {(int(key) // width, int(key) % width): int(tally[key]) for key in np.flatnonzero(tally)}
+        out[CATEGORIES[code]] = {"queries": len(sub), "responses": int(n.sum()),
+                                 "total": float(sub[:, 3].sum()), "rates": rates, "cv_counts": cv["counts"],
+                                 "zero": cv["zero"], "undefined": cv["undefined"]}
     return out
+
+
+def _score_table(store: Store, recipe: Recipe, tid: str) -> np.ndarray | None:
+    """(category index, n, passing, total, total_sq) per training query of the teacher, from the
+    summaries; None when they cannot serve (a read-only store, a threshold without a slot)."""
+    cut_slots = summaries.ensure(store, summaries.recipe_cuts(recipe))
+    passing = summaries.pass_column(recipe, cut_slots) if cut_slots is not None else None
+    if passing is None:
+        return None
+    code = " ".join(f"WHEN '{c}' THEN {i}" for i, c in enumerate(CATEGORIES))
+    rows = store.conn.execute(
+        f"SELECT CASE category {code} ELSE -1 END, n, {passing}, total, total_sq FROM score_summaries"
+        " WHERE teacher_id = ? AND split = 'train' AND n > 0", (tid,)).fetchall()
+    return np.array(rows, dtype=np.float64) if rows else np.zeros((0, 5))
 
 
 def _entry(agg: dict[str, Any] | None, passes: int) -> dict[str, Any]:

@@ -265,3 +265,21 @@ def test_stats_missing_passes_when_everything_is_graded(store: Store) -> None:
     put(store, {("a", "r1"): [1, 0, 1, 1], ("b", "r1"): [1, 1], ("c", "r1"): [0]})
     r1 = compute_stats(store, recipe())["categories"]["math"]["r1"]
     assert r1["ungraded"] == 0 and r1["missing_passes"] == 2 + 3
+
+
+def test_responses_keep_one_query_id_a_query_and_give_each_rows_own(tmp_path: Path) -> None:
+    """Responses hold a query id per query; the ids of chosen rows (by mask or by row number) are each
+    row's own, ungraded passes and eval queries left out."""
+    from deepdistill_tui.core.difficulty.responses import load_responses
+
+    with Store(tmp_path / "s.db") as s:
+        put(s, {("qa", "r1"): [1.0, 0.0, None], ("qb", "r1"): [0.5], ("qc", "r1"): [0.0, 1.0, 1.0]})
+        with s.write() as conn:
+            conn.execute("UPDATE queries SET split = 'eval' WHERE query_id = 'qb'")
+        r = load_responses(s, "id-r1")
+    assert r.group_qids.tolist() == ["qa", "qc"] and r.counts.tolist() == [2, 3]
+    assert r.query_ids.tolist() == ["qa", "qa", "qc", "qc", "qc"]
+    assert r.pass_index.tolist() == [0, 1, 0, 1, 2]
+    mask = np.array([False, True, True, False, True])
+    assert r.row_query_ids(mask).tolist() == ["qa", "qc", "qc"]
+    assert r.row_query_ids(np.array([4, 0, 2])).tolist() == ["qc", "qa", "qc"]

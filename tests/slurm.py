@@ -17,14 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel")
+COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
 
 
 def why_not() -> str | None:
     """Why a Slurm cannot be started here, or None."""
-    missing = [d for d in DAEMONS if shutil.which(d) is None]
+    missing = [d for d in COMMANDS if shutil.which(d) is None]
     if missing:
         return f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge)"
     if os.geteuid() != 0:
@@ -32,7 +32,7 @@ def why_not() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -43,8 +43,8 @@ def _conf(root: Path, host: str, cpus: int) -> str:
     # bundle's servers, array tasks and trainer run side by side on a small machine, as on nodes.
     return f"""ClusterName=ddtest
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 AuthType=auth/munge
 AuthInfo=socket={root}/munge.sock
 CredType=cred/munge

@@ -178,7 +178,7 @@ def test_full_32b_bundle_on_slurm_recovers_a_cancelled_task_and_a_killed_server(
     wait_for("the task without an endpoint to fail", lambda: ended(env, [lost]), 120)
     assert states_of(env, lost) == {"0": "FAILED"}
     assert "dd: teacher 7b has no endpoint after 5s" in (bundle / f"logs/dd-sample-{lost}_0.out").read_text()
-    (bundle / "endpoints/7b.url").write_text(f"http://127.0.0.1:{slurm._free_port()}/v1\n")
+    (bundle / "endpoints/7b.url").write_text(f"http://127.0.0.1:{slurm.free_port()}/v1\n")
     stale = sbatch(quick, bundle, "--array=0", "jobs/02_sample.sbatch")
     wait_for("the task with a stale endpoint to fail", lambda: ended(env, [stale]), 120)
     log = (bundle / f"logs/dd-sample-{stale}_0.out").read_text()

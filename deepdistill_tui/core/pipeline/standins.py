@@ -36,7 +36,7 @@ def needed(recipe: Recipe) -> list[str]:
 def stand_in_recipe(recipe: Recipe, folder: Path) -> Recipe:
     folder.mkdir(parents=True, exist_ok=True)
     data = recipe.model_dump(mode="json")
-    data["data"]["sources"] = [local_source(s, i, folder) for i, s in enumerate(data["data"]["sources"])]
+    data["data"]["sources"] = [_local_source(s, i, folder) for i, s in enumerate(data["data"]["sources"])]
     teacher = r1_style_teacher(folder)
     for t in data["teachers"]:
         if t["backend"] == "am_import":
@@ -51,7 +51,7 @@ def stand_in_recipe(recipe: Recipe, folder: Path) -> Recipe:
 
 # ---------------------------------------------------------------- sources
 
-def local_source(source: dict[str, Any], index: int, folder: Path) -> dict[str, Any]:
+def _local_source(source: dict[str, Any], index: int, folder: Path) -> dict[str, Any]:
     if source["format"] != "hf_hub":  # a file or folder: it is here, or ingest says it is not
         return source
     cols = source["columns"]

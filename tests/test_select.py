@@ -283,3 +283,49 @@ def test_responses_keep_one_query_id_a_query_and_give_each_rows_own(tmp_path: Pa
     mask = np.array([False, True, True, False, True])
     assert r.row_query_ids(mask).tolist() == ["qa", "qc", "qc"]
     assert r.row_query_ids(np.array([4, 0, 2])).tolist() == ["qc", "qa", "qc"]
+
+
+@pytest.mark.parametrize("variant", ["paper", "filters-band-keep"])
+def test_selection_from_summaries_is_the_one_from_responses(tmp_path: Path, variant: str) -> None:
+    """Deciding from the per-query summaries and writing members in SQL keeps exactly the responses
+    that the rule applied to every response in memory keeps, counts and all: with the quality
+    filters flagging many responses, a difficulty band, easy queries kept at random and Stage II cut
+    at max_instances."""
+    from deepdistill_tui.core.difficulty.selection import (
+        compute_selection,
+        save_selections,
+        training_responses,
+    )
+    from tests.synthetic import write_am_files
+
+    files = write_am_files(tmp_path / "am", 400, teachers=("7b", "r1"), passes=4, answer_chars=60)
+    data = load_recipe("full-32b").model_dump()
+    data["selection"]["difficulty_teachers"] = ["7b"]
+    data["selection"]["stage2"]["max_instances"] = 40
+    if variant != "paper":
+        data["selection"]["quality"] = {"max_perplexity": 5.0, "max_ngram_count": 20, "ngram": 20}
+        data["selection"]["difficulty_band"] = {"teacher": "7b", "min_pass_rate": 0.25, "max_pass_rate": 1.0}
+        data["selection"]["easy_keep_probability"] = {"other": 0.5, "math": 0.3}
+    r = Recipe.model_validate(data)
+    with Store(tmp_path / "s.db") as s:
+        from deepdistill_tui.core.data.released import import_released
+
+        import_released(s, files)
+        planned = compute_selection(s, r, "x")
+        in_memory = compute_selection(s, r, "x", loaded=training_responses(s, r))
+        assert [sel.plan is not None for sel in planned] == [True, True]
+        assert [sel.plan for sel in in_memory] == [None, None]
+        for a, b in zip(planned, in_memory, strict=True):
+            assert a.counts == b.counts
+            assert a.n_members == b.n_members > 0
+            assert a.members == sorted(b.members)
+        assert planned[1].counts["queries"]["candidates"] > 40 == planned[1].n_members
+        if variant != "paper":
+            assert planned[0].counts["quality_filters"]["removed"] > 100
+            assert planned[0].counts["queries"]["out_of_band"] > 0
+        fresh = compute_selection(s, r, "x")  # members left to SQLite, never read out
+        save_selections(s, fresh)
+        for sel, b in zip(fresh, in_memory, strict=True):
+            assert sel._members is None
+            assert members(s, sel.name) == {(q, p) for q, _, p, _ in b.members}
+            assert s.scalar("SELECT n_members FROM selections WHERE name = ?", (sel.name,)) == b.n_members

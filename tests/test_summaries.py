@@ -30,6 +30,9 @@ def recipe(**thresholds: float) -> Recipe:
 def assert_exact(store: Store, r: Recipe) -> None:
     teachers = [t for (t,) in store.conn.execute("SELECT DISTINCT teacher_id FROM samples")]
     assert teachers
+    counted = dict(store.conn.execute("SELECT teacher_id, count(*) FROM samples GROUP BY teacher_id"))
+    assert dict(store.conn.execute("SELECT teacher_id, n_samples FROM teacher_versions"
+                                   " WHERE n_samples > 0")) == counted
     for tid in teachers:
         got, want = query_scores(store, r, tid), _scores_from_grades(store, r, tid)
         assert got.query_ids.tolist() == want.query_ids.tolist(), tid

@@ -83,7 +83,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     console = console_for()
     for sel in done.typed(SelectResult).selections:
         rows: list[tuple[str, Any]] = [(f"queries: {b}", n) for b, n in sel.counts["queries"].items()]
-        rows += [("responses kept", len(sel.members)), ("tokens (approx.)", sel.n_tokens)]
+        rows += [("responses kept", sel.n_members), ("tokens (approx.)", sel.n_tokens)]
         rows += [(f"  {c}", n) for c, n in sorted(sel.counts["by_category"].items())]
         console.print(report_table(f"Selection {sel.name}", rows))
     return 0

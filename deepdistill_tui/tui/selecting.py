@@ -133,7 +133,7 @@ def render_preview(result: list[Any]) -> str:
         q = sel.counts["queries"]
         branches = " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in q.items())
         cats = " · ".join(f"{c} {n}" for c, n in sorted(sel.counts["by_category"].items())) or "none"
-        parts.append(f"[b]{sel.name}[/] would keep [b]{len(sel.members)}[/] responses\n"
+        parts.append(f"[b]{sel.name}[/] would keep [b]{sel.n_members}[/] responses\n"
                      f"  queries: {branches}\n  by category: {cats}")
     return "\n".join(parts)
 

@@ -105,7 +105,9 @@ def arm_selection(pool: Pool, recipe: Recipe, arm: str) -> Selection:
         rows = _random_rows(pool, recipe.selection.seed)
     else:
         raise DeepDistillError(f"arm {arm!r} trains on nothing")
-    members = [(str(r.query_ids[i]), tid, int(r.pass_index[i]), 1) for i in rows.tolist()]
+    # Each chosen row's id from its query's (``query_ids`` would build one id per response per row).
+    members = [(str(q), tid, int(p), 1) for q, p in
+               zip(r.row_query_ids(rows).tolist(), r.pass_index[rows].tolist(), strict=True)]
     rule = {**rule_of(recipe, stage=1), "ablation_arm": arm}
     counts = {"responses_kept": len(members), "tokens": int(pool.tokens[rows].sum()) if len(rows) else 0}
     return Selection(f"{recipe.name}-ablate-{arm}", rule, recipe.selection.seed, counts, members)

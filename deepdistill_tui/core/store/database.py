@@ -281,6 +281,31 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX queries_browse ON queries(split, category, query_id);
     """,
+    # Each teacher's number of samples, kept by the triggers that keep its version: statistics ask
+    # whether every sample has a score, and counting 4M entries of the teacher index for that was a
+    # fifth of their time.
+    """
+    ALTER TABLE teacher_versions ADD COLUMN n_samples INTEGER NOT NULL DEFAULT 0;
+    UPDATE teacher_versions SET n_samples =
+        (SELECT count(*) FROM samples s WHERE s.teacher_id = teacher_versions.teacher_id);
+    DROP TRIGGER teacher_versions_insert;
+    DROP TRIGGER teacher_versions_delete;
+    CREATE TRIGGER teacher_versions_insert AFTER INSERT ON samples BEGIN
+        INSERT INTO teacher_versions (teacher_id, version, n_samples) VALUES (NEW.teacher_id, 1, 1)
+        ON CONFLICT(teacher_id) DO UPDATE SET version = version + 1, n_samples = n_samples + 1;
+    END;
+    CREATE TRIGGER teacher_versions_delete AFTER DELETE ON samples BEGIN
+        UPDATE teacher_versions SET version = version + 1, n_samples = n_samples - 1
+        WHERE teacher_id = OLD.teacher_id;
+    END;
+    CREATE TRIGGER teacher_versions_move AFTER UPDATE OF teacher_id ON samples
+    WHEN OLD.teacher_id != NEW.teacher_id BEGIN
+        UPDATE teacher_versions SET version = version + 1, n_samples = n_samples - 1
+        WHERE teacher_id = OLD.teacher_id;
+        INSERT INTO teacher_versions (teacher_id, version, n_samples) VALUES (NEW.teacher_id, 1, 1)
+        ON CONFLICT(teacher_id) DO UPDATE SET version = version + 1, n_samples = n_samples + 1;
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -33,6 +33,9 @@ def assert_exact(store: Store, r: Recipe) -> None:
     counted = dict(store.conn.execute("SELECT teacher_id, count(*) FROM samples GROUP BY teacher_id"))
     assert dict(store.conn.execute("SELECT teacher_id, n_samples FROM teacher_versions"
                                    " WHERE n_samples > 0")) == counted
+    tokens = "SELECT query_id, teacher_id, pass_index, {} FROM {} ORDER BY 1, 2, 3"
+    assert store.conn.execute(tokens.format("tokens", "sample_tokens")).fetchall() == store.conn.execute(
+        tokens.format("coalesce(completion_tokens, length(response) / 4)", "samples")).fetchall()
     for tid in teachers:
         got, want = query_scores(store, r, tid), _scores_from_grades(store, r, tid)
         assert got.query_ids.tolist() == want.query_ids.tolist(), tid

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ class Selection:
         self.name, self.rule, self.seed = name, rule, seed
         self.counts: dict[str, Any] = counts if counts is not None else {}
         self.plan = plan
-        self._members = members if members is not None or plan is not None else []
+        self._members = [] if members is None and plan is None else members
         self._n_members = n_members
         self.n_tokens = 0
 
@@ -81,6 +82,15 @@ class Selection:
             return len(self._members)
         assert self._n_members is not None
         return self._n_members
+
+    def write_members(self, conn: sqlite3.Connection) -> None:
+        """Into ``selection_members``, inside the caller's transaction: by SQLite from the plan when
+        the members were never read out, else from the list."""
+        if self._members is None and self.plan is not None:
+            self._n_members = self.plan.insert(conn, self.name)
+            return
+        conn.executemany("INSERT INTO selection_members (selection, query_id, teacher_id, pass_index, stage)"
+                         " VALUES (?, ?, ?, ?, ?)", ((self.name, *m) for m in self.members))
 
 
 @dataclass
@@ -416,16 +426,10 @@ def save_selections(store: Store, selections: list[Selection]) -> None:
         for sel in selections:
             conn.execute("DELETE FROM selection_members WHERE selection = ?", (sel.name,))
             conn.execute("DELETE FROM selections WHERE name = ?", (sel.name,))
-            if sel.plan is not None and sel._members is None:
-                sel._n_members = sel.plan.insert(conn, sel.name)
-            else:
-                conn.executemany(
-                    "INSERT INTO selection_members (selection, query_id, teacher_id, pass_index, stage)"
-                    " VALUES (?, ?, ?, ?, ?)", ((sel.name, q, t, p, st) for q, t, p, st in sel.members))
+            sel.write_members(conn)
             sel.n_tokens = int(conn.execute(
-                "SELECT coalesce(sum(coalesce(s.completion_tokens, length(s.response) / 4)), 0)"
-                " FROM selection_members m JOIN samples s ON s.query_id = m.query_id"
-                " AND s.teacher_id = m.teacher_id AND s.pass_index = m.pass_index"
+                "SELECT coalesce(sum(t.tokens), 0) FROM selection_members m CROSS JOIN sample_tokens t"
+                " ON t.query_id = m.query_id AND t.teacher_id = m.teacher_id AND t.pass_index = m.pass_index"
                 " WHERE m.selection = ?", (sel.name,)).fetchone()[0])
             conn.execute(
                 "INSERT INTO selections (name, rule, seed, counts, n_members, n_tokens, created_at)"

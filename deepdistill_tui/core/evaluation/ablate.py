@@ -88,8 +88,7 @@ def load_pool(store: Store, recipe: Recipe) -> Pool:
 
 def _tokens(store: Store, teacher_id: str, r: Responses) -> np.ndarray:
     found = {(q, p): n for q, p, n in store.conn.execute(
-        "SELECT query_id, pass_index, coalesce(completion_tokens, length(response) / 4) FROM samples"
-        " WHERE teacher_id = ?", (teacher_id,))}
+        "SELECT query_id, pass_index, tokens FROM sample_tokens WHERE teacher_id = ?", (teacher_id,))}
     return np.array([found.get((q, int(p)), 0) for q, p in
                      zip(r.query_ids.tolist(), r.pass_index.tolist(), strict=True)], dtype=np.int64)
 

@@ -306,6 +306,38 @@ MIGRATIONS: list[str] = [
         ON CONFLICT(teacher_id) DO UPDATE SET version = version + 1, n_samples = n_samples + 1;
     END;
     """,
+    # Each sample's length in tokens (the model's count, else a quarter of its characters), kept by
+    # triggers in a narrow table: a selection's token total read it from the samples rows, whose
+    # text comes before the count, so summing it read every member's text (4.4 of 6.5 s at 1M
+    # responses of 2,000 characters).
+    """
+    CREATE TABLE sample_tokens (
+        query_id   TEXT NOT NULL,
+        teacher_id TEXT NOT NULL,
+        pass_index INTEGER NOT NULL,
+        tokens     INTEGER NOT NULL,
+        PRIMARY KEY (query_id, teacher_id, pass_index)
+    ) WITHOUT ROWID;
+    INSERT INTO sample_tokens SELECT query_id, teacher_id, pass_index,
+        coalesce(completion_tokens, length(response) / 4) FROM samples;
+    CREATE TRIGGER sample_tokens_insert AFTER INSERT ON samples BEGIN
+        INSERT INTO sample_tokens VALUES (NEW.query_id, NEW.teacher_id, NEW.pass_index,
+            coalesce(NEW.completion_tokens, length(NEW.response) / 4))
+        ON CONFLICT DO UPDATE SET tokens = excluded.tokens;
+    END;
+    CREATE TRIGGER sample_tokens_delete AFTER DELETE ON samples BEGIN
+        DELETE FROM sample_tokens WHERE query_id = OLD.query_id AND teacher_id = OLD.teacher_id
+        AND pass_index = OLD.pass_index;
+    END;
+    CREATE TRIGGER sample_tokens_update
+    AFTER UPDATE OF query_id, teacher_id, pass_index, response, completion_tokens ON samples BEGIN
+        DELETE FROM sample_tokens WHERE query_id = OLD.query_id AND teacher_id = OLD.teacher_id
+        AND pass_index = OLD.pass_index;
+        INSERT INTO sample_tokens VALUES (NEW.query_id, NEW.teacher_id, NEW.pass_index,
+            coalesce(NEW.completion_tokens, length(NEW.response) / 4))
+        ON CONFLICT DO UPDATE SET tokens = excluded.tokens;
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

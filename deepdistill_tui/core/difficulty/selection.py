@@ -287,21 +287,17 @@ def summary_facts(store: Store, recipe: Recipe, teacher_id: str) -> tuple[QueryF
     quality flags, reading one row per query and one per flagged response, never every response;
     None when the summaries cannot serve (a read-only store, a threshold without a slot)."""
     cats = np.array(CATEGORIES, dtype=object)
-    cut_one = thresholds_of(recipe, cats)
-    cut_two = stage_two_cuts(recipe, cats)
-    slots = summaries.ensure(store, sorted({*cut_one.tolist(), *cut_two.tolist()}))
-    if slots is None or any(c not in slots for c in (*cut_one.tolist(), *cut_two.tolist())):
+    cut_one = dict(zip(CATEGORIES, thresholds_of(recipe, cats).tolist(), strict=True))
+    cut_two = dict(zip(CATEGORIES, stage_two_cuts(recipe, cats).tolist(), strict=True))
+    slots = summaries.ensure(store, sorted({*cut_one.values(), *cut_two.values()}))
+    above_one = summaries.above_column(slots, cut_one) if slots is not None else None
+    above_two = summaries.above_column(slots, cut_two) if slots is not None else None
+    if above_one is None or above_two is None:
         return None
     cfg = recipe.selection.quality
     filtered = cfg.max_perplexity is not None or cfg.max_ngram_count is not None
     if filtered:
         stored_flags(store, cfg, teacher_id)  # refreshed first when stale
-    code = " ".join(f"WHEN '{c}' THEN {i}" for i, c in enumerate(CATEGORIES))
-
-    def above(cuts: np.ndarray) -> str:
-        return "CASE category " + " ".join(f"WHEN '{c}' THEN p{slots[float(cut)]}"
-                                           for c, cut in zip(CATEGORIES, cuts.tolist(), strict=True)) + " END"
-
     where = "FROM score_summaries WHERE teacher_id = ? AND split = 'train' AND n > 0 ORDER BY query_id"
     conn = store.conn
     outer = conn.in_transaction
@@ -309,8 +305,8 @@ def summary_facts(store: Store, recipe: Recipe, teacher_id: str) -> tuple[QueryF
         conn.execute("BEGIN")  # ids, numbers and flags from one snapshot
     try:
         # Numbers and ids apart: numpy takes rows of numbers whole, and ids come as one column.
-        rows = conn.execute(f"SELECT CASE category {code} ELSE -1 END, n, total, total_sq,"
-                            f" {above(cut_one)}, {above(cut_two)} {where}", (teacher_id,)).fetchall()
+        rows = conn.execute(f"SELECT {summaries.CATEGORY_CODE}, n, total, total_sq, {above_one}, {above_two}"
+                            f" {where}", (teacher_id,)).fetchall()
         ids = np.array([q for (q,) in conn.execute(f"SELECT query_id {where}", (teacher_id,))], dtype=object)
         flagged = conn.execute(
             "SELECT f.query_id, g.verify_score FROM (SELECT DISTINCT query_id, pass_index FROM quality_flags"

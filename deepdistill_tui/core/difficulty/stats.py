@@ -196,9 +196,8 @@ def _score_table(store: Store, recipe: Recipe, tid: str) -> np.ndarray | None:
     passing = summaries.pass_column(recipe, cut_slots) if cut_slots is not None else None
     if passing is None:
         return None
-    code = " ".join(f"WHEN '{c}' THEN {i}" for i, c in enumerate(CATEGORIES))
     rows = store.conn.execute(
-        f"SELECT CASE category {code} ELSE -1 END, n, {passing}, total, total_sq FROM score_summaries"
+        f"SELECT {summaries.CATEGORY_CODE}, n, {passing}, total, total_sq FROM score_summaries"
         " WHERE teacher_id = ? AND split = 'train' AND n > 0", (tid,)).fetchall()
     return np.array(rows, dtype=np.float64) if rows else np.zeros((0, 5))
 

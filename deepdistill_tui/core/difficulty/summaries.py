@@ -107,16 +107,28 @@ def _trigger_sql(cuts: list[float]) -> list[str]:
     ]
 
 
-def pass_column(recipe: Recipe, cut_slots: dict[float, int]) -> str | None:
-    """SQL for each summary row's count of passing responses at its category's threshold; None when a
-    threshold has no slot."""
+CATEGORY_CODE = ("CASE category " + " ".join(f"WHEN '{c}' THEN {i}" for i, c in enumerate(CATEGORIES))
+                 + " ELSE -1 END")
+"""SQL for a summary row's category as its index in ``CATEGORIES`` (-1 for none of them): a number
+reads faster than the text."""
+
+
+def above_column(cut_slots: dict[float, int], cuts: dict[str, float]) -> str | None:
+    """SQL for each summary row's count of responses above its category's cut; None when a cut has
+    no slot."""
     cases = []
     for cat in CATEGORIES:
-        slot = cut_slots.get(float(recipe.grading.threshold(cat)))
+        slot = cut_slots.get(float(cuts[cat]))
         if slot is None:
             return None
         cases.append(f"WHEN '{cat}' THEN p{slot}")
     return f"CASE category {' '.join(cases)} ELSE 0 END"
+
+
+def pass_column(recipe: Recipe, cut_slots: dict[float, int]) -> str | None:
+    """SQL for each summary row's count of passing responses at its category's threshold; None when a
+    threshold has no slot."""
+    return above_column(cut_slots, {c: recipe.grading.threshold(c) for c in CATEGORIES})
 
 
 def released_comparison(store: Store, recipe: Recipe, teacher_id: str, released: str,

@@ -14,6 +14,7 @@ from deepdistill_tui.core.data.released import import_released
 from deepdistill_tui.core.difficulty.responses import _scores_from_grades, query_scores
 from deepdistill_tui.core.grading.stage import _INSERT
 from deepdistill_tui.core.recipe import Recipe, load_recipe
+from deepdistill_tui.core.store import cv_bins
 from deepdistill_tui.core.store.database import Store
 from deepdistill_tui.core.store.shards import merge_shards, shard_path, write_shards
 from tests.synthetic import write_am_files
@@ -44,6 +45,11 @@ def assert_exact(store: Store, r: Recipe) -> None:
         np.testing.assert_array_equal(got.n_pass, want.n_pass)
         np.testing.assert_allclose(got.total, want.total, atol=1e-9)
         np.testing.assert_allclose(got.total_sq, want.total_sq, atol=1e-9)
+        stored = np.array(store.conn.execute(
+            "SELECT n, total, total_sq, cv_bin0, cv_bin1 FROM score_summaries WHERE teacher_id = ?"
+            " ORDER BY query_id", (tid,)).fetchall(), dtype=np.float64).reshape(-1, 5)
+        for ddof in (0, 1):  # the generated columns follow the triggers' updates
+            np.testing.assert_array_equal(cv_bins.codes(*stored[:, :3].T, ddof), stored[:, 3 + ddof])
 
 
 def test_summaries_follow_every_write(tmp_path: Path) -> None:
@@ -149,3 +155,41 @@ def test_missing_passes_from_the_summaries_equal_the_count_per_query(tmp_path: P
             fast, slow = missing_counts(s, tid, 4), _missing_by_query(s, tid, 4)
             assert fast == slow, tid
         assert sum(v["missing_passes"] for v in missing_counts(s, "am-7b", 4).values()) == 2 * 200 + 4 * 5
+
+
+def test_the_stored_cv_bins_are_their_numpy_twin(store: Store) -> None:
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(3000):
+        n = int(rng.integers(1, 17))
+        scores = [rng.integers(0, 2, n), rng.integers(0, 5, n) / 4, rng.random(n)][i % 3].astype(float)
+        rows.append((f"q{i}", n, float(scores.sum()), float((scores**2).sum())))
+    rows += [("mean0", 3, 0.0, 0.0), ("same", 4, 2.0, 1.0), ("none", 0, 0.0, 0.0)]
+    with store.write() as conn:
+        conn.executemany("INSERT INTO score_summaries (teacher_id, query_id, n, total, total_sq)"
+                         " VALUES ('t', ?, ?, ?, ?)", rows)
+    got = np.array(store.conn.execute("SELECT n, total, total_sq, cv_bin0, cv_bin1 FROM score_summaries"
+                                      " ORDER BY query_id").fetchall(), dtype=np.float64)
+    for ddof in (0, 1):
+        twin = cv_bins.codes(*got[:, :3].T, ddof)
+        np.testing.assert_array_equal(twin, got[:, 3 + ddof])
+        assert {-1, 0} <= set(twin.tolist()) and twin.max() == len(cv_bins.CV_EDGES)
+    by_id = dict(zip(sorted(r[0] for r in rows), got[:, 3].tolist(), strict=True))
+    assert by_id["mean0"] == by_id["none"] == -1 and by_id["same"] == 0  # CV 0
+
+
+@pytest.mark.parametrize("from_summaries", [True, False])
+def test_a_cv_on_a_bin_edge_is_counted_in_the_bin_above(
+        store: Store, monkeypatch: pytest.MonkeyPatch, from_summaries: bool) -> None:
+    """Four passes in five is a CV of exactly 0.5, one in five exactly 2: E[x²] - E[x]² and sqrt
+    made the first 0.4999999999999999, and stats counted it in [0.3, 0.5)."""
+    from deepdistill_tui.core.difficulty import stats, summaries
+
+    put(store, {("four", "r1"): [0.0, 1.0, 1.0, 1.0, 1.0], ("one", "r1"): [1.0, 0.0, 0.0, 0.0, 0.0],
+                ("quarters", "r1"): [0.0, 0.25, 0.25, 0.75, 0.75]})  # CV exactly 0.75
+    if not from_summaries:  # the path a read-only store takes: from the grades
+        monkeypatch.setattr(summaries, "ensure", lambda *a, **k: None)
+    hist = stats.compute_stats(store, recipe())["categories"]["math"]["r1"]["cv_histogram"]
+    edges = hist["edges"]
+    assert hist["counts"][edges.index(0.5)] == 1 and hist["counts"][edges.index(0.75)] == 1
+    assert hist["counts"][edges.index(2.0)] == 1 and sum(hist["counts"]) == 3

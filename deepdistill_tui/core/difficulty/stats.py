@@ -8,6 +8,7 @@ grading time: moving a threshold must move every statistic with it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,10 @@ from deepdistill_tui.core.difficulty.responses import (
 )
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.recipe import CATEGORIES, Recipe
+from deepdistill_tui.core.store import cv_bins
+from deepdistill_tui.core.store.cv_bins import CV_EDGES
 from deepdistill_tui.core.store.database import Store
 
-CV_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 LENGTH_SAMPLE = 5000
 """Response lengths are measured on the first N responses by query id (sha256 ids: a random sample),
 so that stats never reads every response's text."""
@@ -39,18 +41,6 @@ def pass_rate_histogram(scores: QueryScores, passes: int) -> list[dict[str, Any]
     for v, c in zip(values.tolist(), counts.tolist(), strict=True):
         bins[v] = bins.get(v, 0) + int(c)
     return [{"pass_rate": k, "queries": v} for k, v in sorted(bins.items())]
-
-
-def cv_histogram(cv: np.ndarray) -> dict[str, Any]:
-    defined = cv[~np.isnan(cv)]
-    edges = np.array([*CV_EDGES, np.inf])
-    counts, _ = np.histogram(defined, bins=edges)
-    return {
-        "edges": [*CV_EDGES, None],
-        "counts": counts.astype(int).tolist(),
-        "zero": int(np.sum(defined == 0)),
-        "undefined": int(np.sum(np.isnan(cv))),
-    }
 
 
 def _length_summaries(store: Store, teacher_id: str) -> dict[str, dict[str, Any]]:
@@ -76,21 +66,21 @@ def _percentiles(vals: list[tuple[int, int]]) -> dict[str, Any]:
     return out
 
 
-def missing_counts(store: Store, teacher_id: str, passes: int,
-                   sampled: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
+def missing_counts(store: Store, teacher_id: str, passes: int, sampled: dict[str, int] | None = None,
+                   scored: int | None = None) -> dict[str, dict[str, int]]:
     """Per category: responses without a grade, and passes not yet sampled, over training queries.
 
     When every sample of the teacher has a score (the common case, and always for imported data) the
     score summaries hold each query's sample count: missing passes are the category's training
     queries times ``passes`` less each summarised query's min(n, passes), two aggregates over small
     indexes. Otherwise each table is counted per query through its teacher index. ``sampled`` is
-    that sum of min(n, passes) per category when the caller has the summaries in hand already.
+    that sum of min(n, passes) per category, and ``scored`` the summaries' sum of n, when the caller
+    has counted them already.
     """
     # The summaries count scored grades: as many as samples means every sample has a score.
-    n_samples, n_scored = store.conn.execute(
-        "SELECT (SELECT n_samples FROM teacher_versions WHERE teacher_id = ?),"
-        " (SELECT coalesce(sum(n), 0) FROM score_summaries WHERE teacher_id = ?)",
-        (teacher_id, teacher_id)).fetchone()
+    n_samples = store.scalar("SELECT n_samples FROM teacher_versions WHERE teacher_id = ?", (teacher_id,))
+    n_scored = scored if scored is not None else store.scalar(
+        "SELECT coalesce(sum(n), 0) FROM score_summaries WHERE teacher_id = ?", (teacher_id,))
     if n_samples == n_scored and store.scalar("SELECT count(*) FROM summary_cuts"):
         queries = dict(store.conn.execute(
             "SELECT category, count(*) FROM queries WHERE split = 'train' GROUP BY category"))
@@ -134,15 +124,11 @@ def compute_stats(store: Store, recipe: Recipe, *, lengths: bool = True) -> dict
             "sample (or import-am) first")
     per: dict[str, dict[str, Any]] = {}
     for name, tid in teachers.items():
-        table = _score_table(store, recipe, tid)
-        # Sampled passes per category from the table in hand: SQLite's own GROUP BY over the same
-        # summaries was 0.4 s of stats' 2.1 s at 4M responses.
-        sampled = None if table is None else {
-            CATEGORIES[code]: int(np.minimum(table[table[:, 0] == code, 1], passes).sum())
-            for code in np.unique(table[:, 0]).astype(int).tolist() if code >= 0}
-        missing = missing_counts(store, tid, passes, sampled)
+        tally = _tally(store, recipe, tid)
+        missing = missing_counts(store, tid, passes, tally.sampled(passes) if tally.from_summaries else None,
+                                 tally.scored if tally.from_summaries else None)
         lengths_of = _length_summaries(store, tid) if lengths else {}
-        summed = _category_entries(store, recipe, tid, table)
+        summed = tally.entries()
         for cat in sorted(set(summed) | set(missing)):
             entry: dict[str, Any] = {"teacher_id": tid, **_entry(summed.get(cat), passes),
                                      **missing.get(cat, {"ungraded": 0, "missing_passes": 0})}
@@ -158,48 +144,88 @@ def compute_stats(store: Store, recipe: Recipe, *, lengths: bool = True) -> dict
             "teachers": teachers, "categories": per}
 
 
-def _category_entries(store: Store, recipe: Recipe, tid: str, table: np.ndarray | None,
-                      ) -> dict[str, dict[str, Any]]:
-    """Per category: the aggregates ``_entry`` turns into histograms, from one row per query (the
-    score summaries), binned in numpy: measured at 250k queries, 0.43 s against SQLite's own GROUP BY
-    0.73 s. Only numbers are read (the category as its index, no query id): at 1M queries reading the
-    ids was most of the time."""
-    if table is None:  # the summaries cannot serve: from the grades
-        s = query_scores(store, recipe, tid)
-        codes = np.array([CATEGORIES.index(c) if c in CATEGORIES else -1 for c in s.categories.tolist()])
-        table = np.column_stack([codes, s.n, s.n_pass, s.total, s.total_sq]) if len(codes) else \
-            np.zeros((0, 5))
-    out: dict[str, dict[str, Any]] = {}
-    for code in np.unique(table[:, 0]).astype(int).tolist():
-        if code < 0:
-            continue  # not a category a query can have (validated on ingest)
-        sub = table[table[:, 0] == code]
-        n, k = sub[:, 1], sub[:, 2]
-        scores = QueryScores(np.zeros(0), np.zeros(0), n, k, sub[:, 3], sub[:, 4])
-        cv = cv_histogram(scores.cv_with(recipe.selection.cv_ddof))
-        # (n, k) as one integer, counted with bincount: np.unique over pairs sorted them, a fifth of
-        # the time at 1M queries.
-        ni, ki = n.astype(np.int64), k.astype(np.int64)
-        width = int(ki.max()) + 1 if len(ki) else 1
-        tally = np.bincount(ni * width + ki)
-        rates = {(int(key) // width, int(key) % width): int(tally[key]) for key in np.flatnonzero(tally)}
-        out[CATEGORIES[code]] = {"queries": len(sub), "responses": int(n.sum()),
-                                 "total": float(sub[:, 3].sum()), "rates": rates, "cv_counts": cv["counts"],
-                                 "zero": cv["zero"], "undefined": cv["undefined"]}
-    return out
+_WIDTH = 1 << 20
+"""Room for n and for passes in a tally key: a query answered a million times does not fit, and
+reads the rows instead."""
 
 
-def _score_table(store: Store, recipe: Recipe, tid: str) -> np.ndarray | None:
-    """(category index, n, passing, total, total_sq) per training query of the teacher, from the
-    summaries; None when they cannot serve (a read-only store, a threshold without a slot)."""
+@dataclass
+class _Tally:
+    """A teacher's training queries counted by (category, n, passing, CV code): everything the
+    histograms need. ``keys`` pack the four as ``_key`` does; ``totals`` are per category."""
+
+    keys: np.ndarray
+    counts: np.ndarray
+    totals: dict[int, float]
+    scored: int
+    """Scored responses in every split (the summaries' sum of n)."""
+    from_summaries: bool
+
+    def fields(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(category index, n, passing, CV code) of each key."""
+        k = self.keys
+        return (k // (16 * _WIDTH * _WIDTH) - 1, k // (16 * _WIDTH) % _WIDTH, k // 16 % _WIDTH, k % 16 - 1)
+
+    def sampled(self, passes: int) -> dict[str, int]:
+        """Per category, the sum over queries of min(n, passes)."""
+        cat, n, _, _ = self.fields()
+        return {CATEGORIES[c]: int((np.minimum(n[cat == c], passes) * self.counts[cat == c]).sum())
+                for c in np.unique(cat).tolist() if c >= 0}
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Per category, the aggregates ``_entry`` turns into histograms."""
+        cat, n, k, code = self.fields()
+        out: dict[str, dict[str, Any]] = {}
+        for c in np.unique(cat).tolist():
+            if c < 0:
+                continue  # not a category a query can have (validated on ingest)
+            mine = cat == c
+            count, cv = self.counts[mine], code[mine]
+            rates: dict[tuple[int, int], int] = {}
+            for key in zip(n[mine].tolist(), k[mine].tolist(), count.tolist(), strict=True):
+                rates[key[:2]] = rates.get(key[:2], 0) + key[2]
+            by_code = np.bincount(cv + 1, weights=count, minlength=len(CV_EDGES) + 2).astype(int)
+            bins = by_code[2:].copy()
+            bins[0] += by_code[1]  # a CV of 0 is in the first bin too
+            out[CATEGORIES[c]] = {"queries": int(count.sum()), "responses": int((n[mine] * count).sum()),
+                                  "total": self.totals.get(c, 0.0), "rates": rates,
+                                  "cv_counts": bins.tolist(), "zero": int(by_code[1]),
+                                  "undefined": int(by_code[0])}
+        return out
+
+
+def _key(cat: Any, n: Any, k: Any, code: Any) -> Any:
+    """The tally key of (category index, n, passing, CV code), for numbers or SQL text alike."""
+    return f"((({cat} + 1) * {_WIDTH} + {n}) * {_WIDTH} + {k}) * 16 + {code} + 1" if isinstance(cat, str) \
+        else ((cat + 1) * _WIDTH + n) * _WIDTH * 16 + k * 16 + code + 1
+
+
+def _tally(store: Store, recipe: Recipe, tid: str) -> _Tally:
+    """The teacher's tally, counted from the summaries in one pass of SQLite (a key per query,
+    joined into one string: at 1M queries, 0.2 s against 0.9 s for fetching each row's numbers into
+    Python); from the grades when the summaries cannot serve."""
     cut_slots = summaries.ensure(store, summaries.recipe_cuts(recipe))
     passing = summaries.pass_column(recipe, cut_slots) if cut_slots is not None else None
-    if passing is None:
-        return None
-    rows = store.conn.execute(
-        f"SELECT {summaries.CATEGORY_CODE}, n, {passing}, total, total_sq FROM score_summaries"
-        " WHERE teacher_id = ? AND split = 'train' AND n > 0", (tid,)).fetchall()
-    return np.array(rows, dtype=np.float64) if rows else np.zeros((0, 5))
+    if passing is not None:
+        key = _key(summaries.CATEGORY_CODE, "n", passing, f"cv_bin{recipe.selection.cv_ddof}")
+        totals = ", ".join(f"sum(total) FILTER (WHERE split = 'train' AND category = '{c}')"
+                           for c in CATEGORIES)
+        row = store.conn.execute(
+            f"SELECT group_concat(CASE WHEN split = 'train' AND n > 0 THEN {key} END), max(n),"
+            f" coalesce(sum(n), 0), {totals} FROM score_summaries WHERE teacher_id = ?", (tid,)).fetchone()
+        if (row[1] or 0) < _WIDTH:
+            keys = np.fromstring(row[0] or "", dtype=np.int64, sep=",") if row[0] else np.zeros(0, np.int64)
+            uniq, counts = np.unique(keys, return_counts=True)
+            totals_of = {i: float(t) for i, t in enumerate(row[3:]) if t is not None}
+            return _Tally(uniq, counts, totals_of, int(row[2]), True)
+    s = query_scores(store, recipe, tid)
+    codes = np.array([CATEGORIES.index(c) if c in CATEGORIES else -1 for c in s.categories.tolist()],
+                     dtype=np.int64)
+    keys = _key(codes, s.n.astype(np.int64), s.n_pass.astype(np.int64),
+                cv_bins.codes(s.n, s.total, s.total_sq, recipe.selection.cv_ddof))
+    uniq, counts = np.unique(np.asarray(keys, dtype=np.int64), return_counts=True)
+    totals_of = {c: float(s.total[codes == c].sum()) for c in np.unique(codes).tolist() if c >= 0}
+    return _Tally(uniq, counts, totals_of, int(s.n.sum()), False)
 
 
 def _entry(agg: dict[str, Any] | None, passes: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 import sqlite_utils
 
 from deepdistill_tui.core.errors import DeepDistillError
+from deepdistill_tui.core.store import cv_bins
 
 DEFAULT_DB = "deepdistill.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -337,6 +338,30 @@ MIGRATIONS: list[str] = [
             coalesce(NEW.completion_tokens, length(NEW.response) / 4))
         ON CONFLICT DO UPDATE SET tokens = excluded.tokens;
     END;
+    """,
+    # Each summary's CV histogram bin, kept by SQLite as stored generated columns (store/cv_bins.py):
+    # statistics read one small integer per query instead of two floats. The table is derived, so
+    # it is made again empty and, with no thresholds recorded, rebuilt from the grades when next read.
+    f"""
+    DROP TRIGGER IF EXISTS score_summaries_insert;
+    DROP TRIGGER IF EXISTS score_summaries_delete;
+    DROP TRIGGER IF EXISTS score_summaries_update;
+    DROP TABLE score_summaries;
+    DELETE FROM summary_cuts;
+    CREATE TABLE score_summaries (
+        teacher_id TEXT NOT NULL,
+        query_id   TEXT NOT NULL,
+        category   TEXT,
+        split      TEXT,
+        n          INTEGER NOT NULL,
+        total      REAL NOT NULL,
+        total_sq   REAL NOT NULL,
+        p0 INTEGER NOT NULL DEFAULT 0, p1 INTEGER NOT NULL DEFAULT 0, p2 INTEGER NOT NULL DEFAULT 0,
+        p3 INTEGER NOT NULL DEFAULT 0, p4 INTEGER NOT NULL DEFAULT 0, p5 INTEGER NOT NULL DEFAULT 0,
+        p6 INTEGER NOT NULL DEFAULT 0, p7 INTEGER NOT NULL DEFAULT 0,
+        {cv_bins.columns_sql()},
+        PRIMARY KEY (teacher_id, query_id)
+    ) WITHOUT ROWID;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

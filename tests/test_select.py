@@ -329,3 +329,15 @@ def test_selection_from_summaries_is_the_one_from_responses(tmp_path: Path, vari
             assert sel._members is None
             assert members(s, sel.name) == {(q, p) for q, _, p, _ in b.members}
             assert s.scalar("SELECT n_members FROM selections WHERE name = ?", (sel.name,)) == b.n_members
+
+
+def test_query_ids_that_hold_the_join_separator_are_read_a_row_each(store: Store) -> None:
+    from deepdistill_tui.core.difficulty.selection import compute_selection, training_responses
+
+    put(store, {("a\x1fb", "r1"): [1, 0, 0, 0], ("c", "r1"): [1, 1, 0, 0], ("d", "r1"): [1, 0, 1, 0]})
+    r = recipe()
+    planned = compute_selection(store, r, "x")
+    in_memory = compute_selection(store, r, "x", loaded=training_responses(store, r))
+    assert planned[0].plan is not None
+    assert planned[0].members == sorted(in_memory[0].members)
+    assert {q for q, *_ in planned[0].members} == {"a\x1fb", "c", "d"}

@@ -9,6 +9,7 @@ out and writing them back cost two thirds of the selection's time.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,12 +54,20 @@ class MemberPlan:
     def _loaded(self, conn: sqlite3.Connection) -> Iterator[None]:
         """The plan as a temporary table for the statement run inside (temp tables can be written
         on a read-only store, and inside a write transaction of the main one)."""
-        # No key: the plan is only ever scanned, and appending rows costs less than keeping a B-tree.
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS member_plan (query_id TEXT, cut REAL, pick INTEGER)")
+        # Keyed by query: the ids arrive grouped by (cut, pick), and SQLite walks the grades and
+        # writes the members in key order all the same (unkeyed, Stage I's insert took twice as long).
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS member_plan (query_id TEXT PRIMARY KEY, cut REAL,"
+                     " pick INTEGER) WITHOUT ROWID")
         conn.execute("DELETE FROM temp.member_plan")
+        # The ids of each (cut, pick) go in as one JSON array: a handful of statements (one per
+        # category and pick) instead of a Python call per query, 0.3 s against 1.0 s at 1M.
+        groups: dict[tuple[float, int | None], list[str]] = {}
         picks = self.picks if self.picks is not None else [None] * len(self.query_ids)
-        conn.executemany("INSERT INTO temp.member_plan VALUES (?, ?, ?)",
-                         zip(self.query_ids, self.cuts, picks, strict=True))
+        for qid, cut, pick in zip(self.query_ids, self.cuts, picks, strict=True):
+            groups.setdefault((cut, pick), []).append(qid)
+        for (cut, pick), ids in groups.items():
+            conn.execute("INSERT INTO temp.member_plan SELECT value, ?, ? FROM json_each(?)",
+                         (cut, pick, json.dumps(ids)))
         try:
             yield
         finally:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
+
 from deepdistill_tui.core.store.database import Store
 
 Member = tuple[str, str, int, int]
@@ -30,9 +32,9 @@ class MemberPlan:
     store: Store
     teacher_id: str
     stage: int
-    query_ids: list[str]
-    cuts: list[float]
-    picks: list[int] | None
+    query_ids: np.ndarray
+    cuts: np.ndarray
+    picks: np.ndarray | None
     filtered: bool
     """Whether the quality filters apply (their flags in ``quality_flags`` are fresh)."""
 
@@ -61,13 +63,13 @@ class MemberPlan:
         conn.execute("DELETE FROM temp.member_plan")
         # The ids of each (cut, pick) go in as one JSON array: a handful of statements (one per
         # category and pick) instead of a Python call per query, 0.3 s against 1.0 s at 1M.
-        groups: dict[tuple[float, int | None], list[str]] = {}
-        picks = self.picks if self.picks is not None else [None] * len(self.query_ids)
-        for qid, cut, pick in zip(self.query_ids, self.cuts, picks, strict=True):
-            groups.setdefault((cut, pick), []).append(qid)
-        for (cut, pick), ids in groups.items():
-            conn.execute("INSERT INTO temp.member_plan SELECT value, ?, ? FROM json_each(?)",
-                         (cut, pick, json.dumps(ids)))
+        for cut in np.unique(self.cuts).tolist():
+            at_cut = self.cuts == cut
+            picks = [None] if self.picks is None else np.unique(self.picks[at_cut]).tolist()
+            for pick in picks:
+                mine = at_cut if pick is None else at_cut & (self.picks == pick)
+                conn.execute("INSERT INTO temp.member_plan SELECT value, ?, ? FROM json_each(?)",
+                             (cut, pick, json.dumps(self.query_ids[mine].tolist())))
         try:
             yield
         finally:

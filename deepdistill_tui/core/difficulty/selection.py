@@ -229,16 +229,16 @@ def planned_selections(store: Store, recipe: Recipe, teacher_id: str, name: str,
     branch = decide_stage_one(store, recipe, f)
     kept = np.flatnonzero(branch["challenging"] | branch["easy_kept"])
     n_kept = int(f.n_pass[kept].sum())
-    plan = MemberPlan(store, teacher_id, 1, f.query_ids[kept].tolist(),
-                      thresholds_of(recipe, f.categories[kept]).tolist(), None, filtered)
+    plan = MemberPlan(store, teacher_id, 1, f.query_ids[kept], thresholds_of(recipe, f.categories[kept]),
+                      None, filtered)
     counts = {"queries": {b: int(m.sum()) for b, m in branch.items()}, "responses_kept": n_kept,
               "quality_filters": exclusion_counts(store, cfg.quality, teacher_id),
               "by_category": _count_by_category(f.categories[kept], f.n_pass[kept])}
     out = [Selection(name, rule_of(recipe, stage=1), cfg.seed, counts, plan=plan, n_members=n_kept)]
     if cfg.stage2.enabled:
         n_candidates, chosen, pick = decide_stage_two(recipe, f)
-        plan = MemberPlan(store, teacher_id, 2, f.query_ids[chosen].tolist(),
-                          stage_two_cuts(recipe, f.categories[chosen]).tolist(), pick.tolist(), filtered)
+        plan = MemberPlan(store, teacher_id, 2, f.query_ids[chosen],
+                          stage_two_cuts(recipe, f.categories[chosen]), pick, filtered)
         counts = {"queries": {"candidates": n_candidates, "selected": len(chosen)},
                   "responses_kept": len(chosen), "by_category": _count_by_category(f.categories[chosen])}
         out.append(Selection(f"{name}-stage2", rule_of(recipe, stage=2), cfg.seed, counts, plan=plan,

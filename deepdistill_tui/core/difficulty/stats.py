@@ -144,9 +144,8 @@ def compute_stats(store: Store, recipe: Recipe, *, lengths: bool = True) -> dict
             "teachers": teachers, "categories": per}
 
 
-_WIDTH = 1 << 20
-"""Room for n and for passes in a tally key: a query answered a million times does not fit, and
-reads the rows instead."""
+_WIDTH = 1 << 24
+"""Room for n and for passes in a tally key (the key then takes 55 bits)."""
 
 
 @dataclass
@@ -200,6 +199,12 @@ def _key(cat: Any, n: Any, k: Any, code: Any) -> Any:
         else ((cat + 1) * _WIDTH + n) * _WIDTH * 16 + k * 16 + code + 1
 
 
+def _check_width(most: int, tid: str) -> None:
+    if most >= _WIDTH:
+        raise DeepDistillError(f"teacher {tid!r} has {most:,} graded responses to one query; stats counts "
+                               f"up to {_WIDTH - 1:,} a query")
+
+
 def _tally(store: Store, recipe: Recipe, tid: str) -> _Tally:
     """The teacher's tally, counted from the summaries in one pass of SQLite (a key per query,
     joined into one string: at 1M queries, 0.2 s against 0.9 s for fetching each row's numbers into
@@ -213,12 +218,13 @@ def _tally(store: Store, recipe: Recipe, tid: str) -> _Tally:
         row = store.conn.execute(
             f"SELECT group_concat(CASE WHEN split = 'train' AND n > 0 THEN {key} END), max(n),"
             f" coalesce(sum(n), 0), {totals} FROM score_summaries WHERE teacher_id = ?", (tid,)).fetchone()
-        if (row[1] or 0) < _WIDTH:
-            keys = np.fromstring(row[0] or "", dtype=np.int64, sep=",") if row[0] else np.zeros(0, np.int64)
-            uniq, counts = np.unique(keys, return_counts=True)
-            totals_of = {i: float(t) for i, t in enumerate(row[3:]) if t is not None}
-            return _Tally(uniq, counts, totals_of, int(row[2]), True)
+        _check_width(row[1] or 0, tid)
+        keys = np.fromstring(row[0], dtype=np.int64, sep=",") if row[0] else np.zeros(0, np.int64)
+        uniq, counts = np.unique(keys, return_counts=True)
+        totals_of = {i: float(t) for i, t in enumerate(row[3:]) if t is not None}
+        return _Tally(uniq, counts, totals_of, int(row[2]), True)
     s = query_scores(store, recipe, tid)
+    _check_width(int(s.n.max()) if len(s.n) else 0, tid)
     codes = np.array([CATEGORIES.index(c) if c in CATEGORIES else -1 for c in s.categories.tolist()],
                      dtype=np.int64)
     keys = _key(codes, s.n.astype(np.int64), s.n_pass.astype(np.int64),

@@ -31,6 +31,26 @@ def test_ngram_count_is_across_the_data_and_within_a_response() -> None:
     assert not ngram_flags(["short text", ""], 20, 20).any()
 
 
+def test_token_ids_are_the_whitespace_tokens_of_the_bytes_one_id_each() -> None:
+    """The vectorised ids split as bytes.split() does (ASCII whitespace only, so a no-break space or
+    \x1c stays inside a token), and equal tokens, only equal tokens, share an id, across texts."""
+    import random
+
+    from deepdistill_tui.core.difficulty.quality import _token_ids
+
+    rng = random.Random(5)
+    pieces = ["a", "b", "ab", "é", "日本", "\x00", "\ud800", "\xa0", "\x1c", " ", "  ", "\t", "\n",
+              "\r", "\x0b", "\x0c"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25))) for _ in range(2000)]
+    ids, counts = _token_ids(texts)
+    tokens = [t.encode("utf-8", "surrogatepass").split() for t in texts]
+    assert counts.tolist() == [len(t) for t in tokens]
+    first: dict[bytes, int] = {}
+    for token, i in zip([x for t in tokens for x in t], ids.tolist(), strict=True):
+        assert first.setdefault(token, i) == i
+    assert len(set(first.values())) == len(first) > 500
+
+
 def test_filtered_responses_leave_selection_but_not_the_cv(store: Store) -> None:
     # q1 is challenging (scores 1, 0, 1, 1); its pass 0 has a perplexity of 50, pass 2 of 3.
     put(store, {("q1", "r1"): [1, 0, 1, 1], ("q2", "r1"): [1, 0, 1, 0]})

@@ -20,7 +20,6 @@ import math
 import sqlite3
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,51 +52,96 @@ class Exclusions:
                 "removed": int(self.any.sum())}
 
 
-def _token_ids(text: str) -> np.ndarray:
-    """A stable 32-bit id per whitespace token (CRC-32 of its UTF-8 bytes), in C from end to end:
-    the same text gives the same ids in any process, so flags computed at different times agree."""
-    return np.fromiter(map(zlib.crc32, text.encode("utf-8", "surrogatepass").split()), dtype=np.uint64)
+_SPACE = np.zeros(256, dtype=bool)
+_SPACE[list(b" \t\n\r\x0b\x0c")] = True  # what bytes.split() splits on
+_BYTE_MULT = np.uint32(0x2C9277B5)
+_BYTE_INV = np.uint32(pow(int(_BYTE_MULT), -1, 1 << 32))  # odd, so it has an inverse modulo 2^32
+
+
+_POWERS: dict[int, np.ndarray] = {}
+
+
+def _powers(base: np.uint32, count: int) -> np.ndarray:
+    """base^0 .. base^(count-1) modulo 2^32, from a table kept between batches (grown by doubling:
+    building it costs as much as hashing the batch)."""
+    table = _POWERS.get(int(base))
+    if table is None or len(table) < count:
+        size = max(count, 2 * len(table) if table is not None else 1 << 16)
+        table = np.empty(size, dtype=np.uint32)
+        table[:1] = 1
+        with np.errstate(over="ignore"):
+            np.cumprod(np.full(size - 1, base, dtype=np.uint32), out=table[1:])
+        _POWERS[int(base)] = table
+    return table[:count]
+
+
+def _token_ids(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(a 32-bit id per whitespace token of the texts, laid end to end, as uint64; each text's token
+    count).
+
+    Tokens are what ``bytes.split()`` gives of the UTF-8 text. A token's id is a polynomial over its
+    bytes modulo 2^32, free of position: with byte i of the batch weighted by M^i, prefix sums give
+    any token's sum, and M^-start moves it to the token's own origin. So one token has one id in any
+    text, batch or process, and a batch costs a few vector operations over its bytes (about 12 bytes
+    of memory per byte of text), not a Python call per token."""
+    raw = [t.encode("utf-8", "surrogatepass") for t in texts]
+    data = np.frombuffer(b" ".join(raw), dtype=np.uint8)
+    if not len(data):
+        return np.zeros(0, dtype=np.uint64), np.zeros(len(raw), dtype=np.int64)
+    space = _SPACE[data]
+    begin = np.flatnonzero(~space & np.r_[True, space[:-1]])
+    end = np.flatnonzero(~space & np.r_[space[1:], True]) + 1
+    del space
+    text_start = np.cumsum([0] + [len(r) + 1 for r in raw[:-1]])
+    counts = np.bincount(np.searchsorted(text_start, begin, side="right") - 1, minlength=len(raw))
+    with np.errstate(over="ignore"):  # wrapping modulo 2^32 is the point
+        weighted = data.astype(np.uint32)
+        weighted += np.uint32(1)  # so that a NUL byte counts
+        weighted *= _powers(_BYTE_MULT, len(data))
+        prefix = np.zeros(len(data) + 1, dtype=np.uint32)
+        np.cumsum(weighted, out=prefix[1:])
+        del weighted
+        ids = (prefix[end] - prefix[begin]) * _powers(_BYTE_INV, len(data))[begin]
+    return ids.astype(np.uint64), counts
 
 
 SKETCH_BITS = 25
 """Cells per row of the counting sketch (two rows of bytes: 64 MB however much text there is)."""
 BATCH_TEXTS = 4096
+BATCH_CHARS = 1 << 20
+"""A batch ends at this many texts or characters, whichever comes first, so that its arrays stay a
+few tens of MB even when the answers are long."""
 
 
 def _windows(texts: Iterable[str], n: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """For batches of texts: (the text index of each n-token window, its 64-bit hash, texts seen so
-    far). Token ids of a batch are laid end to end and every window that stays inside one text is
+    far). A batch's token ids are laid end to end and every window that stays inside one text is
     hashed at once (a polynomial over the ids, modulo 2^64): a few vector operations per batch."""
-    ids: list[np.ndarray] = []
-    owners: list[int] = []
-    seen = 0
-    for i, text in enumerate(texts):
-        seen = i + 1
-        tokens = _token_ids(text)
-        if len(tokens) >= n:
-            ids.append(tokens)
-            owners.append(i)
-        if len(ids) >= BATCH_TEXTS:
-            yield (*_hash_batch(ids, owners, n), seen)
-            ids, owners = [], []
-    if ids:
-        yield (*_hash_batch(ids, owners, n), seen)
-    elif seen:
-        yield np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64), seen
+    batch: list[str] = []
+    chars = seen = 0
+    for text in texts:
+        batch.append(text)
+        chars += len(text)
+        if len(batch) >= BATCH_TEXTS or chars >= BATCH_CHARS:
+            yield (*_hash_batch(batch, n, seen), seen + len(batch))
+            seen += len(batch)
+            batch, chars = [], 0
+    if batch:
+        yield (*_hash_batch(batch, n, seen), seen + len(batch))
 
 
-def _hash_batch(ids: list[np.ndarray], owners: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    flat = np.concatenate(ids)
-    windows = len(flat) - n + 1
+def _hash_batch(texts: list[str], n: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+    ids, counts = _token_ids(texts)
+    windows = len(ids) - n + 1
+    if windows <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
     h = np.zeros(windows, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # wrapping modulo 2^64 is the point
+    with np.errstate(over="ignore"):
         for j in range(n):
-            h = h * _MULT + flat[j : j + windows]
-    starts = np.r_[0, np.cumsum(lengths)[:-1]]
-    text_of = np.repeat(np.arange(len(ids)), lengths)[:windows]
-    inside = np.arange(windows) + n <= (starts + lengths)[text_of]
-    return np.asarray(owners, dtype=np.int64)[text_of[inside]], h[inside]
+            h = h * _MULT + ids[j : j + windows]
+    text_of = np.repeat(np.arange(len(texts)), counts)[:windows]
+    inside = np.arange(windows) + n <= np.cumsum(counts)[text_of]
+    return text_of[inside] + first, h[inside]
 
 
 def _cells(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

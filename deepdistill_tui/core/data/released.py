@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from deepdistill_tui.core.data.am_import import (
     AM_DATASET,
@@ -52,6 +52,10 @@ from deepdistill_tui.core.store.database import Store
 FORMATS = ("am", "am-conversations", "generations", "auto")
 CHUNK = 20_000
 """Rows per transaction: a kill loses at most this many rows of work, and the WAL stays small."""
+CHUNK_CHARS = 2_000_000
+"""A chunk also ends at this many characters of responses (each is held twice, whole and split into
+reasoning and answer), so that the chunk held stays a few tens of MB however long the answers:
+20,000 real R1 traces would be gigabytes."""
 EXAMPLES = 20
 """Bad rows named in the report (where and why); the rest are only counted."""
 MAP_KEYS = ("question", "responses", "scores", "ground_truth", "category", "teacher", "pass", "answer",
@@ -201,9 +205,8 @@ def _dataset_rows(src: Source) -> Iterator[Row]:
 # ---------------------------------------------------------------- rows -> responses
 
 
-@dataclass(frozen=True)
-class Response:
-    """One released response, ready for the store."""
+class Response(NamedTuple):
+    """One released response, ready for the store (a tuple: built once per row, it must be cheap)."""
 
     query_id: str
     question: str
@@ -230,10 +233,15 @@ class Options:
     teacher: str | None = None
     limit: int | None = None
     """Read at most this many rows of each source (a slice of a release)."""
+    names: dict[str, str] = field(init=False, repr=False, compare=False)
+    """Each MAP_KEYS key's column, worked out once instead of per row."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", {k: self.columns.get(k, k) for k in MAP_KEYS})
 
 
 def _col(rec: dict[str, Any], opts: Options, key: str) -> Any:
-    return rec.get(opts.columns.get(key, key))
+    return rec.get(opts.names[key])
 
 
 def _text(value: Any, key: str, required: bool = False) -> str | None:
@@ -298,33 +306,37 @@ def _named(path: str) -> AmFile | None:
 def am_rows(src: Source, rec: dict[str, Any], opts: Options) -> list[Response]:
     """A flat AM row; the file name (when it follows the release's) supplies what the row lacks."""
     named = _named(src.path) if src.kind in ("jsonl", "parquet") else None
-    row_cat = _col(rec, opts, "category")
+    col = opts.names
+    row_cat = rec.get(col["category"])
     category = _category(row_cat if row_cat is not None else (named.category if named else opts.category))
     if named and row_cat is not None and row_cat != named.category:
         raise BadRow("category_mismatch", f"category {row_cat!r} in a {named.category} file ({src.name})")
-    teacher = _col(rec, opts, "teacher") or (named.teacher if named else opts.teacher)
-    passes = _col(rec, opts, "pass")
+    teacher = rec.get(col["teacher"]) or (named.teacher if named else opts.teacher)
+    passes = rec.get(col["pass"])
     if teacher is None or (passes is None and named is None):
         raise BadRow("no_teacher_or_pass", "the row names no teacher or pass, and the file name is not "
                                            "CATEGORY_TEACHER_Kpass")
     if passes is not None and (isinstance(passes, bool) or not isinstance(passes, int) or passes < 1):
         raise BadRow("bad_pass", f"pass must be a count from 1, got {passes!r:.20}")
     pass_index = passes - 1 if passes is not None else named.pass_index  # type: ignore[union-attr]
-    question = _text(_col(rec, opts, "question"), "question", required=True)
-    response = _text(_col(rec, opts, "answer"), "answer", required=True)
+    question = _text(rec.get(col["question"]), "question", required=True)
+    response = _text(rec.get(col["answer"]), "answer", required=True)
     assert question is not None and response is not None
-    qid = am_query_id(category, question)
     rates = tuple((t, r) for key, t in RELEASED_RATES.items()
-                  if (r := _optional_number(rec.get(key), key)) is not None)
-    detail = {k: rec[k] for k in ("ppl", *RELEASED_RATES, "model_name", "answer_source")
-              if rec.get(k) is not None}
-    return [Response(qid, question, category, _text(_col(rec, opts, "ground_truth"), "ground_truth"),
-                     _text(rec.get("test_case"), "test_case"), _text(rec.get("instruction_constrain"),
-                                                                     "instruction_constrain"),
+                  if key in rec and (r := _optional_number(rec[key], key)) is not None)
+    detail = {k: v for k in _DETAIL if (v := rec.get(k)) is not None}
+    return [Response(am_query_id(category, question), question, category,
+                     _text(rec.get(col["ground_truth"]), "ground_truth"),
+                     _text(rec.get("test_case"), "test_case"),
+                     _text(rec.get("instruction_constrain"), "instruction_constrain"),
                      _text(rec.get("question_source"), "question_source"),
-                     am_teacher_id(_cached_name(str(teacher))),
-                     pass_index, response, _score(_col(rec, opts, "verify_score"), category),
-                     _optional_number(rec.get("ppl"), "ppl"), detail, rates)]
+                     am_teacher_id(_cached_name(str(teacher))), pass_index, response,
+                     _score(rec.get(col["verify_score"]), category), _optional_number(rec.get("ppl"), "ppl"),
+                     detail, rates)]
+
+
+_DETAIL = ("ppl", *RELEASED_RATES, "model_name", "answer_source")
+"""The fields of a flat AM row kept with its grade."""
 
 
 def conversation_rows(src: Source, rec: dict[str, Any], opts: Options) -> list[Response]:
@@ -478,6 +490,8 @@ class _Batch:
     grades: list[tuple[Any, ...]] = field(default_factory=list)
     rates: list[tuple[Any, ...]] = field(default_factory=list)
     teachers: dict[str, str] = field(default_factory=dict)
+    chars: int = 0
+    """Characters of response text held: a chunk of long answers ends early."""
 
 
 def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "auto",
@@ -558,8 +572,7 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
     resume_at = done[0] if done else 0
     report.resumed += bool(resume_at)
     fmt = opts.fmt
-    batch, seen, pending, in_source = _Batch(), 0, 0, set()
-    seen_teachers: set[str] = set()
+    batch, seen, pending, in_source = _Batch(), 0, 0, _Keys()
     counts = Counter[str]()
     now = time.time()
     rows = iter_rows(src, max_line_bytes)
@@ -585,25 +598,54 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
             counts["skipped"] += 1
             continue
         for r in responses:
-            key = (r.query_id, r.teacher, r.pass_index)
-            if key in in_source:
+            if not in_source.add(r):
                 counts["duplicates"] += 1  # the first record of this question, teacher and pass stands
                 continue
-            in_source.add(key)
-            seen_teachers.add(r.teacher)
             _add(batch, r, now, thresholds, fmt)
-        if pending >= CHUNK or len(batch.samples) >= CHUNK:
+        if pending >= CHUNK or len(batch.samples) >= CHUNK or batch.chars >= CHUNK_CHARS:
             _commit(store, conn, src, fmt, seen, batch, counts)
             batch, pending = _Batch(), 0
     if counts["skipped"] == seen - resume_at > 0 and not counts["committed"]:
         return None  # every row bad: nothing written for this source (the caller says so if none was good)
     _commit(store, conn, src, fmt if fmt != "auto" else "am", seen, batch, counts)
-    report.teachers |= seen_teachers
+    report.teachers |= set(in_source.teachers)
     report.formats[src.path] = fmt
     report.per_file[src.path] = counts["staged"]
     report.duplicates_per_file[src.path] = counts["duplicates"]
     report.duplicates += counts["duplicates"]
     return src
+
+
+def _hex(text: str) -> int | None:
+    """The 128-bit number a query id of 32 hex digits spells, else None (int() would also take "0x",
+    signs, underscores and spaces, and so give two ids one number)."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return int.from_bytes(raw) if len(raw) == 16 else None
+
+
+class _Keys:
+    """The (query, teacher, pass) keys a source has given so far, one Python int each (about 70 bytes,
+    a third of a tuple of strings): the query id's 128 bits, then the teacher's number, then the pass."""
+
+    def __init__(self) -> None:
+        self.teachers: dict[str, int] = {}
+        self._seen: set[int | tuple[str, str, int]] = set()
+
+    def add(self, r: Response) -> bool:
+        """False when the key was given before."""
+        teacher = self.teachers.setdefault(r.teacher, len(self.teachers))
+        key: int | tuple[str, str, int] = (r.query_id, r.teacher, r.pass_index)
+        if len(r.query_id) == 32 and r.pass_index < 1 << 32:  # the ids am_query_id makes: 32 hex digits
+            digits = _hex(r.query_id)
+            if digits is not None:
+                key = digits << 64 | teacher << 32 | r.pass_index
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
 
 
 def _add(batch: _Batch, r: Response, now: float, thresholds: dict[str, float], fmt: str) -> None:
@@ -613,6 +655,7 @@ def _add(batch: _Batch, r: Response, now: float, thresholds: dict[str, float], f
                           r.source, origin, now))
     reasoning, answer = split_response(r.response)
     batch.samples.append((r.query_id, r.teacher, r.pass_index, r.response, reasoning, answer, r.ppl, now))
+    batch.chars += len(r.response)
     batch.grades.append((r.query_id, r.teacher, r.pass_index, r.score, int(r.score > thresholds[r.category]),
                          AM_DATASET if fmt == "am" else f"released ({fmt})", json.dumps(r.detail), now))
     batch.rates.extend((r.query_id, teacher, rate) for teacher, rate in r.released_rates)

@@ -53,10 +53,6 @@ def words(normalized: str) -> list[str]:
     return _WORD.findall(normalized)
 
 
-_THINK = re.compile(r"<think>(.*?)</think>", re.S)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
-
-
 def split_response(text: str, prefill: str = "") -> tuple[str | None, str | None]:
     """(reasoning, final answer) of a response in the <think>...</think> answer format.
 
@@ -66,20 +62,23 @@ def split_response(text: str, prefill: str = "") -> tuple[str | None, str | None
     only the closing tag: with no opening tag, everything before ``</think>`` is the reasoning.
     """
     text = prefill + text if prefill and not text.lstrip().startswith("<think>") else text
-    m = _THINK.search(text)
-    if m is None:
-        if "</think>" in text:
-            head, rest = text.split("</think>", 1)
-            return _answer_parts(head, rest)
-        if "<think>" in text:
-            return text.split("<think>", 1)[1].strip(), None
-        return None, text.strip() or None
-    return _answer_parts(m.group(1), text[m.end():])
+    # str.find, not a regular expression: a third of the time, once per imported response.
+    opened = text.find("<think>")
+    closed = text.find("</think>", opened + 7) if opened >= 0 else -1
+    if closed >= 0:  # the first think block that closes
+        return _answer_parts(text[opened + 7 : closed], text[closed + 8 :])
+    if "</think>" in text:  # closed, never opened (the prefill opened it)
+        head, rest = text.split("</think>", 1)
+        return _answer_parts(head, rest)
+    if opened >= 0:  # opened, never closed: cut off while reasoning
+        return text[opened + 7 :].strip(), None
+    return None, text.strip() or None
 
 
 def _answer_parts(reasoning: str, rest: str) -> tuple[str | None, str | None]:
-    a = _ANSWER.search(rest)
-    answer = (a.group(1) if a else rest).strip()
+    opened = rest.find("<answer>")
+    closed = rest.find("</answer>", opened + 8) if opened >= 0 else -1
+    answer = (rest[opened + 8 : closed] if closed >= 0 else rest).strip()
     return reasoning.strip() or None, answer or None
 
 

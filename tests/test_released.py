@@ -183,6 +183,32 @@ def test_the_same_file_twice_adds_nothing_and_is_not_read_again(tmp_path: Path) 
         assert again.rows == 0  # finished sources are not read
 
 
+def test_each_query_is_staged_once_and_forgetting_them_costs_no_query(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query in four files (two teachers, two passes) is staged once, not once per response; an
+    import that outgrows its memory of staged ids stages some twice, and still lands every query once
+    with every sample's query present."""
+    from deepdistill_tui.core.data import released
+
+    files = write_am_files(tmp_path / "am", 30, categories=("math",), teachers=("r1", "7b"), passes=2)
+    staged: list[int] = []
+    move = released._move
+
+    def counted(conn: Any, sources: Any, report: Any) -> None:
+        staged.append(conn.execute("SELECT count(*) FROM staged_queries").fetchone()[0])
+        move(conn, sources, report)
+
+    monkeypatch.setattr(released, "_move", counted)
+    for name, recent in (("all.db", released.RECENT), ("forgetful.db", 7)):
+        monkeypatch.setattr(released, "RECENT", recent)
+        with Store(tmp_path / name) as s:
+            report = import_released(s, files)
+            assert report.new_queries == 30 and s.count("queries") == 30 and s.count("samples") == 120
+            assert s.scalar("SELECT count(*) FROM samples LEFT JOIN queries q USING (query_id)"
+                            " WHERE q.query_id IS NULL") == 0
+    assert staged[0] == 30 and 30 < staged[1] <= 120, staged
+
+
 # ---------------------------------------------------------------- kill -9 and resume
 
 

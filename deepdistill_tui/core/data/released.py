@@ -56,6 +56,8 @@ CHUNK_CHARS = 2_000_000
 """A chunk also ends at this many characters of responses (each is held twice, whole and split into
 reasoning and answer), so that the chunk held stays a few tens of MB however long the answers:
 20,000 real R1 traces would be gigabytes."""
+RECENT = 2_000_000
+"""Query ids remembered to stage each query once (about 70 bytes each: 140 MB at most)."""
 EXAMPLES = 20
 """Bad rows named in the report (where and why); the rest are only counted."""
 MAP_KEYS = ("question", "responses", "scores", "ground_truth", "category", "teacher", "pass", "answer",
@@ -512,16 +514,17 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
     sources = expand_sources(str(s) for s in specs)
     thresholds = {**PAPER_PASS_THRESHOLDS, **(thresholds or {})}
     report = ImportReport(files=len(sources))
+    staged = _Recent()
     start = time.perf_counter()
     read: list[Source] = []
     if strict:  # today's rule: the first bad row refuses the whole import, nothing written
         with store.write() as conn:
             read = [x for s in sources if (x := _import_source(store, conn, s, opts, thresholds, report,
-                                                                strict, max_line_bytes))]
+                                                                staged, strict, max_line_bytes))]
             _move(conn, read, report)
     else:
         read = [x for s in sources if (x := _import_source(store, None, s, opts, thresholds, report,
-                                                            strict, max_line_bytes))]
+                                                            staged, strict, max_line_bytes))]
         if read or store.scalar("SELECT 1 FROM staged_samples LIMIT 1"):
             with store.write() as conn:
                 _move(conn, read, report)
@@ -558,7 +561,7 @@ def import_am(store: Store, paths: Iterable[str | Path], *, thresholds: dict[str
 
 
 def _import_source(store: Store, conn: Any, src: Source, opts: Options, thresholds: dict[str, float],
-                   report: ImportReport, strict: bool, max_line_bytes: int) -> Source | None:
+                   report: ImportReport, staged: _Recent, strict: bool, max_line_bytes: int) -> Source | None:
     """Stage the source's rows from where an earlier import of it stopped; the source (with its
     resume key) when it was read to its end, None when there was nothing to stage."""
     source_key = src.key if opts.limit is None else f"{src.key}|first {opts.limit}"
@@ -601,7 +604,7 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
             if not in_source.add(r):
                 counts["duplicates"] += 1  # the first record of this question, teacher and pass stands
                 continue
-            _add(batch, r, now, thresholds, fmt)
+            _add(batch, r, now, thresholds, fmt, staged.add(r.query_id))
         if pending >= CHUNK or len(batch.samples) >= CHUNK or batch.chars >= CHUNK_CHARS:
             _commit(store, conn, src, fmt, seen, batch, counts)
             batch, pending = _Batch(), 0
@@ -626,6 +629,27 @@ def _hex(text: str) -> int | None:
     return int.from_bytes(raw) if len(raw) == 16 else None
 
 
+class _Recent:
+    """The query ids this import has staged, up to ``RECENT`` of them (then it starts again): each
+    query's row is staged once, not once per response. The release holds a query in 12 files (three
+    teachers, four passes), so this stages a twelfth of the question text; a query seen again after a
+    reset is staged twice, which costs a row that the move drops, never a query."""
+
+    def __init__(self) -> None:
+        self._seen: set[int | str] = set()
+
+    def add(self, query_id: str) -> bool:
+        """False when the query was staged before."""
+        number = _hex(query_id) if len(query_id) == 32 else None
+        key: int | str = query_id if number is None else number
+        if key in self._seen:
+            return False
+        if len(self._seen) >= RECENT:
+            self._seen.clear()
+        self._seen.add(key)
+        return True
+
+
 class _Keys:
     """The (query, teacher, pass) keys a source has given so far, one Python int each (about 70 bytes,
     a third of a tuple of strings): the query id's 128 bits, then the teacher's number, then the pass."""
@@ -648,11 +672,13 @@ class _Keys:
         return True
 
 
-def _add(batch: _Batch, r: Response, now: float, thresholds: dict[str, float], fmt: str) -> None:
+def _add(batch: _Batch, r: Response, now: float, thresholds: dict[str, float], fmt: str,
+         new_query: bool) -> None:
     batch.teachers[r.teacher] = fmt
     origin = "am-import" if fmt == "am" else f"import:{fmt}"
-    batch.queries.append((r.query_id, r.question, r.category, r.ground_truth, r.test_cases, r.constraints,
-                          r.source, origin, now))
+    if new_query:
+        batch.queries.append((r.query_id, r.question, r.category, r.ground_truth, r.test_cases,
+                              r.constraints, r.source, origin, now))
     reasoning, answer = split_response(r.response)
     batch.samples.append((r.query_id, r.teacher, r.pass_index, r.response, reasoning, answer, r.ppl, now))
     batch.chars += len(r.response)

@@ -155,6 +155,22 @@ def category_values(values: dict[str, float], categories: np.ndarray, default: f
     return np.repeat(per_run, np.diff(np.r_[starts, len(categories)]))
 
 
+def category_codes(categories: np.ndarray) -> np.ndarray:
+    """Each element's index in ``CATEGORIES`` (-1 for none of them)."""
+    index = {c: i for i, c in enumerate(CATEGORIES)}
+    return np.array([index.get(c, -1) for c in categories.tolist()], dtype=np.int64)
+
+
+def values_by_code(values: dict[str, float], codes: np.ndarray, default: float) -> np.ndarray:
+    """``category_values`` for categories given as codes: one array lookup, no Python per element
+    (seven calls over a million queries were 0.4 s of a selection)."""
+    return np.array([*(values.get(c, default) for c in CATEGORIES), default], dtype=np.float64)[codes]
+
+
+def thresholds_by_code(recipe: Recipe, codes: np.ndarray) -> np.ndarray:
+    return values_by_code({c: recipe.grading.threshold(c) for c in CATEGORIES}, codes, 0.99)
+
+
 def thresholds_of(recipe: Recipe, categories: np.ndarray) -> np.ndarray:
     return category_values({c: recipe.grading.threshold(c) for c in CATEGORIES}, categories, 0.99)
 

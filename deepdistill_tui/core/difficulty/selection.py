@@ -32,12 +32,14 @@ from deepdistill_tui.core.difficulty.quality import Exclusions, exclusion_counts
 from deepdistill_tui.core.difficulty.responses import (
     QueryScores,
     Responses,
-    category_values,
+    category_codes,
     load_responses,
     query_scores,
     resolve_teachers,
     single_response,
+    thresholds_by_code,
     thresholds_of,
+    values_by_code,
 )
 from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.pipeline.context import Result
@@ -107,6 +109,8 @@ class QueryFacts:
     """Responses above the category's pass threshold (Stage I's members)."""
     n_eligible: np.ndarray
     """Responses above max(threshold, Stage II's threshold) (Stage II's candidates)."""
+    codes: np.ndarray
+    """Each query's category as its index in ``CATEGORIES`` (-1 for none): what the rules look up."""
 
     def cv(self, ddof: int) -> np.ndarray:
         return QueryScores(self.query_ids, self.categories, self.n, np.zeros(len(self.n)), self.total,
@@ -125,12 +129,16 @@ def stage_two_cuts(recipe: Recipe, categories: np.ndarray) -> np.ndarray:
     return np.maximum(thresholds_of(recipe, categories), recipe.selection.stage2.threshold)
 
 
+def stage_two_cuts_by_code(recipe: Recipe, codes: np.ndarray) -> np.ndarray:
+    return np.maximum(thresholds_by_code(recipe, codes), recipe.selection.stage2.threshold)
+
+
 def facts_of_rows(recipe: Recipe, r: Responses, excluded: Exclusions) -> QueryFacts:
     passing = (r.score > thresholds_of(recipe, r.categories)) & ~excluded.any
     eligible = (r.score > stage_two_cuts(recipe, r.categories)) & ~excluded.any
     return QueryFacts(r.group_qids, r.group_categories, r.counts.astype(np.float64), r.group_sum(r.score),
                       r.group_sum(r.score**2), r.group_sum(passing.astype(np.int64)),
-                      r.group_sum(eligible.astype(np.int64)))
+                      r.group_sum(eligible.astype(np.int64)), category_codes(r.group_categories))
 
 
 def _band_mask(store: Store, recipe: Recipe, qids: np.ndarray) -> np.ndarray:
@@ -154,8 +162,8 @@ def decide_stage_one(store: Store, recipe: Recipe, f: QueryFacts) -> dict[str, n
     any_pass = f.n_pass > 0
     in_band = _band_mask(store, recipe, f.query_ids)
     cv = f.cv(cfg.cv_ddof)
-    cv_t = category_values(cfg.cv_threshold, f.categories, 0.05)
-    keep_p = category_values(cfg.easy_keep_probability, f.categories, 0.0)
+    cv_t = values_by_code(cfg.cv_threshold, f.codes, 0.05)
+    keep_p = values_by_code(cfg.easy_keep_probability, f.codes, 0.0)
     challenging = any_pass & in_band & (cv > cv_t)  # NaN CV compares False
     easy = any_pass & in_band & ~challenging
     # The seeded draw only where it can keep a query (a hash per query costs a microsecond).
@@ -172,7 +180,7 @@ def decide_stage_two(recipe: Recipe, f: QueryFacts) -> tuple[int, np.ndarray, np
     eligible responses in pass order)."""
     cfg = recipe.selection
     cv = f.cv(cfg.cv_ddof)
-    cv_t = category_values(cfg.cv_threshold, f.categories, 0.05)
+    cv_t = values_by_code(cfg.cv_threshold, f.codes, 0.05)
     candidates = np.flatnonzero((cv > cv_t) & (f.n_eligible > 0))
     chosen = _highest(cfg.seed, f.query_ids, candidates, cv[candidates], cfg.stage2.max_instances)
     pick = uniform(cfg.seed, f.query_ids[chosen], "stage2-pick")
@@ -229,18 +237,18 @@ def planned_selections(store: Store, recipe: Recipe, teacher_id: str, name: str,
     branch = decide_stage_one(store, recipe, f)
     kept = np.flatnonzero(branch["challenging"] | branch["easy_kept"])
     n_kept = int(f.n_pass[kept].sum())
-    plan = MemberPlan(store, teacher_id, 1, f.query_ids[kept], thresholds_of(recipe, f.categories[kept]),
+    plan = MemberPlan(store, teacher_id, 1, f.query_ids[kept], thresholds_by_code(recipe, f.codes[kept]),
                       None, filtered)
     counts = {"queries": {b: int(m.sum()) for b, m in branch.items()}, "responses_kept": n_kept,
               "quality_filters": exclusion_counts(store, cfg.quality, teacher_id),
-              "by_category": _count_by_category(f.categories[kept], f.n_pass[kept])}
+              "by_category": _count_by_code(f.codes[kept], f.n_pass[kept])}
     out = [Selection(name, rule_of(recipe, stage=1), cfg.seed, counts, plan=plan, n_members=n_kept)]
     if cfg.stage2.enabled:
         n_candidates, chosen, pick = decide_stage_two(recipe, f)
         plan = MemberPlan(store, teacher_id, 2, f.query_ids[chosen],
-                          stage_two_cuts(recipe, f.categories[chosen]), pick, filtered)
+                          stage_two_cuts_by_code(recipe, f.codes[chosen]), pick, filtered)
         counts = {"queries": {"candidates": n_candidates, "selected": len(chosen)},
-                  "responses_kept": len(chosen), "by_category": _count_by_category(f.categories[chosen])}
+                  "responses_kept": len(chosen), "by_category": _count_by_code(f.codes[chosen])}
         out.append(Selection(f"{name}-stage2", rule_of(recipe, stage=2), cfg.seed, counts, plan=plan,
                              n_members=len(chosen)))
     return out
@@ -251,6 +259,13 @@ def _count_by_category(cats: np.ndarray, weights: np.ndarray | None = None) -> d
     values, inverse = np.unique(cats.astype(str), return_inverse=True)
     counts = np.bincount(inverse, weights=weights, minlength=len(values))
     return {str(v): int(c) for v, c in zip(values, counts, strict=True) if c}
+
+
+def _count_by_code(codes: np.ndarray, weights: np.ndarray | None = None) -> dict[str, int]:
+    """``_count_by_category`` for categories given as codes (-1, none of them, counts as "None")."""
+    counts = np.bincount(codes + 1, weights=weights, minlength=len(CATEGORIES) + 1)
+    named = {"None" if i == 0 else CATEGORIES[i - 1]: int(c) for i, c in enumerate(counts.tolist()) if c}
+    return dict(sorted(named.items()))
 
 
 def rule_of(recipe: Recipe, stage: int) -> dict[str, Any]:
@@ -323,8 +338,9 @@ def summary_facts(store: Store, recipe: Recipe, teacher_id: str) -> tuple[QueryF
             conn.execute("COMMIT")
     table = np.array(rows, dtype=np.float64).reshape(-1, 6)
     categories = np.array([*CATEGORIES, None], dtype=object)[table[:, 0].astype(np.int64)]
+    codes = table[:, 0].astype(np.int64)
     facts = QueryFacts(ids, categories, table[:, 1], table[:, 2], table[:, 3], table[:, 4].astype(np.int64),
-                       table[:, 5].astype(np.int64))
+                       table[:, 5].astype(np.int64), codes)
     _drop_flagged(recipe, facts, flagged)
     return facts, filtered
 
@@ -350,9 +366,9 @@ def _drop_flagged(recipe: Recipe, f: QueryFacts, flagged: list[tuple[str, float]
     at = np.minimum(np.searchsorted(f.query_ids, qids), len(f.query_ids) - 1)
     mine = f.query_ids[at] == qids  # flags of queries outside the training split are not ours
     at, score = at[mine], score[mine]
-    cats = f.categories[at]
-    np.subtract.at(f.n_pass, at, (score > thresholds_of(recipe, cats)).astype(np.int64))
-    np.subtract.at(f.n_eligible, at, (score > stage_two_cuts(recipe, cats)).astype(np.int64))
+    codes = f.codes[at]
+    np.subtract.at(f.n_pass, at, (score > thresholds_by_code(recipe, codes)).astype(np.int64))
+    np.subtract.at(f.n_eligible, at, (score > stage_two_cuts_by_code(recipe, codes)).astype(np.int64))
 
 
 def compute_selection(store: Store, recipe: Recipe, name: str,

@@ -136,7 +136,7 @@ def _hash_batch(texts: list[str], n: int, first: int) -> tuple[np.ndarray, np.nd
     if windows <= 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
     h = np.zeros(windows, dtype=np.uint64)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # wrapping modulo 2^64 is the point
         for j in range(n):
             h = h * _MULT + ids[j : j + windows]
     text_of = np.repeat(np.arange(len(texts)), counts)[:windows]
@@ -157,9 +157,10 @@ def ngram_flags(texts: Sequence[str] | Callable[[], Iterable[str]], n: int, max_
     (hash cells, 64 MB); an n-gram whose two cells both pass ``max_count`` is a candidate, and a
     candidate's count in the sketch is never below its true count, so no frequent n-gram is missed.
     The second pass counts the candidates exactly, so the flags are exact. Hashes: distinct n-grams
-    share one with probability about 2^-64 per pair; distinct tokens share an id (CRC-32) about once
-    per 2^32 pairs, which can only merge counts, so the filter errs towards removing a response,
-    never towards keeping a looping one. Texts with fewer than ``n`` tokens cost one split.
+    share one with probability about 2^-64 per pair; distinct tokens share an id (32 bits, see
+    ``_token_ids``) about once per 2^32 pairs, which can only merge counts, so the filter errs towards
+    removing a response, never towards keeping a looping one. Texts with fewer than ``n`` tokens
+    give no window.
     """
     again = texts if callable(texts) else (lambda: texts)
     rows = None if max_count >= 255 else _sketch(again(), n)  # a byte counter would saturate first

@@ -601,10 +601,11 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
             counts["skipped"] += 1
             continue
         for r in responses:
-            if not in_source.add(r):
+            query = _query_key(r.query_id)
+            if not in_source.add(query, r):
                 counts["duplicates"] += 1  # the first record of this question, teacher and pass stands
                 continue
-            _add(batch, r, now, thresholds, fmt, staged.add(r.query_id))
+            _add(batch, r, now, thresholds, fmt, staged.add(query))
         if pending >= CHUNK or len(batch.samples) >= CHUNK or batch.chars >= CHUNK_CHARS:
             _commit(store, conn, src, fmt, seen, batch, counts)
             batch, pending = _Batch(), 0
@@ -619,14 +620,18 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
     return src
 
 
-def _hex(text: str) -> int | None:
-    """The 128-bit number a query id of 32 hex digits spells, else None (int() would also take "0x",
-    signs, underscores and spaces, and so give two ids one number)."""
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        return None
-    return int.from_bytes(raw) if len(raw) == 16 else None
+def _query_key(query_id: str) -> int | str:
+    """A query id as a set keeps it: the 128-bit number its 32 hex digits spell (about 40 bytes
+    where the string is 81), else the id itself. bytes.fromhex, not int(): int() would also take
+    "0x", signs, underscores and spaces, and so give two ids one number."""
+    if len(query_id) == 32:
+        try:
+            raw = bytes.fromhex(query_id)
+        except ValueError:
+            return query_id
+        if len(raw) == 16:
+            return int.from_bytes(raw)
+    return query_id
 
 
 class _Recent:
@@ -638,34 +643,31 @@ class _Recent:
     def __init__(self) -> None:
         self._seen: set[int | str] = set()
 
-    def add(self, query_id: str) -> bool:
-        """False when the query was staged before."""
-        number = _hex(query_id) if len(query_id) == 32 else None
-        key: int | str = query_id if number is None else number
-        if key in self._seen:
+    def add(self, query: int | str) -> bool:
+        """False when the query (a ``_query_key``) was staged before."""
+        if query in self._seen:
             return False
         if len(self._seen) >= RECENT:
             self._seen.clear()
-        self._seen.add(key)
+        self._seen.add(query)
         return True
 
 
 class _Keys:
-    """The (query, teacher, pass) keys a source has given so far, one Python int each (about 70 bytes,
-    a third of a tuple of strings): the query id's 128 bits, then the teacher's number, then the pass."""
+    """The (query, teacher, pass) keys a source has given so far, one Python int each where the query
+    id is a number (about 70 bytes, a third of a tuple of strings): the query's 128 bits, then the
+    teacher's number, then the pass."""
 
     def __init__(self) -> None:
         self.teachers: dict[str, int] = {}
-        self._seen: set[int | tuple[str, str, int]] = set()
+        self._seen: set[int | tuple[int | str, int, int]] = set()
 
-    def add(self, r: Response) -> bool:
-        """False when the key was given before."""
+    def add(self, query: int | str, r: Response) -> bool:
+        """False when the key was given before (``query`` is ``_query_key(r.query_id)``)."""
         teacher = self.teachers.setdefault(r.teacher, len(self.teachers))
-        key: int | tuple[str, str, int] = (r.query_id, r.teacher, r.pass_index)
-        if len(r.query_id) == 32 and r.pass_index < 1 << 32:  # the ids am_query_id makes: 32 hex digits
-            digits = _hex(r.query_id)
-            if digits is not None:
-                key = digits << 64 | teacher << 32 | r.pass_index
+        key: int | tuple[int | str, int, int] = (
+            query << 64 | teacher << 32 | r.pass_index if isinstance(query, int) and r.pass_index < 1 << 32
+            else (query, teacher, r.pass_index))
         if key in self._seen:
             return False
         self._seen.add(key)

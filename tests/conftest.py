@@ -10,6 +10,25 @@ from deepdistill_tui.core.store.database import Store
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, saying why, when llama.cpp was built with its AMX kernels: on Sapphire Rapids
+    class CPUs (this project's CI machines among them) their matrix product segfaults on the first
+    batch of a few tokens (llama.cpp issue 20824), which would kill the run with no test named. The
+    README's install commands build without them."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    if "AMX_INT8 = 1" in info:
+        flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        pytest.exit("llama-cpp-python was built with llama.cpp's AMX kernels, which crash here; rebuild it "
+                    "without them: pip cache remove llama_cpp_python && "
+                    f"CMAKE_ARGS=\"-DCMAKE_C_FLAGS='{flags}'"
+                    f" -DCMAKE_CXX_FLAGS='{flags}'\" pip install --force-reinstall --no-deps"
+                    " 'llama-cpp-python[server]==0.3.36'", returncode=2)
+
+
 @pytest.fixture
 def store(tmp_path: Path):
     s = Store(tmp_path / "test.db")

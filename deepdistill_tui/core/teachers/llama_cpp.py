@@ -54,8 +54,11 @@ class _Query:
     running: set[int] = field(default_factory=set)
 
 
-CUDA_INSTALL = ('CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
-                '"llama-cpp-python[server]==0.3.36"')
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+"""Compiler flags that keep llama.cpp's AMX kernels out of a native build: on Sapphire Rapids class
+CPUs their matrix product segfaults (llama.cpp issue 20824)."""
+CUDA_INSTALL = (f'CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_C_FLAGS=\'{NO_AMX}\' -DCMAKE_CXX_FLAGS=\'{NO_AMX}\'"'
+                ' pip install --force-reinstall --no-cache-dir "llama-cpp-python[server]==0.3.36"')
 
 
 def cuda_device_present() -> bool:

@@ -31,6 +31,25 @@ def test_ngram_count_is_across_the_data_and_within_a_response() -> None:
     assert not ngram_flags(["short text", ""], 20, 20).any()
 
 
+def test_texts_are_read_once_when_no_ngram_can_be_frequent() -> None:
+    """The exact count is a second read of every text; when no cell of the sketch passes the limit,
+    no n-gram can, and the second read would find nothing."""
+    reads = []
+
+    def texts(rare: list[str]) -> Any:
+        def again() -> list[str]:
+            reads.append(1)
+            return rare
+        return again
+
+    rare = [f"{WORDS} number {i}" for i in range(30)]  # one 20-gram in 30 texts: under 50
+    assert not ngram_flags(texts(rare), 20, 50).any()
+    assert len(reads) == 1
+    reads.clear()
+    assert ngram_flags(texts(rare), 20, 20).all()  # over 20: both reads, all flagged
+    assert len(reads) == 2
+
+
 def test_token_ids_are_the_whitespace_tokens_of_the_bytes_one_id_each() -> None:
     """The vectorised ids split as bytes.split() does (ASCII whitespace only, so a no-break space or
     \x1c stays inside a token), and equal tokens, only equal tokens, share an id, across texts."""

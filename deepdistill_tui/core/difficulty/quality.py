@@ -163,7 +163,11 @@ def ngram_flags(texts: Sequence[str] | Callable[[], Iterable[str]], n: int, max_
     give no window.
     """
     again = texts if callable(texts) else (lambda: texts)
-    rows = None if max_count >= 255 else _sketch(again(), n)  # a byte counter would saturate first
+    rows = None
+    if max_count < 255:  # a byte counter would saturate first
+        rows, read = _sketch(again(), n)
+        if not ((rows[0] > max_count).any() and (rows[1] > max_count).any()):
+            return np.zeros(read, dtype=bool)  # no candidate at all: the second pass would find none
     count, owner_parts, hash_parts = 0, [], []
     for owners, h, seen in _windows(again(), n):
         count = seen  # texts read so far, short ones included
@@ -184,14 +188,17 @@ def ngram_flags(texts: Sequence[str] | Callable[[], Iterable[str]], n: int, max_
     return flags
 
 
-def _sketch(texts: Iterable[str], n: int) -> list[np.ndarray]:
-    """Two rows of saturating byte counters over the texts' n-gram hashes (the first pass)."""
+def _sketch(texts: Iterable[str], n: int) -> tuple[list[np.ndarray], int]:
+    """(two rows of saturating byte counters over the texts' n-gram hashes, how many texts were read):
+    the first pass."""
     rows = [np.zeros(1 << SKETCH_BITS, dtype=np.uint8) for _ in range(2)]
-    for _, h, _ in _windows(texts, n):
+    read = 0
+    for _, h, seen in _windows(texts, n):
+        read = seen
         for row, cells in zip(rows, _cells(h), strict=True):
             u, c = np.unique(cells, return_counts=True)
             row[u] = np.minimum(row[u].astype(np.int64) + c, 255).astype(np.uint8)
-    return rows
+    return rows, read
 
 
 def exclusions(store: Store, cfg: QualityFilters, teacher_id: str, r: Responses) -> Exclusions:
@@ -268,15 +275,17 @@ def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str,
                                           " ORDER BY query_id, pass_index", (teacher_id,)):
             yield text
 
-    loops = ngram_flags(texts, cfg.ngram, cfg.max_ngram_count) if cfg.max_ngram_count is not None else None
     flagged: list[tuple[str, int, str]] = []
-    rows = store.conn.execute("SELECT query_id, pass_index, ppl FROM samples WHERE teacher_id = ?"
-                              " ORDER BY query_id, pass_index", (teacher_id,))
-    for i, (q, p, ppl) in enumerate(rows):
-        if cfg.max_perplexity is not None and ppl is not None and ppl > cfg.max_perplexity:
-            flagged.append((q, int(p), "perplexity"))
-        if loops is not None and loops[i]:
-            flagged.append((q, int(p), "ngram"))
+    if cfg.max_perplexity is not None:  # SQLite picks them: no row passes through Python but a flagged one
+        flagged += [(q, int(p), "perplexity") for q, p in store.conn.execute(
+            "SELECT query_id, pass_index FROM samples WHERE teacher_id = ? AND ppl > ?"
+            " ORDER BY query_id, pass_index", (teacher_id, cfg.max_perplexity))]
+    if cfg.max_ngram_count is not None:
+        loops = ngram_flags(texts, cfg.ngram, cfg.max_ngram_count)
+        if loops.any():  # the keys, in the texts' order, only when some text is flagged
+            keys = store.conn.execute("SELECT query_id, pass_index FROM samples WHERE teacher_id = ?"
+                                      " ORDER BY query_id, pass_index", (teacher_id,))
+            flagged += [(q, int(p), "ngram") for (q, p), hit in zip(keys, loops.tolist(), strict=True) if hit]
     return version, flagged
 
 

@@ -58,6 +58,21 @@ def test_passes_are_stored_with_provenance_and_resume_is_a_no_op(ingested: Store
     assert [r.samples for r in again] == [0, 0] and ingested.count("samples") == 16
 
 
+def test_the_sample_stage_leaves_the_quality_filters_fresh(ingested: Store) -> None:
+    """Selection reads the training teacher's quality flags; the stage that adds its responses works
+    them out, so no read after it goes through every text (before: stale until the next read)."""
+    from deepdistill_tui.core.pipeline.params import SampleParams
+    from deepdistill_tui.core.pipeline.runner import run_stage
+
+    recipe = tiny()
+    run_stage(ingested, "sample", recipe, SampleParams(limit=1))
+    fresh = ingested.conn.execute(
+        "SELECT c.version = v.version FROM quality_cache c JOIN teacher_versions v USING (teacher_id)"
+        " JOIN teachers t USING (teacher_id) WHERE t.name = ?",
+        (recipe.selection.training_teacher,)).fetchall()
+    assert fresh == [(1,)]
+
+
 def test_changed_sampling_parameter_is_a_new_teacher(ingested: Store) -> None:
     sample(ingested, tiny(), teacher_name="smollm2-135m", limit=1, emit=noop)
     changed = tiny(**{"smollm2-135m": {"sampling": {"temperature": 0.9, "max_tokens": 24}}})

@@ -121,6 +121,11 @@ def _sample(store: Store, recipe: Recipe, p: SampleParams, run: RunContext) -> R
 
     result = SampleResult(sample(store, recipe, teacher_name=p.teacher, limit=p.limit, emit=run.emit,
                                  stop=run.stop))
+    # The training teacher's new responses change its quality filters: worked out now, as they
+    # arrive, so that the next statistics or selection reads them instead of every text.
+    trained = {r.teacher_id for r in result.reports
+               if r.samples and r.teacher_id and r.teacher == recipe.selection.training_teacher}
+    prepare_reads(store, recipe, trained)
     if result.errors:
         raise StageError("; ".join(result.errors), result.summary())
     return result

@@ -28,7 +28,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -235,6 +235,7 @@ class Options:
     teacher: str | None = None
     limit: int | None = None
     """Read at most this many rows of each source (a slice of a release)."""
+    on_texts: Callable[[str, list[str]], None] | None = None
     names: dict[str, str] = field(init=False, repr=False, compare=False)
     """Each MAP_KEYS key's column, worked out once instead of per row."""
 
@@ -469,6 +470,11 @@ class ImportReport:
     teachers: set[str] = field(default_factory=set)
     """The teacher ids that got rows."""
     seconds: float = 0.0
+    staged: int = 0
+    """Responses this import staged (each also passed to ``on_texts``)."""
+    texts_exact: bool = False
+    """The responses passed to ``on_texts`` are exactly the ones this import added to the store:
+    none was already there, and no staged row of an earlier, killed import was moved with them."""
 
     def skip(self, where: str, bad: BadRow) -> None:
         self.skipped[bad.reason] += 1
@@ -500,9 +506,11 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
                     columns: dict[str, str] | None = None, category: str | None = None,
                     teacher: str | None = None, thresholds: dict[str, float] | None = None,
                     strict: bool = False, limit: int | None = None,
-                    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> ImportReport:
+                    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                    on_texts: Callable[[str, list[str]], None] | None = None) -> ImportReport:
     """Import every source (each only up to its first ``limit`` rows); see the module's docstring for
-    formats, faults and resuming."""
+    formats, faults and resuming. ``on_texts(teacher_id, responses)`` sees each chunk's response
+    texts as they are staged (the n-gram filter counts them there rather than read them back)."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     unknown = sorted(set(columns or {}) - set(MAP_KEYS))
@@ -510,13 +518,14 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
         raise InputError(f"--map {unknown[0]}=...: unknown key; expected one of {', '.join(MAP_KEYS)}")
     if category is not None and category not in CATEGORIES:
         raise InputError(f"--category {category!r}: expected one of {', '.join(CATEGORIES)}")
-    opts = Options(fmt, dict(columns or {}), category, teacher, limit)
+    opts = Options(fmt, dict(columns or {}), category, teacher, limit, on_texts)
     sources = expand_sources(str(s) for s in specs)
     thresholds = {**PAPER_PASS_THRESHOLDS, **(thresholds or {})}
     report = ImportReport(files=len(sources))
     staged = _Recent()
     start = time.perf_counter()
     read: list[Source] = []
+    leftovers = store.scalar("SELECT 1 FROM staged_samples LIMIT 1") is not None
     if strict:  # today's rule: the first bad row refuses the whole import, nothing written
         with store.write() as conn:
             read = [x for s in sources if (x := _import_source(store, conn, s, opts, thresholds, report,
@@ -531,6 +540,7 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
     if report.rows and sum(report.skipped.values()) == report.rows:
         raise InputError(f"import: none of the {report.rows} rows could be imported; the first: "
                          f"{report.examples[0] if report.examples else '?'}")
+    report.texts_exact = on_texts is not None and not leftovers and report.responses == report.staged
     report.seconds = time.perf_counter() - start
     return report
 
@@ -550,14 +560,14 @@ def _move(conn: Any, sources: list[Source], report: ImportReport) -> None:
 
 
 def import_am(store: Store, paths: Iterable[str | Path], *, thresholds: dict[str, float] | None = None,
-              strict: bool = False, limit: int | None = None,
-              max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> ImportReport:
+              strict: bool = False, limit: int | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+              on_texts: Callable[[str, list[str]], None] | None = None) -> ImportReport:
     """``import-am``: the release's own files, named as released (CATEGORY_TEACHER_Kpass.jsonl)."""
     paths = list(paths)
     for p in paths:
         parse_am_name(Path(p))  # the name says the category, the teacher and the pass: refuse a wrong one
     return import_released(store, paths, fmt="am", thresholds=thresholds, strict=strict, limit=limit,
-                           max_line_bytes=max_line_bytes)
+                           max_line_bytes=max_line_bytes, on_texts=on_texts)
 
 
 def _import_source(store: Store, conn: Any, src: Source, opts: Options, thresholds: dict[str, float],
@@ -607,17 +617,31 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
                 continue
             _add(batch, r, now, thresholds, fmt, staged.add(query))
         if pending >= CHUNK or len(batch.samples) >= CHUNK or batch.chars >= CHUNK_CHARS:
+            _pass_texts(opts, batch)
             _commit(store, conn, src, fmt, seen, batch, counts)
             batch, pending = _Batch(), 0
     if counts["skipped"] == seen - resume_at > 0 and not counts["committed"]:
         return None  # every row bad: nothing written for this source (the caller says so if none was good)
+    _pass_texts(opts, batch)
     _commit(store, conn, src, fmt if fmt != "auto" else "am", seen, batch, counts)
+    report.staged += counts["staged"]
     report.teachers |= set(in_source.teachers)
     report.formats[src.path] = fmt
     report.per_file[src.path] = counts["staged"]
     report.duplicates_per_file[src.path] = counts["duplicates"]
     report.duplicates += counts["duplicates"]
     return src
+
+
+def _pass_texts(opts: Options, batch: _Batch) -> None:
+    """The batch's response texts to ``opts.on_texts``, a list per teacher."""
+    if opts.on_texts is None or not batch.samples:
+        return
+    by_teacher: dict[str, list[str]] = {}
+    for row in batch.samples:
+        by_teacher.setdefault(row[1], []).append(row[3])
+    for teacher_id, texts in by_teacher.items():
+        opts.on_texts(teacher_id, texts)
 
 
 def _query_key(query_id: str) -> int | str:

@@ -20,6 +20,7 @@ import math
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -149,7 +150,8 @@ def _cells(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (h & mask).astype(np.int64), ((h >> np.uint64(32)) & mask).astype(np.int64)
 
 
-def ngram_flags(texts: Sequence[str] | Callable[[], Iterable[str]], n: int, max_count: int) -> np.ndarray:
+def ngram_flags(texts: Sequence[str] | Callable[[], Iterable[str]], n: int, max_count: int,
+                sketch: NgramSketch | None = None) -> np.ndarray:
     """True for each text holding an n-gram that occurs more than ``max_count`` times in all texts.
 
     Two passes over the texts (``texts`` is a sequence, or a function that reads them again) in
@@ -160,20 +162,24 @@ def ngram_flags(texts: Sequence[str] | Callable[[], Iterable[str]], n: int, max_
     share one with probability about 2^-64 per pair; distinct tokens share an id (32 bits, see
     ``_token_ids``) about once per 2^32 pairs, which can only merge counts, so the filter errs towards
     removing a response, never towards keeping a looping one. Texts with fewer than ``n`` tokens
-    give no window.
+    give no window. A ``sketch`` of exactly these texts (built as they arrived: ``NgramSketch``)
+    stands for the first pass, so that they are read once, or not at all when it has no candidate.
     """
     again = texts if callable(texts) else (lambda: texts)
-    rows = None
+    cells = None
     if max_count < 255:  # a byte counter would saturate first
-        rows, read = _sketch(again(), n)
-        if not ((rows[0] > max_count).any() and (rows[1] > max_count).any()):
-            return np.zeros(read, dtype=bool)  # no candidate at all: the second pass would find none
+        if sketch is None:
+            sketch = NgramSketch(n)
+            sketch.add(again())
+        cells = sketch.cells
+        if not has_candidates(cells, max_count):
+            return np.zeros(sketch.texts, dtype=bool)  # the second pass would find none
     count, owner_parts, hash_parts = 0, [], []
     for owners, h, seen in _windows(again(), n):
         count = seen  # texts read so far, short ones included
-        if rows is not None:  # only the candidates; without a sketch every window is one
+        if cells is not None:  # only the candidates; without a sketch every window is one
             a, b = _cells(h)
-            pick = (rows[0][a] > max_count) & (rows[1][b] > max_count)
+            pick = (cells[0][a] > max_count) & (cells[1][b] > max_count)
             owners, h = owners[pick], h[pick]
         if len(h):
             owner_parts.append(owners)
@@ -188,17 +194,67 @@ def ngram_flags(texts: Sequence[str] | Callable[[], Iterable[str]], n: int, max_
     return flags
 
 
-def _sketch(texts: Iterable[str], n: int) -> tuple[list[np.ndarray], int]:
-    """(two rows of saturating byte counters over the texts' n-gram hashes, how many texts were read):
-    the first pass."""
-    rows = [np.zeros(1 << SKETCH_BITS, dtype=np.uint8) for _ in range(2)]
-    read = 0
-    for _, h, seen in _windows(texts, n):
-        read = seen
-        for row, cells in zip(rows, _cells(h), strict=True):
-            u, c = np.unique(cells, return_counts=True)
-            row[u] = np.minimum(row[u].astype(np.int64) + c, 255).astype(np.uint8)
-    return rows, read
+def has_candidates(cells: np.ndarray, max_count: int) -> bool:
+    """Whether any n-gram could occur more than ``max_count`` times: only if both rows of the
+    sketch have a cell above it."""
+    return bool((cells[0] > max_count).any() and (cells[1] > max_count).any())
+
+
+class NgramSketch:
+    """The first pass of ``ngram_flags``: two rows of saturating byte counters over the n-gram
+    hashes of ``texts`` texts. An import builds one from the rows it parses, which it has in hand,
+    and the store keeps it (``ngram_sketches``) for the next import to add to, so no text is read
+    back to count it."""
+
+    def __init__(self, n: int, cells: np.ndarray | None = None, texts: int = 0) -> None:
+        self.n, self.texts = n, texts
+        self.cells = cells if cells is not None else np.zeros((2, 1 << SKETCH_BITS), dtype=np.uint8)
+
+    def add(self, texts: Iterable[str]) -> None:
+        read = 0
+        for _, h, seen in _windows(texts, self.n):
+            read = seen
+            for row, cells in zip(self.cells, _cells(h), strict=True):
+                u, c = np.unique(cells, return_counts=True)
+                row[u] = np.minimum(row[u].astype(np.int64) + c, 255).astype(np.uint8)
+        self.texts += read
+
+    def merge(self, other: NgramSketch) -> None:
+        """Count ``other``'s texts in too (saturating, as the counters do)."""
+        total = self.cells.astype(np.uint16)
+        total += other.cells
+        np.minimum(total, 255, out=total)
+        self.cells = total.astype(np.uint8)
+        self.texts += other.texts
+
+    def packed(self) -> bytes:
+        return zlib.compress(self.cells.tobytes(), 1)  # mostly zeros for short answers: kilobytes
+
+    @classmethod
+    def unpacked(cls, n: int, blob: bytes, texts: int) -> NgramSketch:
+        cells = np.frombuffer(zlib.decompress(blob), dtype=np.uint8).reshape(2, -1).copy()
+        return cls(n, cells, texts)
+
+
+class NgramSketches:
+    """Per teacher, the sketch of the texts a writer passes as it goes (``import``'s ``on_texts``)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.by_teacher: dict[str, NgramSketch] = {}
+
+    @classmethod
+    def for_filters(cls, cfg: QualityFilters) -> NgramSketches | None:
+        """None when the filter is off, or counts past a byte counter's range (it needs no sketch)."""
+        if cfg.max_ngram_count is None or cfg.max_ngram_count >= 255:
+            return None
+        return cls(cfg.ngram)
+
+    def add(self, teacher_id: str, texts: list[str]) -> None:
+        sketch = self.by_teacher.get(teacher_id)
+        if sketch is None:
+            sketch = self.by_teacher[teacher_id] = NgramSketch(self.n)
+        sketch.add(texts)
 
 
 def exclusions(store: Store, cfg: QualityFilters, teacher_id: str, r: Responses) -> Exclusions:
@@ -250,12 +306,16 @@ def _params(cfg: QualityFilters) -> str:
                        "ngram": cfg.ngram}, sort_keys=True)
 
 
+def flags_fresh(store: Store, cfg: QualityFilters, teacher_id: str) -> bool:
+    """Whether the stored flags hold for the teacher's responses as they are, with these settings."""
+    return store.conn.execute(
+        "SELECT 1 FROM quality_cache c JOIN teacher_versions v USING (teacher_id) WHERE c.teacher_id = ?"
+        " AND c.params = ? AND c.version = v.version", (teacher_id, _params(cfg))).fetchone() is not None
+
+
 def stored_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[str, list[tuple[str, int]]]:
     """The teacher's flagged responses, (query, pass) per filter, refreshed first when stale."""
-    fresh = store.conn.execute(
-        "SELECT 1 FROM quality_cache c JOIN teacher_versions v USING (teacher_id) WHERE c.teacher_id = ?"
-        " AND c.params = ? AND c.version = v.version", (teacher_id, _params(cfg))).fetchone()
-    if fresh is None:
+    if not flags_fresh(store, cfg, teacher_id):
         refresh_flags(store, cfg, teacher_id)
     out: dict[str, list[tuple[str, int]]] = {"perplexity": [], "ngram": []}
     for q, p, kind in store.conn.execute("SELECT query_id, pass_index, kind FROM quality_flags"
@@ -264,11 +324,13 @@ def stored_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[str
     return out
 
 
-def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str,
-                   ) -> tuple[int, list[tuple[str, int, str]]]:
-    """(the teacher's response version, its flagged responses as (query, pass, filter)); every pass
-    streams the responses in key order, and only the flagged ones are kept."""
-    version = store.scalar("SELECT version FROM teacher_versions WHERE teacher_id = ?", (teacher_id,)) or 0
+def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str, added: NgramSketch | None,
+                   ) -> tuple[int, int, list[tuple[str, int, str]], NgramSketch | None]:
+    """(the teacher's response version, its count of edits (see ``_whole_sketch``), its flagged
+    responses as (query, pass, filter), the n-gram sketch of all its responses when the filter uses
+    one); every pass streams the responses in key order, and only the flagged ones are kept."""
+    version, n_samples = store.conn.execute("SELECT version, n_samples FROM teacher_versions"
+                                            " WHERE teacher_id = ?", (teacher_id,)).fetchone() or (0, 0)
 
     def texts() -> Iterator[str]:  # read again for each pass, in the same order, never all held
         for (text,) in store.conn.execute("SELECT response FROM samples WHERE teacher_id = ?"
@@ -280,21 +342,55 @@ def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str,
         flagged += [(q, int(p), "perplexity") for q, p in store.conn.execute(
             "SELECT query_id, pass_index FROM samples WHERE teacher_id = ? AND ppl > ?"
             " ORDER BY query_id, pass_index", (teacher_id, cfg.max_perplexity))]
+    sketch = None
     if cfg.max_ngram_count is not None:
-        loops = ngram_flags(texts, cfg.ngram, cfg.max_ngram_count)
+        if cfg.max_ngram_count < 255:
+            sketch = _whole_sketch(store, teacher_id, cfg.ngram, version, n_samples, added)
+            if sketch is None:  # counted from the texts, to keep
+                sketch = NgramSketch(cfg.ngram)
+                sketch.add(texts())
+        loops = ngram_flags(texts, cfg.ngram, cfg.max_ngram_count, sketch)
         if loops.any():  # the keys, in the texts' order, only when some text is flagged
             keys = store.conn.execute("SELECT query_id, pass_index FROM samples WHERE teacher_id = ?"
                                       " ORDER BY query_id, pass_index", (teacher_id,))
             flagged += [(q, int(p), "ngram") for (q, p), hit in zip(keys, loops.tolist(), strict=True) if hit]
-    return version, flagged
+    return version, version - n_samples, flagged, sketch
 
 
-def refresh_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[str, int]:
+def _whole_sketch(store: Store, teacher_id: str, n: int, version: int, n_samples: int,
+                  added: NgramSketch | None) -> NgramSketch | None:
+    """The sketch of every response of the teacher without reading one: the kept sketch plus
+    ``added`` (the texts a writer has just inserted, counted as it parsed them), when together they
+    are provably all of them; None otherwise.
+
+    The proof is in the counts the triggers keep: an insert adds one to both ``version`` and
+    ``n_samples``, a delete or an edit of a response moves ``version`` alone, so ``version -
+    n_samples`` changes with every write but an insert. The kept sketch holds when it was saved at
+    the same such count and, with the added texts, counts every response there is."""
+    if added is None or added.n != n:
+        return None
+    edits = version - n_samples
+    kept = store.conn.execute("SELECT cells, texts, edits FROM ngram_sketches WHERE teacher_id = ?"
+                              " AND ngram = ?", (teacher_id, n)).fetchone()
+    if kept is None:
+        return added if added.texts == n_samples else None  # the added texts are all there is
+    cells, texts, kept_edits = kept
+    if kept_edits != edits or texts + added.texts != n_samples:
+        return None
+    whole = NgramSketch.unpacked(n, cells, texts)
+    whole.merge(added)
+    return whole
+
+
+def refresh_flags(store: Store, cfg: QualityFilters, teacher_id: str,
+                  added: NgramSketch | None = None) -> dict[str, int]:
     """Compute the filters over every response of the teacher and store the flagged ones, with the
-    teacher's response version they hold for. Read-only stores compute them and keep nothing."""
+    teacher's response version they hold for (and the n-gram sketch, for the next import to add
+    to). ``added``: the n-gram sketch of the responses a writer has just inserted. Read-only stores
+    compute them and keep nothing."""
     store.conn.execute("BEGIN")  # one snapshot for every read below: the passes see the same rows
     try:
-        version, found = _compute_flags(store, cfg, teacher_id)
+        version, edits, found, sketch = _compute_flags(store, cfg, teacher_id, added)
     finally:
         store.conn.execute("COMMIT")
     flagged = [(teacher_id, q, p, kind) for q, p, kind in found]
@@ -306,6 +402,10 @@ def refresh_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[st
             conn.execute("INSERT INTO quality_cache (teacher_id, params, version) VALUES (?, ?, ?)"
                          " ON CONFLICT(teacher_id) DO UPDATE SET params = excluded.params,"
                          " version = excluded.version", (teacher_id, _params(cfg), version))
+            if sketch is not None:
+                conn.execute("INSERT OR REPLACE INTO ngram_sketches (teacher_id, ngram, texts, edits, cells)"
+                             " VALUES (?, ?, ?, ?, ?)",
+                             (teacher_id, sketch.n, sketch.texts, edits, sketch.packed()))
     except sqlite3.OperationalError as exc:
         if "readonly" not in str(exc):
             raise

@@ -34,6 +34,7 @@ from deepdistill_tui.core.store.database import Store
 
 if TYPE_CHECKING:  # the adapters import the stages' modules when they run, not before
     from deepdistill_tui.core.data.released import ImportReport
+    from deepdistill_tui.core.difficulty.quality import NgramSketch, NgramSketches
 
 
 def am_sources(recipe: Recipe) -> list[tuple[list[Path], int | None]]:
@@ -62,8 +63,10 @@ def _ingest(store: Store, recipe: Recipe, p: IngestParams, run: RunContext) -> R
     for files, limit in am_sources(recipe):
         run.emit(StageProgress("ingest", f"importing {len(files)} AM files"
                                          + (f", the first {limit} rows of each" if limit else "")))
-        report = import_am(store, files, thresholds=dict(recipe.grading.thresholds), limit=limit)
-        prepare_reads(store, recipe, report.teachers)
+        sketches = _sketches(recipe)
+        report = import_am(store, files, thresholds=dict(recipe.grading.thresholds), limit=limit,
+                           on_texts=sketches.add if sketches else None)
+        prepare_reads(store, recipe, report.teachers, _added(sketches, report))
         released = report if released is None else _merged(released, report)
     return IngestResult(queries, released)
 
@@ -79,7 +82,8 @@ def _merged(a: ImportReport, b: ImportReport) -> ImportReport:
                    examples=(a.examples + b.examples)[:20], per_file={**a.per_file, **b.per_file},
                    duplicates_per_file={**a.duplicates_per_file, **b.duplicates_per_file},
                    formats={**a.formats, **b.formats}, teachers=a.teachers | b.teachers,
-                   seconds=a.seconds + b.seconds)
+                   seconds=a.seconds + b.seconds, staged=a.staged + b.staged,
+                   texts_exact=a.texts_exact and b.texts_exact)
 
 
 def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContext) -> Result:
@@ -87,9 +91,11 @@ def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContex
     from deepdistill_tui.core.data.released import import_released
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
+    sketches = _sketches(recipe)
     report = import_released(store, list(p.files), fmt=p.format, columns=dict(p.columns),
-                             category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict)
-    prepare_reads(store, recipe, report.teachers)
+                             category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict,
+                             on_texts=sketches.add if sketches else None)
+    prepare_reads(store, recipe, report.teachers, _added(sketches, report))
     return IngestResult(import_am=report)
 
 
@@ -98,22 +104,42 @@ def _import_am(store: Store, recipe: Recipe | None, p: ImportParams, run: RunCon
     from deepdistill_tui.core.data.released import import_am
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
-    report = import_am(store, list(p.files), thresholds=thresholds, strict=p.strict)
-    prepare_reads(store, recipe, report.teachers)
+    sketches = _sketches(recipe)
+    report = import_am(store, list(p.files), thresholds=thresholds, strict=p.strict,
+                       on_texts=sketches.add if sketches else None)
+    prepare_reads(store, recipe, report.teachers, _added(sketches, report))
     return IngestResult(import_am=report)
 
 
-def prepare_reads(store: Store, recipe: Recipe | None, teachers: set[str]) -> None:
+def _sketches(recipe: Recipe | None) -> NgramSketches | None:
+    """Where an import counts its texts for the n-gram filter as it parses them (None when the
+    recipe's filter needs no sketch)."""
+    from deepdistill_tui.core.difficulty.quality import NgramSketches
+    from deepdistill_tui.core.recipe import QualityFilters
+
+    return NgramSketches.for_filters(recipe.selection.quality if recipe else QualityFilters())
+
+
+def _added(sketches: NgramSketches | None, report: ImportReport) -> dict[str, NgramSketch]:
+    """The import's sketches per teacher, when they count exactly the responses it added."""
+    return dict(sketches.by_teacher) if sketches is not None and report.texts_exact else {}
+
+
+def prepare_reads(store: Store, recipe: Recipe | None, teachers: set[str],
+                  added: dict[str, NgramSketch] | None = None) -> None:
     """After responses arrive: the score summaries (for the recipe's thresholds, else the paper's) and
-    the quality filters of each teacher that got them, computed now so that no read has to."""
+    the quality filters of each teacher that got them, computed now so that no read has to.
+    ``added``: per teacher, the n-gram sketch of exactly the responses that arrived."""
     from deepdistill_tui.core.difficulty import summaries
-    from deepdistill_tui.core.difficulty.quality import refresh_flags
+    from deepdistill_tui.core.difficulty.quality import flags_fresh, refresh_flags
     from deepdistill_tui.core.recipe import PAPER_PASS_THRESHOLDS, QualityFilters
 
     cuts = summaries.recipe_cuts(recipe) if recipe else sorted(set(PAPER_PASS_THRESHOLDS.values()))
     summaries.ensure(store, cuts)
     for tid in sorted(teachers):
-        refresh_flags(store, recipe.selection.quality if recipe else QualityFilters(), tid)
+        cfg = recipe.selection.quality if recipe else QualityFilters()
+        if not flags_fresh(store, cfg, tid):  # nothing new (a file imported before): nothing to do
+            refresh_flags(store, cfg, tid, (added or {}).get(tid))
 
 
 def _sample(store: Store, recipe: Recipe, p: SampleParams, run: RunContext) -> Result:

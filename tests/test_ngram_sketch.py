@@ -1,6 +1,6 @@
-"""The n-gram filter's first pass counted as an import parses its rows, and kept for the next import
-to add to: the flags stay exact, no text is read back that need not be, and a sketch that missed a
-write is never trusted."""
+"""The quality filters counted as an import parses its rows: the n-gram sketch kept for the next
+import to add to, the perplexity flags added to. The flags stay exact, no text is read back that need
+not be, and counts that missed a write are never trusted."""
 
 from __future__ import annotations
 
@@ -17,20 +17,22 @@ PHRASE = "alpha beta gamma"
 """A 3-gram that the filter below allows twice across the data and drops from the third time."""
 
 
-def recipe() -> Recipe:
+def recipe(max_perplexity: float | None = None) -> Recipe:
     data = load_recipe("tiny").model_dump()
-    data["selection"]["quality"] = {"max_perplexity": None, "ngram": 3, "max_ngram_count": 2}
+    data["selection"]["quality"] = {"max_perplexity": max_perplexity, "ngram": 3, "max_ngram_count": 2}
     return Recipe.model_validate(data)
 
 
-def am_file(folder: Path, pass_no: int, answers: dict[int, str]) -> str:
-    """A flat AM file of query number -> answer, named as the release names them."""
+def am_file(folder: Path, pass_no: int, answers: dict[int, str], ppl: dict[int, float] | None = None) -> str:
+    """A flat AM file of query number -> answer (perplexity 2 unless ``ppl`` says), named as the
+    release names them."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"math_r1_{pass_no}pass.jsonl"
     with path.open("w", encoding="utf-8") as fh:
         for i, answer in answers.items():
             fh.write(json.dumps({"question": f"What is {i} plus {i}?", "answer": answer, "category": "math",
-                                 "verify_score": 1.0, "ground_truth": str(2 * i), "ppl": 2.0}) + "\n")
+                                 "verify_score": 1.0, "ground_truth": str(2 * i),
+                                 "ppl": (ppl or {}).get(i, 2.0)}) + "\n")
     return str(path)
 
 
@@ -39,28 +41,27 @@ def words(i: int) -> str:
     return " ".join(f"w{i}x{j}" for j in range(6))
 
 
-def text_reads(store: Store) -> list[str]:
-    """Collects each statement that reads the samples' text (the list fills as they run)."""
+def text_reads(store: Store, marker: str = "SELECT response FROM samples") -> list[str]:
+    """Collects each statement that reads the samples' text (or holds ``marker``) as they run."""
     seen: list[str] = []
-    store.conn.set_trace_callback(lambda sql: seen.append(sql) if "SELECT response FROM samples" in sql
-                                  else None)
+    store.conn.set_trace_callback(lambda sql: seen.append(sql) if marker in sql else None)
     return seen
 
 
-def flags(store: Store) -> set[tuple[str, int]]:
+def flags(store: Store, kind: str = "ngram") -> set[tuple[str, int]]:
     return {(q, int(p)) for q, p in store.conn.execute(
-        "SELECT query_id, pass_index FROM quality_flags WHERE kind = 'ngram'")}
+        "SELECT query_id, pass_index FROM quality_flags WHERE kind = ?", (kind,))}
 
 
-def recomputed(store: Store, r: Recipe) -> set[tuple[str, int]]:
-    """The flags worked out from every text, with no sketch kept or added."""
+def recomputed(store: Store, r: Recipe, kind: str = "ngram") -> set[tuple[str, int]]:
+    """The flags worked out from every response, with nothing kept or added."""
     tid = store.scalar("SELECT teacher_id FROM teachers")
     store.conn.execute("BEGIN")
     try:
-        found = _compute_flags(store, r.selection.quality, tid, None)[2]
+        found = _compute_flags(store, r.selection.quality, tid)[1]
     finally:
         store.conn.execute("COMMIT")
-    return {(q, p) for q, p, kind in found if kind == "ngram"}
+    return {(q, p) for q, p, k in found if k == kind}
 
 
 def query_of(store: Store, i: int) -> str:
@@ -122,3 +123,33 @@ def test_an_import_that_adds_nothing_reads_nothing(store: Store, tmp_path: Path)
     run_stage(store, "import", r, ImportParams((am_file(tmp_path / "b", 1, answers),)))
     assert reads == []
     assert len(flags(store)) == 3
+
+
+def test_perplexity_flags_are_added_to_without_a_scan(store: Store, tmp_path: Path) -> None:
+    r = recipe(max_perplexity=10)
+    run_stage(store, "import", r, ImportParams((am_file(tmp_path / "a", 1, {i: words(i) for i in range(5)},
+                                                        {1: 50.0}),)))
+    scans = text_reads(store, "ppl >")
+    run_stage(store, "import", r, ImportParams((am_file(tmp_path / "b", 2, {3: words(30), 4: words(40)},
+                                                        {4: 60.0}),)))
+    assert scans == []
+    assert flags(store, "perplexity") == {(query_of(store, 1), 0), (query_of(store, 4), 1)}
+    assert flags(store, "perplexity") == recomputed(store, r, "perplexity")
+
+    # An edit in between (a perplexity scored again) is not in the import's counts: all are read.
+    scans.clear()
+    with store.write() as conn:
+        conn.execute("UPDATE samples SET ppl = 70 WHERE query_id = ?", (query_of(store, 2),))
+    run_stage(store, "import", r, ImportParams((am_file(tmp_path / "c", 3, {0: words(50)}),)))
+    assert len(scans) == 1
+    assert (query_of(store, 2), 0) in flags(store, "perplexity")
+    assert flags(store, "perplexity") == recomputed(store, r, "perplexity")
+
+
+def test_the_first_import_flags_perplexity_without_a_scan(store: Store, tmp_path: Path) -> None:
+    r = recipe(max_perplexity=10)
+    scans = text_reads(store, "ppl >")
+    run_stage(store, "import", r, ImportParams((am_file(tmp_path / "a", 1, {i: words(i) for i in range(5)},
+                                                        {2: 11.0}),)))
+    assert scans == []
+    assert flags(store, "perplexity") == {(query_of(store, 2), 0)} == recomputed(store, r, "perplexity")

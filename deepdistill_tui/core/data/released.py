@@ -226,6 +226,10 @@ class Response(NamedTuple):
     released_rates: tuple[tuple[str, float], ...] = ()
 
 
+OnSamples = Callable[[str, list[tuple[str, int, str, float | None]]], None]
+"""Told each staged chunk's responses of one teacher: (query id, pass index, text, perplexity)."""
+
+
 @dataclass(frozen=True)
 class Options:
     fmt: str
@@ -235,7 +239,7 @@ class Options:
     teacher: str | None = None
     limit: int | None = None
     """Read at most this many rows of each source (a slice of a release)."""
-    on_texts: Callable[[str, list[str]], None] | None = None
+    on_samples: OnSamples | None = None
     names: dict[str, str] = field(init=False, repr=False, compare=False)
     """Each MAP_KEYS key's column, worked out once instead of per row."""
 
@@ -471,9 +475,9 @@ class ImportReport:
     """The teacher ids that got rows."""
     seconds: float = 0.0
     staged: int = 0
-    """Responses this import staged (each also passed to ``on_texts``)."""
+    """Responses this import staged (each also passed to ``on_samples``)."""
     texts_exact: bool = False
-    """The responses passed to ``on_texts`` are exactly the ones this import added to the store:
+    """The responses passed to ``on_samples`` are exactly the ones this import added to the store:
     none was already there, and no staged row of an earlier, killed import was moved with them."""
 
     def skip(self, where: str, bad: BadRow) -> None:
@@ -507,10 +511,11 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
                     teacher: str | None = None, thresholds: dict[str, float] | None = None,
                     strict: bool = False, limit: int | None = None,
                     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                    on_texts: Callable[[str, list[str]], None] | None = None) -> ImportReport:
+                    on_samples: OnSamples | None = None) -> ImportReport:
     """Import every source (each only up to its first ``limit`` rows); see the module's docstring for
-    formats, faults and resuming. ``on_texts(teacher_id, responses)`` sees each chunk's response
-    texts as they are staged (the n-gram filter counts them there rather than read them back)."""
+    formats, faults and resuming. ``on_samples(teacher_id, samples)`` sees each chunk's responses as
+    they are staged, (query id, pass index, text, perplexity) each: the quality filters count them
+    there rather than read them back."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     unknown = sorted(set(columns or {}) - set(MAP_KEYS))
@@ -518,7 +523,7 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
         raise InputError(f"--map {unknown[0]}=...: unknown key; expected one of {', '.join(MAP_KEYS)}")
     if category is not None and category not in CATEGORIES:
         raise InputError(f"--category {category!r}: expected one of {', '.join(CATEGORIES)}")
-    opts = Options(fmt, dict(columns or {}), category, teacher, limit, on_texts)
+    opts = Options(fmt, dict(columns or {}), category, teacher, limit, on_samples)
     sources = expand_sources(str(s) for s in specs)
     thresholds = {**PAPER_PASS_THRESHOLDS, **(thresholds or {})}
     report = ImportReport(files=len(sources))
@@ -540,7 +545,7 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
     if report.rows and sum(report.skipped.values()) == report.rows:
         raise InputError(f"import: none of the {report.rows} rows could be imported; the first: "
                          f"{report.examples[0] if report.examples else '?'}")
-    report.texts_exact = on_texts is not None and not leftovers and report.responses == report.staged
+    report.texts_exact = on_samples is not None and not leftovers and report.responses == report.staged
     report.seconds = time.perf_counter() - start
     return report
 
@@ -561,13 +566,13 @@ def _move(conn: Any, sources: list[Source], report: ImportReport) -> None:
 
 def import_am(store: Store, paths: Iterable[str | Path], *, thresholds: dict[str, float] | None = None,
               strict: bool = False, limit: int | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-              on_texts: Callable[[str, list[str]], None] | None = None) -> ImportReport:
+              on_samples: OnSamples | None = None) -> ImportReport:
     """``import-am``: the release's own files, named as released (CATEGORY_TEACHER_Kpass.jsonl)."""
     paths = list(paths)
     for p in paths:
         parse_am_name(Path(p))  # the name says the category, the teacher and the pass: refuse a wrong one
     return import_released(store, paths, fmt="am", thresholds=thresholds, strict=strict, limit=limit,
-                           max_line_bytes=max_line_bytes, on_texts=on_texts)
+                           max_line_bytes=max_line_bytes, on_samples=on_samples)
 
 
 def _import_source(store: Store, conn: Any, src: Source, opts: Options, thresholds: dict[str, float],
@@ -617,12 +622,12 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
                 continue
             _add(batch, r, now, thresholds, fmt, staged.add(query))
         if pending >= CHUNK or len(batch.samples) >= CHUNK or batch.chars >= CHUNK_CHARS:
-            _pass_texts(opts, batch)
+            _pass_samples(opts, batch)
             _commit(store, conn, src, fmt, seen, batch, counts)
             batch, pending = _Batch(), 0
     if counts["skipped"] == seen - resume_at > 0 and not counts["committed"]:
         return None  # every row bad: nothing written for this source (the caller says so if none was good)
-    _pass_texts(opts, batch)
+    _pass_samples(opts, batch)
     _commit(store, conn, src, fmt if fmt != "auto" else "am", seen, batch, counts)
     report.staged += counts["staged"]
     report.teachers |= set(in_source.teachers)
@@ -633,15 +638,15 @@ def _import_source(store: Store, conn: Any, src: Source, opts: Options, threshol
     return src
 
 
-def _pass_texts(opts: Options, batch: _Batch) -> None:
-    """The batch's response texts to ``opts.on_texts``, a list per teacher."""
-    if opts.on_texts is None or not batch.samples:
+def _pass_samples(opts: Options, batch: _Batch) -> None:
+    """The batch's responses to ``opts.on_samples``, a list per teacher."""
+    if opts.on_samples is None or not batch.samples:
         return
-    by_teacher: dict[str, list[str]] = {}
-    for row in batch.samples:
-        by_teacher.setdefault(row[1], []).append(row[3])
-    for teacher_id, texts in by_teacher.items():
-        opts.on_texts(teacher_id, texts)
+    by_teacher: dict[str, list[tuple[str, int, str, float | None]]] = {}
+    for query_id, teacher_id, pass_index, response, _, _, ppl, _ in batch.samples:
+        by_teacher.setdefault(teacher_id, []).append((query_id, pass_index, response, ppl))
+    for teacher_id, samples in by_teacher.items():
+        opts.on_samples(teacher_id, samples)
 
 
 def _query_key(query_id: str) -> int | str:

@@ -236,25 +236,41 @@ class NgramSketch:
         return cls(n, cells, texts)
 
 
-class NgramSketches:
-    """Per teacher, the sketch of the texts a writer passes as it goes (``import``'s ``on_texts``)."""
+@dataclass
+class Arrived:
+    """What the filters need of one teacher's responses as a writer inserts them: the n-gram sketch
+    of their texts, the ones above the perplexity limit, and how many there were."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.by_teacher: dict[str, NgramSketch] = {}
+    sketch: NgramSketch | None
+    high_perplexity: list[tuple[str, int]]
+    count: int = 0
+
+
+class Arrivals:
+    """Per teacher, ``Arrived`` counts of the responses a writer passes as it goes (``import``'s
+    ``on_samples``)."""
+
+    def __init__(self, cfg: QualityFilters) -> None:
+        self.cfg = cfg
+        self.by_teacher: dict[str, Arrived] = {}
 
     @classmethod
-    def for_filters(cls, cfg: QualityFilters) -> NgramSketches | None:
-        """None when the filter is off, or counts past a byte counter's range (it needs no sketch)."""
-        if cfg.max_ngram_count is None or cfg.max_ngram_count >= 255:
-            return None
-        return cls(cfg.ngram)
+    def for_filters(cls, cfg: QualityFilters) -> Arrivals | None:
+        """None when both filters are off."""
+        return cls(cfg) if cfg.max_perplexity is not None or cfg.max_ngram_count is not None else None
 
-    def add(self, teacher_id: str, texts: list[str]) -> None:
-        sketch = self.by_teacher.get(teacher_id)
-        if sketch is None:
-            sketch = self.by_teacher[teacher_id] = NgramSketch(self.n)
-        sketch.add(texts)
+    def add(self, teacher_id: str, samples: list[tuple[str, int, str, float | None]]) -> None:
+        mine = self.by_teacher.get(teacher_id)
+        if mine is None:
+            limit = self.cfg.max_ngram_count
+            sketch = NgramSketch(self.cfg.ngram) if limit is not None and limit < 255 else None
+            mine = self.by_teacher[teacher_id] = Arrived(sketch, [])
+        if mine.sketch is not None:
+            mine.sketch.add(text for _, _, text, _ in samples)
+        most = self.cfg.max_perplexity
+        if most is not None:
+            mine.high_perplexity += [(q, p) for q, p, _, ppl in samples if ppl is not None and ppl > most]
+        mine.count += len(samples)
 
 
 def exclusions(store: Store, cfg: QualityFilters, teacher_id: str, r: Responses) -> Exclusions:
@@ -324,11 +340,17 @@ def stored_flags(store: Store, cfg: QualityFilters, teacher_id: str) -> dict[str
     return out
 
 
-def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str, added: NgramSketch | None,
-                   ) -> tuple[int, int, list[tuple[str, int, str]], NgramSketch | None]:
-    """(the teacher's response version, its count of edits (see ``_whole_sketch``), its flagged
-    responses as (query, pass, filter), the n-gram sketch of all its responses when the filter uses
-    one); every pass streams the responses in key order, and only the flagged ones are kept."""
+def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str, added: Arrived | None = None,
+                   ) -> tuple[int, list[tuple[str, int, str]], set[str], NgramSketch | None]:
+    """(the teacher's response version; flagged responses as (query, pass, filter); the filters whose
+    flags these replace, the others' stored ones standing; the n-gram sketch of all its responses
+    when the filter uses one). Every read streams the responses in key order, and only flagged ones
+    are kept.
+
+    ``added`` counts the responses a writer has just inserted. When the store's counts prove that
+    they are the only change since the stored flags (see ``_since``), perplexity adds their flags to
+    the stored ones and the n-gram filter adds their sketch to the kept one; no text is read unless
+    the sketch then has a candidate."""
     version, n_samples = store.conn.execute("SELECT version, n_samples FROM teacher_versions"
                                             " WHERE teacher_id = ?", (teacher_id,)).fetchone() or (0, 0)
 
@@ -338,7 +360,13 @@ def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str, added: Ng
             yield text
 
     flagged: list[tuple[str, int, str]] = []
-    if cfg.max_perplexity is not None:  # SQLite picks them: no row passes through Python but a flagged one
+    replaced = {"perplexity", "ngram"}
+    if added is not None and added.count == n_samples:  # every response is an added one
+        flagged += [(q, p, "perplexity") for q, p in added.high_perplexity]
+    elif added is not None and _since(store, cfg, teacher_id, version, added):
+        flagged += [(q, p, "perplexity") for q, p in added.high_perplexity]
+        replaced.discard("perplexity")  # the stored ones stand; the new ones join them
+    elif cfg.max_perplexity is not None:  # SQLite picks them: no row passes through Python but a flagged one
         flagged += [(q, int(p), "perplexity") for q, p in store.conn.execute(
             "SELECT query_id, pass_index FROM samples WHERE teacher_id = ? AND ppl > ?"
             " ORDER BY query_id, pass_index", (teacher_id, cfg.max_perplexity))]
@@ -354,58 +382,61 @@ def _compute_flags(store: Store, cfg: QualityFilters, teacher_id: str, added: Ng
             keys = store.conn.execute("SELECT query_id, pass_index FROM samples WHERE teacher_id = ?"
                                       " ORDER BY query_id, pass_index", (teacher_id,))
             flagged += [(q, int(p), "ngram") for (q, p), hit in zip(keys, loops.tolist(), strict=True) if hit]
-    return version, version - n_samples, flagged, sketch
+    return version, flagged, replaced, sketch
+
+
+def _since(store: Store, cfg: QualityFilters, teacher_id: str, version: int, added: Arrived) -> bool:
+    """Whether the stored flags held, with these settings, just before ``added``'s responses were
+    inserted and nothing else was written since. The triggers add one to the teacher's version for
+    every insert, delete and edit of a sample, so the version must have moved by exactly the number
+    of responses added."""
+    stored = store.conn.execute("SELECT version FROM quality_cache WHERE teacher_id = ? AND params = ?",
+                                (teacher_id, _params(cfg))).fetchone()
+    return stored is not None and stored[0] + added.count == version
 
 
 def _whole_sketch(store: Store, teacher_id: str, n: int, version: int, n_samples: int,
-                  added: NgramSketch | None) -> NgramSketch | None:
-    """The sketch of every response of the teacher without reading one: the kept sketch plus
-    ``added`` (the texts a writer has just inserted, counted as it parsed them), when together they
-    are provably all of them; None otherwise.
-
-    The proof is in the counts the triggers keep: an insert adds one to both ``version`` and
-    ``n_samples``, a delete or an edit of a response moves ``version`` alone, so ``version -
-    n_samples`` changes with every write but an insert. The kept sketch holds when it was saved at
-    the same such count and, with the added texts, counts every response there is."""
-    if added is None or added.n != n:
+                  added: Arrived | None) -> NgramSketch | None:
+    """The sketch of every response of the teacher without reading one: the kept sketch plus the
+    added responses' when the kept one held just before they were inserted and nothing else was
+    written since (the version moved by exactly their number, as in ``_since``), or the added one
+    alone when they are all the responses there are; None otherwise."""
+    if added is None or added.sketch is None or added.sketch.n != n:
         return None
-    edits = version - n_samples
-    kept = store.conn.execute("SELECT cells, texts, edits FROM ngram_sketches WHERE teacher_id = ?"
+    kept = store.conn.execute("SELECT cells, texts, version FROM ngram_sketches WHERE teacher_id = ?"
                               " AND ngram = ?", (teacher_id, n)).fetchone()
-    if kept is None:
-        return added if added.texts == n_samples else None  # the added texts are all there is
-    cells, texts, kept_edits = kept
-    if kept_edits != edits or texts + added.texts != n_samples:
-        return None
-    whole = NgramSketch.unpacked(n, cells, texts)
-    whole.merge(added)
-    return whole
+    if kept is not None and kept[2] + added.count == version:
+        whole = NgramSketch.unpacked(n, kept[0], kept[1])
+        whole.merge(added.sketch)
+        return whole
+    return added.sketch if added.count == n_samples else None
 
 
-def refresh_flags(store: Store, cfg: QualityFilters, teacher_id: str,
-                  added: NgramSketch | None = None) -> dict[str, int]:
+def refresh_flags(store: Store, cfg: QualityFilters, teacher_id: str, added: Arrived | None = None,
+                  ) -> dict[str, int]:
     """Compute the filters over every response of the teacher and store the flagged ones, with the
     teacher's response version they hold for (and the n-gram sketch, for the next import to add
-    to). ``added``: the n-gram sketch of the responses a writer has just inserted. Read-only stores
-    compute them and keep nothing."""
+    to). ``added``: the filters' counts of the responses a writer has just inserted. Read-only
+    stores compute them and keep nothing."""
     store.conn.execute("BEGIN")  # one snapshot for every read below: the passes see the same rows
     try:
-        version, edits, found, sketch = _compute_flags(store, cfg, teacher_id, added)
+        version, found, replaced, sketch = _compute_flags(store, cfg, teacher_id, added)
     finally:
         store.conn.execute("COMMIT")
     flagged = [(teacher_id, q, p, kind) for q, p, kind in found]
     try:
         with store.write() as conn:
-            conn.execute("DELETE FROM quality_flags WHERE teacher_id = ?", (teacher_id,))
-            conn.executemany("INSERT INTO quality_flags (teacher_id, query_id, pass_index, kind)"
+            conn.executemany("DELETE FROM quality_flags WHERE teacher_id = ? AND kind = ?",
+                             [(teacher_id, kind) for kind in sorted(replaced)])
+            conn.executemany("INSERT OR IGNORE INTO quality_flags (teacher_id, query_id, pass_index, kind)"
                              " VALUES (?, ?, ?, ?)", flagged)
             conn.execute("INSERT INTO quality_cache (teacher_id, params, version) VALUES (?, ?, ?)"
                          " ON CONFLICT(teacher_id) DO UPDATE SET params = excluded.params,"
                          " version = excluded.version", (teacher_id, _params(cfg), version))
             if sketch is not None:
-                conn.execute("INSERT OR REPLACE INTO ngram_sketches (teacher_id, ngram, texts, edits, cells)"
-                             " VALUES (?, ?, ?, ?, ?)",
-                             (teacher_id, sketch.n, sketch.texts, edits, sketch.packed()))
+                conn.execute("INSERT OR REPLACE INTO ngram_sketches (teacher_id, ngram, texts, version,"
+                             " cells) VALUES (?, ?, ?, ?, ?)",
+                             (teacher_id, sketch.n, sketch.texts, version, sketch.packed()))
     except sqlite3.OperationalError as exc:
         if "readonly" not in str(exc):
             raise

@@ -34,7 +34,7 @@ from deepdistill_tui.core.store.database import Store
 
 if TYPE_CHECKING:  # the adapters import the stages' modules when they run, not before
     from deepdistill_tui.core.data.released import ImportReport
-    from deepdistill_tui.core.difficulty.quality import NgramSketch, NgramSketches
+    from deepdistill_tui.core.difficulty.quality import Arrivals, Arrived
 
 
 def am_sources(recipe: Recipe) -> list[tuple[list[Path], int | None]]:
@@ -63,10 +63,10 @@ def _ingest(store: Store, recipe: Recipe, p: IngestParams, run: RunContext) -> R
     for files, limit in am_sources(recipe):
         run.emit(StageProgress("ingest", f"importing {len(files)} AM files"
                                          + (f", the first {limit} rows of each" if limit else "")))
-        sketches = _sketches(recipe)
+        arrivals = _arrivals(recipe)
         report = import_am(store, files, thresholds=dict(recipe.grading.thresholds), limit=limit,
-                           on_texts=sketches.add if sketches else None)
-        prepare_reads(store, recipe, report.teachers, _added(sketches, report))
+                           on_samples=arrivals.add if arrivals else None)
+        prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
         released = report if released is None else _merged(released, report)
     return IngestResult(queries, released)
 
@@ -91,11 +91,11 @@ def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContex
     from deepdistill_tui.core.data.released import import_released
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
-    sketches = _sketches(recipe)
+    arrivals = _arrivals(recipe)
     report = import_released(store, list(p.files), fmt=p.format, columns=dict(p.columns),
                              category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict,
-                             on_texts=sketches.add if sketches else None)
-    prepare_reads(store, recipe, report.teachers, _added(sketches, report))
+                             on_samples=arrivals.add if arrivals else None)
+    prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
     return IngestResult(import_am=report)
 
 
@@ -104,32 +104,32 @@ def _import_am(store: Store, recipe: Recipe | None, p: ImportParams, run: RunCon
     from deepdistill_tui.core.data.released import import_am
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
-    sketches = _sketches(recipe)
+    arrivals = _arrivals(recipe)
     report = import_am(store, list(p.files), thresholds=thresholds, strict=p.strict,
-                       on_texts=sketches.add if sketches else None)
-    prepare_reads(store, recipe, report.teachers, _added(sketches, report))
+                       on_samples=arrivals.add if arrivals else None)
+    prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
     return IngestResult(import_am=report)
 
 
-def _sketches(recipe: Recipe | None) -> NgramSketches | None:
-    """Where an import counts its texts for the n-gram filter as it parses them (None when the
-    recipe's filter needs no sketch)."""
-    from deepdistill_tui.core.difficulty.quality import NgramSketches
+def _arrivals(recipe: Recipe | None) -> Arrivals | None:
+    """Where an import counts its responses for the quality filters as it parses them (None when
+    the recipe's filters are off)."""
+    from deepdistill_tui.core.difficulty.quality import Arrivals
     from deepdistill_tui.core.recipe import QualityFilters
 
-    return NgramSketches.for_filters(recipe.selection.quality if recipe else QualityFilters())
+    return Arrivals.for_filters(recipe.selection.quality if recipe else QualityFilters())
 
 
-def _added(sketches: NgramSketches | None, report: ImportReport) -> dict[str, NgramSketch]:
-    """The import's sketches per teacher, when they count exactly the responses it added."""
-    return dict(sketches.by_teacher) if sketches is not None and report.texts_exact else {}
+def _added(arrivals: Arrivals | None, report: ImportReport) -> dict[str, Arrived]:
+    """What the import counted per teacher, when it counted exactly the responses it added."""
+    return dict(arrivals.by_teacher) if arrivals is not None and report.texts_exact else {}
 
 
 def prepare_reads(store: Store, recipe: Recipe | None, teachers: set[str],
-                  added: dict[str, NgramSketch] | None = None) -> None:
+                  added: dict[str, Arrived] | None = None) -> None:
     """After responses arrive: the score summaries (for the recipe's thresholds, else the paper's) and
     the quality filters of each teacher that got them, computed now so that no read has to.
-    ``added``: per teacher, the n-gram sketch of exactly the responses that arrived."""
+    ``added``: per teacher, the filters' counts of exactly the responses that arrived."""
     from deepdistill_tui.core.difficulty import summaries
     from deepdistill_tui.core.difficulty.quality import flags_fresh, refresh_flags
     from deepdistill_tui.core.recipe import PAPER_PASS_THRESHOLDS, QualityFilters

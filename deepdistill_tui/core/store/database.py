@@ -365,14 +365,14 @@ MIGRATIONS: list[str] = [
     """,
     # The 20-gram filter's first pass kept per teacher (difficulty/quality.py, NgramSketch): an
     # import counts the texts it parses into it and adds to the kept one, instead of reading every
-    # response back. `edits` is the teacher's version - n_samples when it was saved (it moves with
-    # every write but an insert), `texts` how many responses it counts.
+    # response back. `version` is the teacher's version it holds for, `texts` how many responses
+    # it counts.
     """
     CREATE TABLE ngram_sketches (
         teacher_id TEXT NOT NULL PRIMARY KEY,
         ngram      INTEGER NOT NULL,
         texts      INTEGER NOT NULL,
-        edits      INTEGER NOT NULL,
+        version    INTEGER NOT NULL,
         cells      BLOB NOT NULL
     ) WITHOUT ROWID;
     """,

@@ -340,7 +340,9 @@ def summary_facts(store: Store, recipe: Recipe, teacher_id: str) -> tuple[QueryF
     facts = QueryFacts(ids, categories, (small // 16).astype(np.float64), numbers["total"],
                        numbers["total_sq"], counts % (1 << 32), counts >> 32, codes)
     _drop_flagged(recipe, facts, flagged)
-    return facts, filtered
+    # With no graded response flagged, no member can be: the members' statements skip the per-row
+    # probe of the flags (0.2-0.4 s of each stage's insert at 4M responses).
+    return facts, filtered and bool(flagged)
 
 
 _NUMBERS = np.dtype([("small", np.int64), ("counts", np.int64), ("total", np.float64),

@@ -11,6 +11,12 @@ that 21 responses share.
 Perplexity comes from the release's ``ppl`` for imported data, and for own samples from a scoring model
 the recipe names (``selection.quality.perplexity_model``), computed through llama.cpp in the grade stage.
 A response with no perplexity is kept.
+
+The flags are stored per teacher with the response version they hold for, so reads never compute
+them. An import counts both filters as it parses its rows (``Arrivals``: the n-gram sketch of the
+texts, the responses above the perplexity limit) and adds them to the kept sketch and the stored
+flags when the version proves that nothing else was written since; any other write path makes the
+next refresh count from every response.
 """
 
 from __future__ import annotations

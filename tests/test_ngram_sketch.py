@@ -68,22 +68,29 @@ def query_of(store: Store, i: int) -> str:
     return str(store.scalar("SELECT query_id FROM queries WHERE question = ?", (f"What is {i} plus {i}?",)))
 
 
-def test_an_import_reads_no_text_back_and_the_next_one_adds_to_its_sketch(store: Store,
-                                                                           tmp_path: Path) -> None:
+def test_the_next_import_adds_to_the_kept_sketch_and_reads_no_text(store: Store, tmp_path: Path) -> None:
     r = recipe()
     reads = text_reads(store)
     first = {i: words(i) for i in range(40)} | {0: f"{PHRASE} {words(0)}", 1: f"{words(1)} {PHRASE}"}
     run_stage(store, "import", r, ImportParams((am_file(tmp_path / "a", 1, first),)))
-    assert reads == []  # counted as parsed; no cell passes 2, so nothing is read back
+    assert len(reads) == 1  # the first import counts its texts from the store, and keeps the sketch
+    assert flags(store) == set() == recomputed(store, r)
+    reads.clear()
+
+    # Answers that share nothing: counted as parsed and added to the kept sketch, where no cell
+    # passes 2, so nothing is read back.
+    unrelated = {i: words(100 + i) for i in range(9)}
+    run_stage(store, "import", r, ImportParams((am_file(tmp_path / "b", 2, unrelated),)))
+    assert reads == []
     assert flags(store) == set() == recomputed(store, r)
     reads.clear()
 
     # A third use of the phrase, in the next import, makes it frequent: the answers of the first
     # import that hold it are dropped too, and the texts are read once (the kept sketch plus this
     # import's stands for the first pass).
-    run_stage(store, "import", r, ImportParams((am_file(tmp_path / "b", 2, {5: f"so {PHRASE}"}),)))
+    run_stage(store, "import", r, ImportParams((am_file(tmp_path / "c", 3, {5: f"so {PHRASE}"}),)))
     assert len(reads) == 1
-    expected = {(query_of(store, 0), 0), (query_of(store, 1), 0), (query_of(store, 5), 1)}
+    expected = {(query_of(store, 0), 0), (query_of(store, 1), 0), (query_of(store, 5), 2)}
     assert flags(store) == expected == recomputed(store, r)
 
 

@@ -479,6 +479,9 @@ class ImportReport:
     texts_exact: bool = False
     """The responses passed to ``on_samples`` are exactly the ones this import added to the store:
     none was already there, and no staged row of an earlier, killed import was moved with them."""
+    versions_before: dict[str, int] = field(default_factory=dict)
+    """Each teacher's sample version just before the move (in its transaction; 0 for none): with
+    the responses added, what the version must be if nothing else has written since."""
 
     def skip(self, where: str, bad: BadRow) -> None:
         self.skipped[bad.reason] += 1
@@ -554,6 +557,7 @@ def _move(conn: Any, sources: list[Source], report: ImportReport) -> None:
     """Staged rows (this import's, and a killed one's) into the keyed tables, in key order, in one
     transaction; then the sources read to their end are finished. A kill here undoes all of it and
     the next import moves the same rows again."""
+    report.versions_before = dict(conn.execute("SELECT teacher_id, version FROM teacher_versions"))
     # rowcount, not total_changes: the rows these statements wrote, not what their triggers did too.
     report.new_queries += max(0, conn.execute(_STAGE["queries"][1]).rowcount)
     report.responses += max(0, conn.execute(_STAGE["samples"][1]).rowcount)  # new ones, not rows read

@@ -63,7 +63,7 @@ def _ingest(store: Store, recipe: Recipe, p: IngestParams, run: RunContext) -> R
     for files, limit in am_sources(recipe):
         run.emit(StageProgress("ingest", f"importing {len(files)} AM files"
                                          + (f", the first {limit} rows of each" if limit else "")))
-        arrivals = _arrivals(recipe)
+        arrivals = _arrivals(store, recipe)
         report = import_am(store, files, thresholds=dict(recipe.grading.thresholds), limit=limit,
                            on_samples=arrivals.add if arrivals else None)
         prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
@@ -83,7 +83,8 @@ def _merged(a: ImportReport, b: ImportReport) -> ImportReport:
                    duplicates_per_file={**a.duplicates_per_file, **b.duplicates_per_file},
                    formats={**a.formats, **b.formats}, teachers=a.teachers | b.teachers,
                    seconds=a.seconds + b.seconds, staged=a.staged + b.staged,
-                   texts_exact=a.texts_exact and b.texts_exact)
+                   texts_exact=a.texts_exact and b.texts_exact,
+                   versions_before={**b.versions_before, **a.versions_before})
 
 
 def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContext) -> Result:
@@ -91,7 +92,7 @@ def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContex
     from deepdistill_tui.core.data.released import import_released
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
-    arrivals = _arrivals(recipe)
+    arrivals = _arrivals(store, recipe)
     report = import_released(store, list(p.files), fmt=p.format, columns=dict(p.columns),
                              category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict,
                              on_samples=arrivals.add if arrivals else None)
@@ -104,25 +105,29 @@ def _import_am(store: Store, recipe: Recipe | None, p: ImportParams, run: RunCon
     from deepdistill_tui.core.data.released import import_am
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
-    arrivals = _arrivals(recipe)
+    arrivals = _arrivals(store, recipe)
     report = import_am(store, list(p.files), thresholds=thresholds, strict=p.strict,
                        on_samples=arrivals.add if arrivals else None)
     prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
     return IngestResult(import_am=report)
 
 
-def _arrivals(recipe: Recipe | None) -> Arrivals | None:
+def _arrivals(store: Store, recipe: Recipe | None) -> Arrivals | None:
     """Where an import counts its responses for the quality filters as it parses them (None when
     the recipe's filters are off)."""
     from deepdistill_tui.core.difficulty.quality import Arrivals
     from deepdistill_tui.core.recipe import QualityFilters
 
-    return Arrivals.for_filters(recipe.selection.quality if recipe else QualityFilters())
+    return Arrivals.for_filters(store, recipe.selection.quality if recipe else QualityFilters())
 
 
 def _added(arrivals: Arrivals | None, report: ImportReport) -> dict[str, Arrived]:
     """What the import counted per teacher, when it counted exactly the responses it added."""
-    return dict(arrivals.by_teacher) if arrivals is not None and report.texts_exact else {}
+    if arrivals is None or not report.texts_exact:
+        return {}
+    for tid, arrived in arrivals.by_teacher.items():
+        arrived.version_before = report.versions_before.get(tid, 0)
+    return dict(arrivals.by_teacher)
 
 
 def prepare_reads(store: Store, recipe: Recipe | None, teachers: set[str],

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +64,8 @@ def _ingest(store: Store, recipe: Recipe, p: IngestParams, run: RunContext) -> R
     for files, limit in am_sources(recipe):
         run.emit(StageProgress("ingest", f"importing {len(files)} AM files"
                                          + (f", the first {limit} rows of each" if limit else "")))
-        arrivals = _arrivals(store, recipe)
-        report = import_am(store, files, thresholds=dict(recipe.grading.thresholds), limit=limit,
-                           on_samples=arrivals.add if arrivals else None)
-        prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
+        report = _counted_import(store, recipe, partial(
+            import_am, store, files, thresholds=dict(recipe.grading.thresholds), limit=limit))
         released = report if released is None else _merged(released, report)
     return IngestResult(queries, released)
 
@@ -92,12 +91,9 @@ def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContex
     from deepdistill_tui.core.data.released import import_released
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
-    arrivals = _arrivals(store, recipe)
-    report = import_released(store, list(p.files), fmt=p.format, columns=dict(p.columns),
-                             category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict,
-                             on_samples=arrivals.add if arrivals else None)
-    prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
-    return IngestResult(import_am=report)
+    return IngestResult(import_am=_counted_import(store, recipe, partial(
+        import_released, store, list(p.files), fmt=p.format, columns=dict(p.columns),
+        category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict)))
 
 
 def _import_am(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContext) -> Result:
@@ -105,20 +101,22 @@ def _import_am(store: Store, recipe: Recipe | None, p: ImportParams, run: RunCon
     from deepdistill_tui.core.data.released import import_am
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
-    arrivals = _arrivals(store, recipe)
-    report = import_am(store, list(p.files), thresholds=thresholds, strict=p.strict,
-                       on_samples=arrivals.add if arrivals else None)
-    prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
-    return IngestResult(import_am=report)
+    return IngestResult(import_am=_counted_import(store, recipe, partial(
+        import_am, store, list(p.files), thresholds=thresholds, strict=p.strict)))
 
 
-def _arrivals(store: Store, recipe: Recipe | None) -> Arrivals | None:
-    """Where an import counts its responses for the quality filters as it parses them (None when
-    the recipe's filters are off)."""
+def _counted_import(store: Store, recipe: Recipe | None,
+                    call: Callable[..., ImportReport]) -> ImportReport:
+    """One import whose responses the quality filters count as it parses them, then the reads
+    prepared for the teachers that got rows. ``call`` runs the import given ``on_samples=``, the
+    counting callback (None when the recipe's filters are off)."""
     from deepdistill_tui.core.difficulty.quality import Arrivals
     from deepdistill_tui.core.recipe import QualityFilters
 
-    return Arrivals.for_filters(store, recipe.selection.quality if recipe else QualityFilters())
+    arrivals = Arrivals.for_filters(store, recipe.selection.quality if recipe else QualityFilters())
+    report = call(on_samples=arrivals.add if arrivals else None)
+    prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
+    return report
 
 
 def _added(arrivals: Arrivals | None, report: ImportReport) -> dict[str, Arrived]:

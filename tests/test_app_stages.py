@@ -154,6 +154,10 @@ async def test_keys_answer_while_sampling_and_quit_asks_then_stops_cleanly(tmp_p
             while app.query_one("TabbedContent").active != tab:  # type: ignore[attr-defined]
                 await asyncio.sleep(0.002)
             latencies.append(time.perf_counter() - start)
+            # At a person's pace: a key pressed the instant the last one flipped the tab waits behind
+            # that tab's first paint (40 ms of layout on a quiet core, 100-180 ms beside the sampler's
+            # threads on 2 cores), which measures the paint, not whether keys get through.
+            await asyncio.sleep(0.25)
         assert max(latencies) < 0.1, latencies
         lag = await loop_lag(pilot, seconds=4.0)
         assert lag < 0.1, f"the event loop stalled {lag:.3f} s while sampling"

@@ -313,8 +313,8 @@ def test_selection_from_summaries_is_the_one_from_responses(tmp_path: Path, vari
         import_released(s, files)
         planned = compute_selection(s, r, "x")
         in_memory = compute_selection(s, r, "x", loaded=training_responses(s, r))
-        assert [sel.plan is not None for sel in planned] == [True, True]
-        assert [sel.plan for sel in in_memory] == [None, None]
+        assert [sel.bits is not None for sel in planned] == [True, True]
+        assert [sel.bits for sel in in_memory] == [None, None]
         for a, b in zip(planned, in_memory, strict=True):
             assert a.counts == b.counts
             assert a.n_members == b.n_members > 0
@@ -338,6 +338,26 @@ def test_query_ids_that_hold_the_join_separator_are_read_a_row_each(store: Store
     r = recipe()
     planned = compute_selection(store, r, "x")
     in_memory = compute_selection(store, r, "x", loaded=training_responses(store, r))
-    assert planned[0].plan is not None
+    assert planned[0].bits is not None
     assert planned[0].members == sorted(in_memory[0].members)
     assert {q for q, *_ in planned[0].members} == {"a\x1fb", "c", "d"}
+
+
+def test_passes_beyond_the_masks_select_from_the_responses(store: Store) -> None:
+    """A query graded 70 times (more passes than a summary's 62-bit mask holds) is still selected
+    exactly: the summaries step aside and the rule reads the responses; the stored members keep
+    every pass, the 62nd and later included."""
+    from deepdistill_tui.core.difficulty.selection import compute_selection, summary_facts, training_responses
+
+    many = [1.0 if p % 3 else 0.0 for p in range(70)]
+    put(store, {("many", "r1"): many, ("few", "r1"): [1, 0, 0, 0]})
+    r = recipe()
+    tid = training_responses(store, r)[0]
+    assert summary_facts(store, r, tid) is None
+    [sel] = run_selection(store, r, "s")
+    assert sel.bits is None
+    want = {("many", p) for p in range(70) if many[p]} | {("few", 0)}
+    assert members(store, "s") == want
+    assert store.scalar("SELECT n_members FROM selections WHERE name = 's'") == len(want)
+    in_memory = compute_selection(store, r, "x", loaded=training_responses(store, r))
+    assert {(q, p) for q, _, p, _ in in_memory[0].members} == want

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.store.database import SCHEMA_VERSION, Store
+from deepdistill_tui.core.store.database import MIGRATIONS, SCHEMA_VERSION, Store, _statements
 
 
 def test_schema_tables_wal_and_version(tmp_path: Path) -> None:
@@ -14,10 +14,45 @@ def test_schema_tables_wal_and_version(tmp_path: Path) -> None:
         assert s.schema_version() == SCHEMA_VERSION
         assert s.scalar("PRAGMA journal_mode") == "wal"
         tables = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"queries", "teachers", "samples", "grades", "selections", "selection_members",
+        assert {"queries", "teachers", "samples", "grades", "selections", "selection_passes",
                 "runs"} <= tables
+        assert s.scalar("SELECT type FROM sqlite_master WHERE name = 'selection_members'") == "view"
     with Store(tmp_path / "a.db") as s:  # reopening migrates nothing twice
         assert s.schema_version() == SCHEMA_VERSION
+
+
+def test_members_a_row_each_migrate_into_pass_masks_and_read_back_the_same(tmp_path: Path) -> None:
+    """A store written before the masks (a row per member) keeps every member, passes past the
+    first mask's 62 bits included."""
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    for script in MIGRATIONS[:-1]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    rows = [("s", "q1", "t", p, 1) for p in (0, 2, 3, 61, 62, 70)] + [("s", "q0", "t", 1, 1),
+                                                                       ("s-stage2", "q1", "t", 2, 2)]
+    conn.executemany("INSERT INTO selection_members VALUES (?, ?, ?, ?, ?)", rows)
+    conn.close()
+    with Store(tmp_path / "old.db") as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.conn.execute("SELECT * FROM selection_members ORDER BY 1, 2, 4").fetchall() == sorted(rows)
+        assert s.count("selection_passes") == 4  # q0; q1's passes 0-61, then 62-123; q1 in stage 2
+
+
+def test_the_members_view_takes_rows_in_and_out_as_the_table_did(store: Store) -> None:
+    rows = [("s", "q", "t", p, 1) for p in (5, 0, 70)]
+    with store.write() as conn:
+        conn.executemany("INSERT INTO selection_members VALUES (?, ?, ?, ?, ?)", rows)
+        conn.execute("INSERT INTO selection_members VALUES ('s', 'q', 't', 5, 1)")  # already there
+    assert store.conn.execute("SELECT * FROM selection_members").fetchall() == sorted(rows)
+    with pytest.raises(sqlite3.IntegrityError, match="pass_index"), store.write() as conn:
+        conn.execute("INSERT INTO selection_members VALUES ('s', 'q', 't', -1, 1)")
+    with store.write() as conn:
+        conn.execute("DELETE FROM selection_members WHERE pass_index IN (0, 70)")
+    assert store.conn.execute("SELECT pass_index FROM selection_members").fetchall() == [(5,)]
+    with store.write() as conn:
+        conn.execute("DELETE FROM selection_members WHERE selection = 's'")
+    assert store.count("selection_passes") == 0
 
 
 def test_keys_are_not_null(store: Store) -> None:

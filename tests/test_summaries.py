@@ -50,6 +50,27 @@ def assert_exact(store: Store, r: Recipe) -> None:
             " ORDER BY query_id", (tid,)).fetchall(), dtype=np.float64).reshape(-1, 5)
         for ddof in (0, 1):  # the generated columns follow the triggers' updates
             np.testing.assert_array_equal(cv_bins.codes(*stored[:, :3].T, ddof), stored[:, 3 + ddof])
+    assert_masks_exact(store)
+
+
+def assert_masks_exact(store: Store) -> None:
+    """Each slot's mask holds exactly the passes (0-61) above its cut; ``wide`` counts the rest."""
+    cuts = dict(store.conn.execute("SELECT slot, cut FROM summary_cuts"))
+    assert cuts
+    want: dict[tuple[str, str], list[int]] = {}
+    for q, t, p, score in store.conn.execute("SELECT query_id, teacher_id, pass_index, verify_score"
+                                             " FROM grades WHERE verify_score IS NOT NULL"):
+        row = want.setdefault((t, q), [0] * (len(cuts) + 1))
+        if not 0 <= p < 62:
+            row[-1] += 1
+            continue
+        for slot, cut in cuts.items():
+            if score > cut:
+                row[slot] |= 1 << p
+    columns = ", ".join(f"m{slot}" for slot in cuts)
+    got = {(t, q): list(rest) for t, q, *rest in store.conn.execute(
+        f"SELECT teacher_id, query_id, {columns}, wide FROM score_summaries")}
+    assert got == want
 
 
 def test_summaries_follow_every_write(tmp_path: Path) -> None:
@@ -67,6 +88,13 @@ def test_summaries_follow_every_write(tmp_path: Path) -> None:
                         ("own0", "id-gemma", 2, 1.0, 1, "ok"), ("own1", "id-gemma", 2, 0.25, 0, "ok")):
                 conn.execute(_INSERT, (*row, "code", "1", 0.1, "", now))
         assert s.scalar("SELECT n FROM score_summaries WHERE query_id = 'own0'") == 4
+        assert_exact(s, recipe())
+        with s.write() as conn:  # passes the masks cannot hold, a pass renumbered, a grade deleted
+            for p in (61, 62, 70):
+                conn.execute(_INSERT, ("own2", "id-gemma", p, 1.0, 1, "ok", "code", "1", 0.1, "", now))
+            conn.execute("UPDATE grades SET pass_index = 9 WHERE query_id = 'own3' AND pass_index = 0")
+            conn.execute("DELETE FROM grades WHERE query_id = 'own4' AND pass_index = 3")
+        assert s.scalar("SELECT wide FROM score_summaries WHERE query_id = 'own2'") == 2
         assert_exact(s, recipe())
         assert_exact(s, recipe(math=0.5, other=0.3))  # new thresholds: rebuilt once, then exact
         assert s.count("summary_cuts") > 3

@@ -42,16 +42,20 @@ def iter_records(store: Store, recipe: Recipe, selection: str) -> Iterator[dict[
         raise DeepDistillError(f"no selection named {selection!r}; known: {', '.join(known) or 'none'}")
     teacher_names = [t.name for t in recipe.teachers]
     teachers = resolve_teachers(store, teacher_names)
+    # The members spelled out from their masks in key order, then each one's rows found by key: the
+    # loops' order is the query-then-pass order, so SQLite sorts nothing (memory stays flat).
     cur = store.conn.execute(
         "SELECT m.query_id, q.question, q.category, t.name, m.teacher_id, m.pass_index, m.stage,"
         " s.response, s.reasoning, s.answer, g.verify_score"
-        " FROM selection_members m JOIN queries q ON q.query_id = m.query_id"
-        " JOIN samples s ON s.query_id = m.query_id AND s.teacher_id = m.teacher_id"
+        " FROM (SELECT m.query_id, m.teacher_id, m.base + b.i AS pass_index, m.stage FROM selection_passes m"
+        "  CROSS JOIN pass_bits b ON b.bit <= m.passes AND m.passes & b.bit"
+        "  WHERE m.selection = ? ORDER BY m.query_id, m.teacher_id, m.base, b.bit) m"
+        " CROSS JOIN queries q ON q.query_id = m.query_id"
+        " CROSS JOIN samples s ON s.query_id = m.query_id AND s.teacher_id = m.teacher_id"
         "  AND s.pass_index = m.pass_index"
-        " JOIN teachers t ON t.teacher_id = m.teacher_id"
+        " CROSS JOIN teachers t ON t.teacher_id = m.teacher_id"
         " LEFT JOIN grades g ON g.query_id = m.query_id AND g.teacher_id = m.teacher_id"
-        "  AND g.pass_index = m.pass_index"
-        " WHERE m.selection = ? ORDER BY m.query_id, m.pass_index",
+        "  AND g.pass_index = m.pass_index",
         (selection,),
     )
     every: dict[str, dict[str, Any]] | None = None  # the slow path's table, read once

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from deepdistill_tui.core.difficulty import summaries
-from deepdistill_tui.core.difficulty.members import Member, MemberPlan
+from deepdistill_tui.core.difficulty.members import (
+    Member,
+    MemberBits,
+    insert_members,
+    nth_pass,
+    popcount,
+    token_total,
+)
 from deepdistill_tui.core.difficulty.quality import Exclusions, exclusion_counts, exclusions, stored_flags
 from deepdistill_tui.core.difficulty.responses import (
     QueryScores,
@@ -52,31 +59,31 @@ BRANCHES = ("no_pass", "out_of_band", "challenging", "easy_kept", "easy_dropped"
 class Selection:
     """A named set of (query, teacher, pass, stage) members, with the rule and counts behind it.
 
-    Computed from the score summaries, a selection holds its members as a ``MemberPlan`` (per kept
-    query, a cut): they are read out of the store only when asked for, and ``save_selections`` has
-    SQLite write them directly. Computed from responses in memory, it holds the list."""
+    Computed from the score summaries, a selection holds its members as ``MemberBits`` (per kept
+    query, a mask of its passes): a row per member is made only when asked for, and
+    ``save_selections`` stores the masks. Computed from responses in memory, it holds the list."""
 
     def __init__(self, name: str, rule: dict[str, Any], seed: int, counts: dict[str, Any] | None = None,
-                 members: list[Member] | None = None, *, plan: MemberPlan | None = None,
+                 members: list[Member] | None = None, *, bits: MemberBits | None = None,
                  n_members: int | None = None) -> None:
         self.name, self.rule, self.seed = name, rule, seed
         self.counts: dict[str, Any] = counts if counts is not None else {}
-        self.plan = plan
-        self._members = [] if members is None and plan is None else members
+        self.bits = bits
+        self._members = [] if members is None and bits is None else members
         self._n_members = n_members
         self.n_tokens = 0
 
     @property
     def members(self) -> list[Member]:
-        """Sorted by query and pass when read from a plan (the store must still be open)."""
+        """Sorted by query and pass when made from the masks."""
         if self._members is None:
-            assert self.plan is not None
-            self._members = self.plan.rows()
+            assert self.bits is not None
+            self._members = self.bits.rows()
         return self._members
 
     @members.setter
     def members(self, value: list[Member]) -> None:
-        self._members, self.plan = value, None
+        self._members, self.bits = value, None
 
     @property
     def n_members(self) -> int:
@@ -86,13 +93,12 @@ class Selection:
         return self._n_members
 
     def write_members(self, conn: sqlite3.Connection) -> None:
-        """Into ``selection_members``, inside the caller's transaction: by SQLite from the plan when
-        the members were never read out, else from the list."""
-        if self._members is None and self.plan is not None:
-            self._n_members = self.plan.insert(conn, self.name)
+        """Into ``selection_passes``, inside the caller's transaction: the masks as they are when
+        the members were never spelled out, else from the list."""
+        if self._members is None and self.bits is not None:
+            self._n_members = self.bits.insert(conn, self.name)
             return
-        conn.executemany("INSERT INTO selection_members (selection, query_id, teacher_id, pass_index, stage)"
-                         " VALUES (?, ?, ?, ?, ?)", ((self.name, *m) for m in self.members))
+        insert_members(conn, self.name, self.members)
 
 
 @dataclass
@@ -111,6 +117,8 @@ class QueryFacts:
     """Responses above max(threshold, Stage II's threshold) (Stage II's candidates)."""
     codes: np.ndarray
     """Each query's category as its index in ``CATEGORIES`` (-1 for none): what the rules look up."""
+    masks: tuple[np.ndarray, np.ndarray] | None = None
+    """The passes counted in (``n_pass``, ``n_eligible``) as bit masks, when read from the summaries."""
 
     def cv(self, ddof: int) -> np.ndarray:
         return QueryScores(self.query_ids, self.categories, self.n, np.zeros(len(self.n)), self.total,
@@ -231,25 +239,25 @@ def stage_two(recipe: Recipe, r: Responses, teacher_id: str, name: str, excluded
 
 
 def planned_selections(store: Store, recipe: Recipe, teacher_id: str, name: str, f: QueryFacts,
-                       filtered: bool) -> list[Selection]:
-    """Both stages decided from per-query facts, their members left to SQLite as plans."""
+                       ) -> list[Selection]:
+    """Both stages decided from per-query facts, their members the summaries' pass masks."""
+    assert f.masks is not None
+    mask_one, mask_two = f.masks
     cfg = recipe.selection
     branch = decide_stage_one(store, recipe, f)
     kept = np.flatnonzero(branch["challenging"] | branch["easy_kept"])
     n_kept = int(f.n_pass[kept].sum())
-    plan = MemberPlan(store, teacher_id, 1, f.query_ids[kept], thresholds_by_code(recipe, f.codes[kept]),
-                      None, filtered)
+    bits = MemberBits(teacher_id, 1, f.query_ids[kept], mask_one[kept])
     counts = {"queries": {b: int(m.sum()) for b, m in branch.items()}, "responses_kept": n_kept,
               "quality_filters": exclusion_counts(store, cfg.quality, teacher_id),
               "by_category": _count_by_code(f.codes[kept], f.n_pass[kept])}
-    out = [Selection(name, rule_of(recipe, stage=1), cfg.seed, counts, plan=plan, n_members=n_kept)]
+    out = [Selection(name, rule_of(recipe, stage=1), cfg.seed, counts, bits=bits, n_members=n_kept)]
     if cfg.stage2.enabled:
         n_candidates, chosen, pick = decide_stage_two(recipe, f)
-        plan = MemberPlan(store, teacher_id, 2, f.query_ids[chosen],
-                          stage_two_cuts_by_code(recipe, f.codes[chosen]), pick, filtered)
+        bits = MemberBits(teacher_id, 2, f.query_ids[chosen], nth_pass(mask_two[chosen], pick))
         counts = {"queries": {"candidates": n_candidates, "selected": len(chosen)},
                   "responses_kept": len(chosen), "by_category": _count_by_code(f.codes[chosen])}
-        out.append(Selection(f"{name}-stage2", rule_of(recipe, stage=2), cfg.seed, counts, plan=plan,
+        out.append(Selection(f"{name}-stage2", rule_of(recipe, stage=2), cfg.seed, counts, bits=bits,
                              n_members=len(chosen)))
     return out
 
@@ -302,17 +310,17 @@ def training_responses(store: Store, recipe: Recipe) -> tuple[str, Responses]:
     return tid, r
 
 
-def summary_facts(store: Store, recipe: Recipe, teacher_id: str) -> tuple[QueryFacts, bool] | None:
-    """(per-query facts, whether quality filters apply) from the score summaries and the stored
-    quality flags, reading one row per query and one per flagged response, never every response;
-    None when the summaries cannot serve (a read-only store, a threshold without a slot)."""
+def summary_facts(store: Store, recipe: Recipe, teacher_id: str) -> QueryFacts | None:
+    """Per-query facts from the score summaries and the stored quality flags, reading one row per
+    query and one per flagged response, never every response; None when the summaries cannot serve
+    (a read-only store, a threshold without a slot, a pass index the masks cannot hold)."""
     cats = np.array(CATEGORIES, dtype=object)
     cut_one = dict(zip(CATEGORIES, thresholds_of(recipe, cats).tolist(), strict=True))
     cut_two = dict(zip(CATEGORIES, stage_two_cuts(recipe, cats).tolist(), strict=True))
     slots = summaries.ensure(store, sorted({*cut_one.values(), *cut_two.values()}))
-    above_one = summaries.above_column(slots, cut_one) if slots is not None else None
-    above_two = summaries.above_column(slots, cut_two) if slots is not None else None
-    if above_one is None or above_two is None:
+    mask_one = summaries.above_column(slots, cut_one, "m") if slots is not None else None
+    mask_two = summaries.above_column(slots, cut_two, "m") if slots is not None else None
+    if mask_one is None or mask_two is None:
         return None
     cfg = recipe.selection.quality
     filtered = cfg.max_perplexity is not None or cfg.max_ngram_count is not None
@@ -324,39 +332,41 @@ def summary_facts(store: Store, recipe: Recipe, teacher_id: str) -> tuple[QueryF
     if not outer:
         conn.execute("BEGIN")  # ids, numbers and flags from one snapshot
     try:
-        numbers = _summary_numbers(conn, where, teacher_id, above_one, above_two)
+        if conn.execute("SELECT 1 FROM score_summaries WHERE teacher_id = ? AND split = 'train' AND wide > 0"
+                        " LIMIT 1", (teacher_id,)).fetchone():
+            return None  # a pass beyond the masks' bits: the members are found from the responses
+        numbers = _summary_numbers(conn, where, teacher_id, mask_one, mask_two)
         ids = _query_ids(conn, where, teacher_id, len(numbers))
         flagged = conn.execute(
-            "SELECT f.query_id, g.verify_score FROM (SELECT DISTINCT query_id, pass_index FROM quality_flags"
-            " WHERE teacher_id = :t) f JOIN grades g ON g.query_id = f.query_id AND g.teacher_id = :t"
-            " AND g.pass_index = f.pass_index WHERE g.verify_score IS NOT NULL",
+            "SELECT f.query_id, f.pass_index, g.verify_score FROM (SELECT DISTINCT query_id, pass_index"
+            " FROM quality_flags WHERE teacher_id = :t) f JOIN grades g ON g.query_id = f.query_id"
+            " AND g.teacher_id = :t AND g.pass_index = f.pass_index WHERE g.verify_score IS NOT NULL",
             {"t": teacher_id}).fetchall() if filtered else []
     finally:
         if not outer:
             conn.execute("COMMIT")
-    small, counts = numbers["small"], numbers["counts"]
+    small, masks = numbers["small"], (numbers["mask_one"], numbers["mask_two"])
     codes = small % 16 - 1
     categories = np.array([*CATEGORIES, None], dtype=object)[codes]
+    # With every pass inside the masks, a stage's count of responses is its mask's count of bits.
     facts = QueryFacts(ids, categories, (small // 16).astype(np.float64), numbers["total"],
-                       numbers["total_sq"], counts % (1 << 32), counts >> 32, codes)
+                       numbers["total_sq"], popcount(masks[0]), popcount(masks[1]), codes, masks)
     _drop_flagged(recipe, facts, flagged)
-    # With no graded response flagged, no member can be: the members' statements skip the per-row
-    # probe of the flags (0.2-0.4 s of each stage's insert at 4M responses).
-    return facts, filtered and bool(flagged)
+    return facts
 
 
-_NUMBERS = np.dtype([("small", np.int64), ("counts", np.int64), ("total", np.float64),
-                     ("total_sq", np.float64)])
+_NUMBERS = np.dtype([("small", np.int64), ("total", np.float64), ("total_sq", np.float64),
+                     ("mask_one", np.int64), ("mask_two", np.int64)])
 
 
-def _summary_numbers(conn: sqlite3.Connection, where: str, teacher_id: str, above_one: str,
-                     above_two: str) -> np.ndarray:
-    """Each summary's numbers, streamed from the cursor into one record array (32 bytes a query; a
-    list of row tuples first cost about 200 bytes a query and was selection's peak memory). The small
-    integers travel packed, two values a column: (category code + 1) + 16 n, and Stage I's count +
-    2^32 Stage II's (a query's counts stay far below 2^31)."""
-    cur = conn.execute(f"SELECT ({summaries.CATEGORY_CODE} + 1) + 16 * n, ({above_one}) + 4294967296 *"
-                       f" ({above_two}), total, total_sq {where}", (teacher_id,))
+def _summary_numbers(conn: sqlite3.Connection, where: str, teacher_id: str, mask_one: str,
+                     mask_two: str) -> np.ndarray:
+    """Each summary's numbers, streamed from the cursor into one record array (40 bytes a query; a
+    list of row tuples first cost about 200 bytes a query and was selection's peak memory): the
+    category code and n packed as (code + 1) + 16 n, the score sums, and the masks of the passes
+    above each stage's cut."""
+    cur = conn.execute(f"SELECT ({summaries.CATEGORY_CODE} + 1) + 16 * n, total, total_sq, {mask_one},"
+                       f" {mask_two} {where}", (teacher_id,))
     return np.fromiter(cur, dtype=_NUMBERS)
 
 
@@ -372,18 +382,25 @@ def _query_ids(conn: sqlite3.Connection, where: str, teacher_id: str, n: int) ->
     return ids
 
 
-def _drop_flagged(recipe: Recipe, f: QueryFacts, flagged: list[tuple[str, float]]) -> None:
-    """Take the flagged responses out of their queries' pass and eligible counts."""
+def _drop_flagged(recipe: Recipe, f: QueryFacts, flagged: list[tuple[str, int, float]]) -> None:
+    """Take the flagged responses out of their queries' pass and eligible counts and masks."""
     if not flagged or not len(f.query_ids):
         return
-    qids = np.array([q for q, _ in flagged], dtype=object)
-    score = np.array([s for _, s in flagged], dtype=np.float64)
+    qids = np.array([q for q, _, _ in flagged], dtype=object)
+    passes = np.array([p for _, p, _ in flagged], dtype=np.int64)
+    score = np.array([s for _, _, s in flagged], dtype=np.float64)
     at = np.minimum(np.searchsorted(f.query_ids, qids), len(f.query_ids) - 1)
     mine = f.query_ids[at] == qids  # flags of queries outside the training split are not ours
-    at, score = at[mine], score[mine]
+    at, score, passes = at[mine], score[mine], passes[mine]
     codes = f.codes[at]
-    np.subtract.at(f.n_pass, at, (score > thresholds_by_code(recipe, codes)).astype(np.int64))
-    np.subtract.at(f.n_eligible, at, (score > stage_two_cuts_by_code(recipe, codes)).astype(np.int64))
+    above_one = score > thresholds_by_code(recipe, codes)
+    above_two = score > stage_two_cuts_by_code(recipe, codes)
+    np.subtract.at(f.n_pass, at, above_one.astype(np.int64))
+    np.subtract.at(f.n_eligible, at, above_two.astype(np.int64))
+    if f.masks is not None:  # a flagged pass's bit is set exactly where it was counted
+        bit = np.left_shift(np.int64(1), passes)
+        for masks, above in zip(f.masks, (above_one, above_two), strict=True):
+            np.subtract.at(masks, at[above], bit[above])
 
 
 def compute_selection(store: Store, recipe: Recipe, name: str,
@@ -395,9 +412,9 @@ def compute_selection(store: Store, recipe: Recipe, name: str,
         tid = training_teacher(store, recipe)
         found = summary_facts(store, recipe, tid)
         if found is not None:
-            if not len(found[0].n):
+            if not len(found.n):
                 raise _no_grades(recipe)
-            return planned_selections(store, recipe, tid, name, *found)
+            return planned_selections(store, recipe, tid, name, found)
     tid, r = loaded or training_responses(store, recipe)
     excluded = _exclusions(store, recipe, tid, r)
     out = [stage_one(store, recipe, r, tid, name, excluded)]
@@ -468,13 +485,11 @@ def save_selections(store: Store, selections: list[Selection]) -> None:
     now = time.time()
     with store.write() as conn:
         for sel in selections:
-            conn.execute("DELETE FROM selection_members WHERE selection = ?", (sel.name,))
+            conn.execute("DELETE FROM selection_passes WHERE selection = ?", (sel.name,))
             conn.execute("DELETE FROM selections WHERE name = ?", (sel.name,))
             sel.write_members(conn)
-            sel.n_tokens = int(conn.execute(
-                "SELECT coalesce(sum(t.tokens), 0) FROM selection_members m CROSS JOIN sample_tokens t"
-                " ON t.query_id = m.query_id AND t.teacher_id = m.teacher_id AND t.pass_index = m.pass_index"
-                " WHERE m.selection = ?", (sel.name,)).fetchone()[0])
+            rows = len(sel.bits.masks) if sel.bits is not None else sel.n_members
+            sel.n_tokens = token_total(conn, sel.name, sel.n_members / max(rows, 1))
             conn.execute(
                 "INSERT INTO selections (name, rule, seed, counts, n_members, n_tokens, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -2,7 +2,8 @@
 read instead of every response.
 
 A summary row holds a query's number of graded responses from one teacher, the sum and the sum of
-squares of their scores (the CV), and how many of them pass each of up to ``SLOTS`` thresholds. The
+squares of their scores (the CV), how many of them pass each of up to ``SLOTS`` thresholds, and which
+(``m0``..: bit i for pass i, passes 0-61; ``wide`` counts the graded responses outside them). The
 thresholds are recipe values, so the triggers are written with the ones in use (``summary_cuts``); a
 recipe with a threshold that has no slot rebuilds the table once, from the grades, and the new triggers
 carry it from then on. Triggers fire inside the transaction of whatever writes a grade (an import, the
@@ -16,7 +17,7 @@ import math
 import sqlite3
 
 from deepdistill_tui.core.recipe import CATEGORIES, Recipe
-from deepdistill_tui.core.store.database import Store
+from deepdistill_tui.core.store.database import PASS_BITS, Store
 
 SLOTS = 8
 _NONE = 1e308
@@ -60,9 +61,12 @@ def _rebuild(conn: sqlite3.Connection, cuts: list[float]) -> None:
     conn.executemany("INSERT INTO summary_cuts (slot, cut) VALUES (?, ?)", list(enumerate(cuts)))
     conn.execute("DELETE FROM score_summaries")
     passes = ", ".join(f"sum(g.verify_score > {_literal(c)})" for c in padded)
+    # Each (query, teacher, pass) is one grade, so a sum of its bits is their OR.
+    bits = ", ".join(f"sum({_bit('g', c)})" for c in padded)
     conn.execute(
-        "INSERT INTO score_summaries SELECT g.teacher_id, g.query_id, q.category, q.split, count(*),"
-        f" sum(g.verify_score), sum(g.verify_score * g.verify_score), {passes}"
+        f"INSERT INTO score_summaries (teacher_id, query_id, category, split, n, total, total_sq, {_COLUMNS},"
+        " wide) SELECT g.teacher_id, g.query_id, q.category, q.split, count(*),"
+        f" sum(g.verify_score), sum(g.verify_score * g.verify_score), {passes}, {bits}, sum({_wide('g')})"
         " FROM grades g LEFT JOIN queries q ON q.query_id = g.query_id"
         " WHERE g.verify_score IS NOT NULL GROUP BY g.query_id, g.teacher_id")
     for statement in _trigger_sql(padded):
@@ -76,22 +80,39 @@ def _literal(cut: float) -> str:
     return repr(float(cut))
 
 
+def _bit(row: str, cut: float) -> str:
+    """SQL for a grade's bit in the mask of passes above ``cut`` (0 for a pass the masks cannot hold)."""
+    return (f"(CASE WHEN {row}.verify_score > {_literal(cut)} AND {row}.pass_index BETWEEN 0 AND"
+            f" {PASS_BITS - 1} THEN 1 << {row}.pass_index ELSE 0 END)")
+
+
+def _wide(row: str) -> str:
+    return f"({row}.pass_index NOT BETWEEN 0 AND {PASS_BITS - 1})"
+
+
+_COUNTS = [f"p{i}" for i in range(SLOTS)]
+_MASKS = [f"m{i}" for i in range(SLOTS)]
+_COLUMNS = ", ".join(_COUNTS + _MASKS)
+
+
 def _trigger_sql(cuts: list[float]) -> list[str]:
-    cols = [f"p{i}" for i in range(SLOTS)]
-
     def above(row: str) -> str:
-        return ", ".join(f"({row}.verify_score > {_literal(c)})" for c in cuts)
+        counts = ", ".join(f"({row}.verify_score > {_literal(c)})" for c in cuts)
+        return f"{counts}, {', '.join(_bit(row, c) for c in cuts)}, {_wide(row)}"
 
+    summed = ", ".join(f"{c} = {c} + excluded.{c}" for c in [*_COUNTS, *_MASKS, "wide"])
     add = (
         "INSERT INTO score_summaries (teacher_id, query_id, category, split, n, total, total_sq, "
-        f"{', '.join(cols)}) SELECT NEW.teacher_id, NEW.query_id, q.category, q.split, 1, NEW.verify_score,"
+        f"{_COLUMNS}, wide) SELECT NEW.teacher_id, NEW.query_id, q.category, q.split, 1, NEW.verify_score,"
         f" NEW.verify_score * NEW.verify_score, {above('NEW')}"
         " FROM (SELECT 1) LEFT JOIN queries q ON q.query_id = NEW.query_id WHERE NEW.verify_score IS NOT NULL"
         " ON CONFLICT(teacher_id, query_id) DO UPDATE SET n = n + 1, total = total + excluded.total,"
-        f" total_sq = total_sq + excluded.total_sq, {', '.join(f'{c} = {c} + excluded.{c}' for c in cols)};"
+        f" total_sq = total_sq + excluded.total_sq, {summed};"
     )
-    minus = ", ".join(f"{c} = {c} - (OLD.verify_score > {_literal(cut)})" for c, cut in zip(cols, cuts,
-                                                                                             strict=True))
+    minus = ", ".join([*(f"{c} = {c} - (OLD.verify_score > {_literal(cut)})" for c, cut in zip(_COUNTS, cuts,
+                                                                                                 strict=True)),
+                       *(f"{c} = {c} - {_bit('OLD', cut)}" for c, cut in zip(_MASKS, cuts, strict=True)),
+                       f"wide = wide - {_wide('OLD')}"])
     remove = (
         "UPDATE score_summaries SET n = n - 1, total = total - OLD.verify_score,"
         f" total_sq = total_sq - OLD.verify_score * OLD.verify_score, {minus}"
@@ -102,7 +123,8 @@ def _trigger_sql(cuts: list[float]) -> list[str]:
     return [
         f"CREATE TRIGGER score_summaries_insert AFTER INSERT ON grades BEGIN {add} END",
         f"CREATE TRIGGER score_summaries_delete AFTER DELETE ON grades BEGIN {remove} END",
-        "CREATE TRIGGER score_summaries_update AFTER UPDATE OF verify_score, query_id, teacher_id ON grades"
+        "CREATE TRIGGER score_summaries_update AFTER UPDATE OF verify_score, query_id, teacher_id, pass_index"
+        " ON grades"
         f" BEGIN {remove} {add} END",
     ]
 
@@ -113,15 +135,15 @@ CATEGORY_CODE = ("CASE category " + " ".join(f"WHEN '{c}' THEN {i}" for i, c in 
 reads faster than the text."""
 
 
-def above_column(cut_slots: dict[float, int], cuts: dict[str, float]) -> str | None:
-    """SQL for each summary row's count of responses above its category's cut; None when a cut has
-    no slot."""
+def above_column(cut_slots: dict[float, int], cuts: dict[str, float], column: str = "p") -> str | None:
+    """SQL for each summary row's count of responses above its category's cut (with ``column="m"``,
+    the mask of their passes); None when a cut has no slot."""
     cases = []
     for cat in CATEGORIES:
         slot = cut_slots.get(float(cuts[cat]))
         if slot is None:
             return None
-        cases.append(f"WHEN '{cat}' THEN p{slot}")
+        cases.append(f"WHEN '{cat}' THEN {column}{slot}")
     return f"CASE category {' '.join(cases)} ELSE 0 END"
 
 

@@ -25,6 +25,9 @@ from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.store import cv_bins
 
 DEFAULT_DB = "deepdistill.db"
+PASS_BITS = 62
+"""Passes a member row or a summary's bit mask holds, 0-61: SQLite integers are 64-bit and signed,
+and 2^62 - 1 keeps every mask positive."""
 BUSY_TIMEOUT_MS = 30_000
 
 # Each entry migrates from version i to i + 1. Never edit a shipped entry: append a new one.
@@ -374,6 +377,74 @@ MIGRATIONS: list[str] = [
         texts      INTEGER NOT NULL,
         version    INTEGER NOT NULL,
         cells      BLOB NOT NULL
+    ) WITHOUT ROWID;
+    """,
+    # Members kept compactly (difficulty/members.py): one row per selected (query, teacher) with
+    # its member passes as bits, instead of one per response, and `selection_members` a view that
+    # spells them out (and takes rows in and out as the table did). The summaries gain, per pass
+    # threshold, the same bits for the passes above it, so that a selection finds its members
+    # without reading the grades; the table is derived, so it is made again empty and rebuilt from
+    # the grades when next read.
+    f"""
+    CREATE TABLE pass_bits (
+        bit INTEGER NOT NULL PRIMARY KEY,
+        i   INTEGER NOT NULL
+    );
+    INSERT INTO pass_bits (bit, i) WITH RECURSIVE b(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM b
+        WHERE i < {PASS_BITS - 1}) SELECT 1 << i, i FROM b;
+    CREATE TABLE selection_passes (
+        selection  TEXT NOT NULL,
+        query_id   TEXT NOT NULL,
+        teacher_id TEXT NOT NULL,
+        base       INTEGER NOT NULL,
+        passes     INTEGER NOT NULL,
+        stage      INTEGER NOT NULL,
+        PRIMARY KEY (selection, query_id, teacher_id, base)
+    ) WITHOUT ROWID;
+    INSERT INTO selection_passes SELECT selection, query_id, teacher_id,
+        pass_index - pass_index % {PASS_BITS}, sum(1 << (pass_index % {PASS_BITS})), max(stage)
+        FROM selection_members WHERE pass_index >= 0
+        GROUP BY selection, query_id, teacher_id, pass_index / {PASS_BITS};
+    DROP TABLE selection_members;
+    CREATE VIEW selection_members AS SELECT m.selection, m.query_id, m.teacher_id,
+        m.base + b.i AS pass_index, m.stage FROM selection_passes m
+        JOIN pass_bits b ON b.bit <= m.passes AND m.passes & b.bit;
+    CREATE TRIGGER selection_members_insert INSTEAD OF INSERT ON selection_members BEGIN
+        SELECT RAISE(ABORT, 'selection_members: pass_index must be a whole number >= 0')
+            WHERE typeof(NEW.pass_index) != 'integer' OR NEW.pass_index < 0;
+        INSERT INTO selection_passes VALUES (NEW.selection, NEW.query_id, NEW.teacher_id,
+            NEW.pass_index - NEW.pass_index % {PASS_BITS}, 1 << (NEW.pass_index % {PASS_BITS}), NEW.stage)
+            ON CONFLICT DO UPDATE SET passes = passes | excluded.passes, stage = excluded.stage;
+    END;
+    CREATE TRIGGER selection_members_delete INSTEAD OF DELETE ON selection_members BEGIN
+        UPDATE selection_passes SET passes = passes & ~(1 << (OLD.pass_index - base))
+            WHERE selection = OLD.selection AND query_id = OLD.query_id AND teacher_id = OLD.teacher_id
+            AND base = OLD.pass_index - OLD.pass_index % {PASS_BITS};
+        DELETE FROM selection_passes WHERE selection = OLD.selection AND query_id = OLD.query_id
+            AND teacher_id = OLD.teacher_id AND passes = 0;
+    END;
+    DROP TRIGGER IF EXISTS score_summaries_insert;
+    DROP TRIGGER IF EXISTS score_summaries_delete;
+    DROP TRIGGER IF EXISTS score_summaries_update;
+    DROP TABLE score_summaries;
+    DELETE FROM summary_cuts;
+    CREATE TABLE score_summaries (
+        teacher_id TEXT NOT NULL,
+        query_id   TEXT NOT NULL,
+        category   TEXT,
+        split      TEXT,
+        n          INTEGER NOT NULL,
+        total      REAL NOT NULL,
+        total_sq   REAL NOT NULL,
+        p0 INTEGER NOT NULL DEFAULT 0, p1 INTEGER NOT NULL DEFAULT 0, p2 INTEGER NOT NULL DEFAULT 0,
+        p3 INTEGER NOT NULL DEFAULT 0, p4 INTEGER NOT NULL DEFAULT 0, p5 INTEGER NOT NULL DEFAULT 0,
+        p6 INTEGER NOT NULL DEFAULT 0, p7 INTEGER NOT NULL DEFAULT 0,
+        m0 INTEGER NOT NULL DEFAULT 0, m1 INTEGER NOT NULL DEFAULT 0, m2 INTEGER NOT NULL DEFAULT 0,
+        m3 INTEGER NOT NULL DEFAULT 0, m4 INTEGER NOT NULL DEFAULT 0, m5 INTEGER NOT NULL DEFAULT 0,
+        m6 INTEGER NOT NULL DEFAULT 0, m7 INTEGER NOT NULL DEFAULT 0,
+        wide INTEGER NOT NULL DEFAULT 0,
+        {cv_bins.columns_sql()},
+        PRIMARY KEY (teacher_id, query_id)
     ) WITHOUT ROWID;
     """,
 ]

@@ -6,7 +6,13 @@ from pathlib import Path
 import pytest
 
 from deepdistill_tui.core.errors import DeepDistillError
-from deepdistill_tui.core.store.database import MIGRATIONS, SCHEMA_VERSION, Store, _statements
+from deepdistill_tui.core.store.database import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Store,
+    SuspendedTriggers,
+    _statements,
+)
 
 
 def test_schema_tables_wal_and_version(tmp_path: Path) -> None:
@@ -139,3 +145,25 @@ def test_a_damaged_file_is_refused_before_anything_is_written(tmp_path: Path) ->
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "damaged" in lines[0] and str(db) in lines[0], (command, r.stderr)
         assert db.read_bytes() == before
+
+
+def _schema(store: Store) -> list[tuple[str, str]]:
+    return store.conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+
+def test_suspended_triggers_come_back_as_they_were_or_with_the_rollback(store: Store) -> None:
+    before = _schema(store)
+    names = ("sample_tokens_insert", "teacher_versions_insert", "no_such_trigger")
+    with pytest.raises(RuntimeError, match="inside a write transaction"):
+        SuspendedTriggers(store.conn, names)
+    with store.write() as conn:
+        suspended = SuspendedTriggers(conn, names)
+        assert suspended.names == {"sample_tokens_insert", "teacher_versions_insert"}
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN (?, ?)",
+                            names[:2]).fetchone()[0] == 0
+        suspended.restore()
+    assert _schema(store) == before
+    with pytest.raises(ZeroDivisionError), store.write() as conn:  # a failed bulk write: no restore
+        SuspendedTriggers(conn, names)
+        _ = 1 / 0
+    assert _schema(store) == before

@@ -4,6 +4,7 @@ shards that replaces responses, and a test's own INSERTs."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -98,6 +99,36 @@ def test_summaries_follow_every_write(tmp_path: Path) -> None:
         assert_exact(s, recipe())
         assert_exact(s, recipe(math=0.5, other=0.3))  # new thresholds: rebuilt once, then exact
         assert s.count("summary_cuts") > 3
+
+
+def test_an_import_over_stored_and_repeated_keys_keeps_every_derived_table_exact(tmp_path: Path) -> None:
+    """The move suspends the row triggers of samples and grades and does their work per statement:
+    keys already stored and keys staged twice in one import (the same file name in two folders)
+    must leave what the triggers would, the first row of a key standing."""
+    first = write_am_files(tmp_path / "a", 120, teachers=("r1", "7b"), passes=2)
+    other = write_am_files(tmp_path / "b", 160, teachers=("r1",), passes=3, seed=5)  # new answers, scores
+    again = write_am_files(tmp_path / "c", 160, teachers=("r1",), passes=3, seed=9)
+    with Store(tmp_path / "s.db") as s:
+        import_released(s, first)
+        assert_exact(s, recipe())  # the summaries exist from here on, so the move must recount them
+        kept = s.conn.execute("SELECT query_id, teacher_id, pass_index, response FROM samples").fetchall()
+        schema = s.conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+        version = s.scalar("SELECT version FROM teacher_versions WHERE teacher_id = 'am-r1'")
+        report = import_released(s, [*other, *again])  # b's rows first: they stand over c's
+        r1 = s.scalar("SELECT count(*) FROM samples WHERE teacher_id = 'am-r1'")
+        assert r1 == 160 * 3 and report.responses == 160 * 3 - 120 * 2
+        assert s.scalar("SELECT version FROM teacher_versions WHERE teacher_id = 'am-r1'") \
+            == version + report.responses
+        assert s.conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() == schema
+        stored = set(s.conn.execute("SELECT query_id, teacher_id, pass_index, response FROM samples"))
+        assert set(kept) <= stored  # a stored key keeps its response
+        added = {row[3] for row in stored - set(kept)}
+        assert len(added) == report.responses and added <= answers(other)  # and a new one is b's
+        assert_exact(s, recipe())
+
+
+def answers(files: list[Path]) -> set[str]:
+    return {json.loads(line)["answer"] for f in files for line in f.read_text().splitlines()}
 
 
 def test_summaries_survive_a_merge_that_replaces_responses(tmp_path: Path) -> None:

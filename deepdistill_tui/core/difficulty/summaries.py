@@ -9,20 +9,19 @@ recipe with a threshold that has no slot rebuilds the table once, from the grade
 carry it from then on. Triggers fire inside the transaction of whatever writes a grade (an import, the
 grade stage, a regrade, a shard merge, a test's own INSERT), so no write path can leave a summary
 stale, and reading them costs one row per query however many responses and however long their text.
+The SQL itself (the triggers, the rebuild, an import's recount) is ``store/summary_sql.py``; this module
+chooses the thresholds and reads.
 """
 
 from __future__ import annotations
 
-import math
 import sqlite3
 
 from deepdistill_tui.core.recipe import CATEGORIES, Recipe
-from deepdistill_tui.core.store.database import PASS_BITS, Store
+from deepdistill_tui.core.store.database import Store
+from deepdistill_tui.core.store.summary_sql import SLOTS, rebuild
 
-SLOTS = 8
-_NONE = 1e308
-"""The cut of an unused slot: no score passes it."""
-_TRIGGERS = ("score_summaries_insert", "score_summaries_delete", "score_summaries_update")
+__all__ = ["SLOTS", "above_column", "ensure", "pass_column", "recipe_cuts", "released_comparison", "slots"]
 
 
 def recipe_cuts(recipe: Recipe) -> list[float]:
@@ -45,88 +44,12 @@ def ensure(store: Store, cuts: list[float]) -> dict[float, int] | None:
         wanted = wanted[:SLOTS]  # more distinct thresholds than slots: the rest read the grades
     try:
         with store.write() as conn:
-            _rebuild(conn, wanted)
+            rebuild(conn, wanted)
     except sqlite3.OperationalError as exc:  # a read-only file or folder: the slow path still works
         if "readonly" in str(exc) or "read-only" in str(exc):
             return None
         raise
     return slots(store)
-
-
-def _rebuild(conn: sqlite3.Connection, cuts: list[float]) -> None:
-    padded = [*cuts, *[_NONE] * (SLOTS - len(cuts))]
-    for name in _TRIGGERS:
-        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-    conn.execute("DELETE FROM summary_cuts")
-    conn.executemany("INSERT INTO summary_cuts (slot, cut) VALUES (?, ?)", list(enumerate(cuts)))
-    conn.execute("DELETE FROM score_summaries")
-    passes = ", ".join(f"sum(g.verify_score > {_literal(c)})" for c in padded)
-    # Each (query, teacher, pass) is one grade, so a sum of its bits is their OR.
-    bits = ", ".join(f"sum({_bit('g', c)})" for c in padded)
-    conn.execute(
-        f"INSERT INTO score_summaries (teacher_id, query_id, category, split, n, total, total_sq, {_COLUMNS},"
-        " wide) SELECT g.teacher_id, g.query_id, q.category, q.split, count(*),"
-        f" sum(g.verify_score), sum(g.verify_score * g.verify_score), {passes}, {bits}, sum({_wide('g')})"
-        " FROM grades g LEFT JOIN queries q ON q.query_id = g.query_id"
-        " WHERE g.verify_score IS NOT NULL GROUP BY g.query_id, g.teacher_id")
-    for statement in _trigger_sql(padded):
-        conn.execute(statement)
-
-
-def _literal(cut: float) -> str:
-    """A threshold as SQL text that reads back as the same double."""
-    if not math.isfinite(cut):
-        raise ValueError(f"threshold {cut} is not finite")
-    return repr(float(cut))
-
-
-def _bit(row: str, cut: float) -> str:
-    """SQL for a grade's bit in the mask of passes above ``cut`` (0 for a pass the masks cannot hold)."""
-    return (f"(CASE WHEN {row}.verify_score > {_literal(cut)} AND {row}.pass_index BETWEEN 0 AND"
-            f" {PASS_BITS - 1} THEN 1 << {row}.pass_index ELSE 0 END)")
-
-
-def _wide(row: str) -> str:
-    return f"({row}.pass_index NOT BETWEEN 0 AND {PASS_BITS - 1})"
-
-
-_COUNTS = [f"p{i}" for i in range(SLOTS)]
-_MASKS = [f"m{i}" for i in range(SLOTS)]
-_COLUMNS = ", ".join(_COUNTS + _MASKS)
-
-
-def _trigger_sql(cuts: list[float]) -> list[str]:
-    def above(row: str) -> str:
-        counts = ", ".join(f"({row}.verify_score > {_literal(c)})" for c in cuts)
-        return f"{counts}, {', '.join(_bit(row, c) for c in cuts)}, {_wide(row)}"
-
-    summed = ", ".join(f"{c} = {c} + excluded.{c}" for c in [*_COUNTS, *_MASKS, "wide"])
-    add = (
-        "INSERT INTO score_summaries (teacher_id, query_id, category, split, n, total, total_sq, "
-        f"{_COLUMNS}, wide) SELECT NEW.teacher_id, NEW.query_id, q.category, q.split, 1, NEW.verify_score,"
-        f" NEW.verify_score * NEW.verify_score, {above('NEW')}"
-        " FROM (SELECT 1) LEFT JOIN queries q ON q.query_id = NEW.query_id WHERE NEW.verify_score IS NOT NULL"
-        " ON CONFLICT(teacher_id, query_id) DO UPDATE SET n = n + 1, total = total + excluded.total,"
-        f" total_sq = total_sq + excluded.total_sq, {summed};"
-    )
-    minus = ", ".join([*(f"{c} = {c} - (OLD.verify_score > {_literal(cut)})" for c, cut in zip(_COUNTS, cuts,
-                                                                                                 strict=True)),
-                       *(f"{c} = {c} - {_bit('OLD', cut)}" for c, cut in zip(_MASKS, cuts, strict=True)),
-                       f"wide = wide - {_wide('OLD')}"])
-    remove = (
-        "UPDATE score_summaries SET n = n - 1, total = total - OLD.verify_score,"
-        f" total_sq = total_sq - OLD.verify_score * OLD.verify_score, {minus}"
-        " WHERE teacher_id = OLD.teacher_id AND query_id = OLD.query_id AND OLD.verify_score IS NOT NULL;"
-        " DELETE FROM score_summaries WHERE teacher_id = OLD.teacher_id AND query_id = OLD.query_id"
-        " AND n <= 0;"
-    )
-    return [
-        f"CREATE TRIGGER score_summaries_insert AFTER INSERT ON grades BEGIN {add} END",
-        f"CREATE TRIGGER score_summaries_delete AFTER DELETE ON grades BEGIN {remove} END",
-        "CREATE TRIGGER score_summaries_update AFTER UPDATE OF verify_score, query_id, teacher_id, pass_index"
-        " ON grades"
-        f" BEGIN {remove} {add} END",
-    ]
 
 
 CATEGORY_CODE = ("CASE category " + " ".join(f"WHEN '{c}' THEN {i}" for i, c in enumerate(CATEGORIES))

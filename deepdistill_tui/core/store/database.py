@@ -603,6 +603,30 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+class SuspendedTriggers:
+    """Those of the named triggers that exist, dropped for a set-based write that does their work
+    itself; ``restore()`` puts them back exactly as they were (their own SQL, from the schema).
+
+    Only inside a write transaction: no other writer can run while they are gone, and a failure
+    before the restore rolls the drop back with everything else."""
+
+    def __init__(self, conn: sqlite3.Connection, names: tuple[str, ...]) -> None:
+        if not conn.in_transaction:
+            raise RuntimeError("triggers can only be suspended inside a write transaction")
+        marks = ", ".join("?" * len(names))
+        self._conn = conn
+        self._saved: list[tuple[str, str]] = conn.execute(
+            f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({marks})",
+            names).fetchall()
+        self.names = frozenset(name for name, _ in self._saved)
+        for name, _ in self._saved:
+            conn.execute(f'DROP TRIGGER "{name}"')
+
+    def restore(self) -> None:
+        for _, sql in self._saved:
+            self._conn.execute(sql)
+
+
 class Store:
     """The project database. Open one per process; never carry it across fork()."""
 

@@ -254,3 +254,26 @@ async def test_a_plot_redraws_a_few_times_a_second_however_fast_its_data_comes()
         seconds = time.monotonic() - start
         assert chart.steps[-1] == 2000 and chart.redraws > before  # the last data is drawn
         assert chart.redraws - before <= MAX_REDRAWS_PER_S * seconds + 2, (chart.redraws, seconds)
+
+
+async def test_new_data_behind_a_late_redraw_timer_draws_once_not_twice() -> None:
+    """Under load the loop runs a due redraw timer late; data that arrives in between must wait for
+    it, not draw at once and then again when the timer fires (CI saw 10 redraws in 1.7 s)."""
+    from textual.app import App, ComposeResult
+
+    from deepdistill_tui.tui.plots import LossChart
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LossChart(id="chart")
+
+    app = One()
+    async with app.run_test(size=(60, 16)) as pilot:
+        chart = app.query_one(LossChart)
+        chart.add(1, 1.0, None)  # drawn at once
+        chart.add(2, 0.5, None)  # too soon after: a timer is set
+        before = chart.redraws
+        time.sleep(0.4)  # the loop is busy past the timer's time, as on a loaded machine
+        chart.add(3, 0.3, None)
+        await pilot.pause(0.6)  # the timer, which counts from when its task starts, has fired
+        assert chart.redraws - before == 1 and chart.steps[-1] == 3

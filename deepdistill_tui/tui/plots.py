@@ -35,10 +35,14 @@ class Chart(PlotextPlot):
 
     def changed(self) -> None:
         """Ask for a redraw: now, or after the rest of this period when the last one was recent."""
+        if self._pending is not None:
+            # One is due and will draw the latest data. Drawing now as well would be a second
+            # redraw right behind it when a busy loop runs the timer late (four a second broken).
+            return
         wait = self._last_redraw + 1 / MAX_REDRAWS_PER_S - time.monotonic()
         if wait <= 0:
             self._redraw()
-        elif self._pending is None and self.is_mounted:
+        elif self.is_mounted:
             self._pending = self.set_timer(wait, self._redraw)
 
     def _redraw(self) -> None:

@@ -3,11 +3,14 @@
     python bench/bench_select.py                               # 250k queries: 1M responses
     python bench/bench_select.py --queries 1000000             # 4M responses
     python bench/bench_select.py --queries 250000 --answer-chars 2000
+    python bench/bench_select.py --workers 1                   # the files staged in this process only
 
 Times `import-am` as the command runs it (the rows, then the score summaries and the quality filters
 that reads use), `stats` (everything the CLI's stats command computes) and one Stage I + Stage II
 selection of the full-32b recipe, each on the same database in one run, and prints each step's peak
 resident memory (the kernel's high-water mark is reset before each step, so a step's figure is its own).
+The import's worker processes (a file each) are counted apart: the largest one's peak, which each of
+them stays under.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=250_000)
     ap.add_argument("--answer-chars", type=int, default=100)
     ap.add_argument("--db", help="keep the database here (default: a temporary one)")
+    ap.add_argument("--workers", type=int, help="processes that stage the files (default: the import's)")
     args = ap.parse_args()
     data = load_recipe("full-32b").model_dump()
     data["selection"]["difficulty_teachers"] = []
@@ -66,11 +70,15 @@ def main() -> None:
               f"the files {peak_mb():,.0f} MB")
         with Store(args.db or tmp / "bench.db") as store:
             reset_peak()
+            children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             t0 = time.perf_counter()
-            done = run_stage(store, "import-am", recipe, ImportParams(tuple(map(str, files))))
+            params = ImportParams(tuple(map(str, files)), workers=args.workers)
+            done = run_stage(store, "import-am", recipe, params)
             dt = time.perf_counter() - t0
             n = done.summary["import_am"]["responses"]
-            print(f"import-am: {n:,} responses in {dt:.1f} s ({n / dt:,.0f}/s); peak {peak_mb():,.0f} MB")
+            workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child's
+            print(f"import-am: {n:,} responses in {dt:.1f} s ({n / dt:,.0f}/s); peak {peak_mb():,.0f} MB"
+                  + (f", each worker under {workers / 1024:,.0f} MB" if workers > children else ""))
             for label, fn in (("stats", lambda: compute_stats(store, recipe)),
                               ("select (Stage I + II)", lambda: run_selection(store, recipe, "bench"))):
                 reset_peak()

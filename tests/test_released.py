@@ -209,16 +209,90 @@ def test_each_query_is_staged_once_and_forgetting_them_costs_no_query(
     assert staged[0] == 30 and 30 < staged[1] <= 120, staged
 
 
+# ---------------------------------------------------------------- worker processes
+
+
+_LOOP = " ".join(f"step{j}" for j in range(25))  # a 25-token passage repeated across the files
+
+
+def _looping_files(tmp_path: Path) -> list[Path]:
+    """Three pass files of one teacher: every third answer holds the same passage (14 times a file,
+    so only the three files together pass the 20-gram limit of 20), every seventh a perplexity above
+    the limit, and in the second file a bad row and a repeated record."""
+    files = []
+    for k in (1, 2, 3):
+        rows: list[Any] = [am_row(i, 1.0 if (i + k) % 2 else 0.0, ppl=25.0 if i % 7 == 0 else 1.5,
+                                  answer=f"<think>{_LOOP if i % 3 == 0 else f'add {i} {k}'}</think>{2 * i}")
+                           for i in range(40)]
+        if k == 2:
+            rows += [am_row(999, None), rows[5]]
+        files.append(write_jsonl(tmp_path / f"math_r1_{k}pass.jsonl", rows))
+    return files
+
+
+def _store_dump(s: Store) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table an import writes, less the times it was written."""
+    return {t: s.conn.execute(sql).fetchall() for t, sql in {
+        "queries": "SELECT query_id, question, category, ground_truth, origin FROM queries ORDER BY 1",
+        "samples": "SELECT query_id, teacher_id, pass_index, response, reasoning, answer, ppl FROM samples"
+                   " ORDER BY 1, 2, 3",
+        "grades": "SELECT query_id, teacher_id, pass_index, verify_score, passed, detail FROM grades"
+                  " ORDER BY 1, 2, 3",
+        "summaries": "SELECT * FROM score_summaries ORDER BY 1, 2",
+        "tokens": "SELECT * FROM sample_tokens ORDER BY 1, 2, 3",
+        "versions": "SELECT teacher_id, version, n_samples FROM teacher_versions ORDER BY 1",
+        "flags": "SELECT * FROM quality_flags ORDER BY 1, 2, 3, 4",
+        "sketches": "SELECT teacher_id, ngram, texts, version, cells FROM ngram_sketches ORDER BY 1",
+        "imports": "SELECT source, format, rows_done, finished, report FROM imports ORDER BY 1",
+    }.items()}
+
+
+def test_files_staged_by_worker_processes_land_as_if_staged_here(tmp_path: Path) -> None:
+    """A second import, its two files staged by two worker processes that count the quality filters'
+    sketch into forks: every table equals the import done in this process alone, the flags (which
+    only all three files together raise) included."""
+    from deepdistill_tui.core.data.released import Options, expand_sources, stage_workers
+    from deepdistill_tui.core.difficulty.quality import Arrivals
+    from deepdistill_tui.core.pipeline.params import ImportParams
+    from deepdistill_tui.core.pipeline.runner import run_stage
+    from deepdistill_tui.core.recipe import QualityFilters
+
+    files = _looping_files(tmp_path)
+    later = expand_sources(map(str, files[1:]))
+    with Store(tmp_path / "c.db") as s:
+        assert stage_workers(later, 2, Options("am", on_samples=Arrivals(s, QualityFilters()))) == 2
+    assert stage_workers(later, None, Options("am")) == 1  # kilobytes: not worth a process
+    recipe = load_recipe("tiny")
+    dumps, reports = [], []
+    for workers in (1, 2):
+        with Store(tmp_path / f"w{workers}.db") as s:
+            run_stage(s, "import", recipe, ImportParams((str(files[0]),), workers=1))
+            done = run_stage(s, "import", recipe, ImportParams(tuple(map(str, files[1:])), workers=workers))
+            reports.append({k: v for k, v in done.summary["import_am"].items()
+                            if k not in ("seconds", "responses_per_s")})
+            dumps.append(_store_dump(s))
+    assert reports[0] == reports[1]
+    assert reports[1]["responses"] == 80 and reports[1]["skipped"] == {"no_score": 1}
+    assert reports[1]["duplicates"] == 1
+    for table in dumps[0]:
+        assert dumps[1][table] == dumps[0][table], table
+    kinds = {kind for *_, kind in dumps[1]["flags"]}
+    assert {"ngram", "perplexity"} <= kinds, kinds
+
+
 # ---------------------------------------------------------------- kill -9 and resume
 
 
 @pytest.mark.slow
-def test_kill_9_mid_import_then_resume_loses_and_doubles_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_mid_import_then_resume_loses_and_doubles_nothing(tmp_path: Path, workers: int) -> None:
     """A 60k-row import killed once its first chunks are committed, then run again: the store equals an
-    import that was never interrupted, row for row."""
+    import that was never interrupted, row for row. With two worker processes staging, they die with
+    the import: nothing is written after the kill."""
     files = write_am_files(tmp_path / "am", 30_000, categories=("math",), teachers=("r1",), passes=2)
     db = tmp_path / "killed.db"
-    cmd = [sys.executable, "-m", "deepdistill_tui", "import", *map(str, files), "--db", str(db)]
+    cmd = [sys.executable, "-m", "deepdistill_tui", "import", *map(str, files), "--db", str(db),
+           "--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     committed = 0
@@ -235,6 +309,16 @@ def test_kill_9_mid_import_then_resume_loses_and_doubles_nothing(tmp_path: Path)
     assert proc.poll() is None, "the import finished before it could be killed: make the files bigger"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+    def progress() -> tuple[int, int]:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return (conn.execute("SELECT coalesce(sum(rows_done), 0) FROM imports").fetchone()[0],
+                    conn.execute("SELECT count(*) FROM staged_samples").fetchone()[0])
+
+    time.sleep(0.5)
+    before = progress()
+    time.sleep(1.5)
+    assert progress() == before, "a worker went on writing after the import was killed"
     with Store(db) as s:  # committed chunks wait in the staging tables for the end of the import
         assert 0 < s.count("staged_samples") + s.count("samples") < 60_000
     rerun = subprocess.run([*cmd, "--json"], capture_output=True, text=True)

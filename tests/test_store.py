@@ -9,6 +9,7 @@ from deepdistill_tui.core.errors import DeepDistillError
 from deepdistill_tui.core.store.database import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    SORTER_THREADS,
     Store,
     SuspendedTriggers,
     _statements,
@@ -25,6 +26,23 @@ def test_schema_tables_wal_and_version(tmp_path: Path) -> None:
         assert s.scalar("SELECT type FROM sqlite_master WHERE name = 'selection_members'") == "view"
     with Store(tmp_path / "a.db") as s:  # reopening migrates nothing twice
         assert s.schema_version() == SCHEMA_VERSION
+
+
+def test_emptying_a_table_writes_its_freed_pages_no_second_time(tmp_path: Path) -> None:
+    """An import's move empties its staging tables; with SQLite's secure delete (Debian builds it on)
+    that wrote every freed page again, zeroed, as much as the rows themselves."""
+    with Store(tmp_path / "a.db") as s:
+        s.conn.execute("CREATE TABLE bulk (x TEXT)")
+        with s.write() as conn:
+            conn.executemany("INSERT INTO bulk VALUES (?)", [("x" * 1000,) for _ in range(2000)])
+        pages = s.scalar("SELECT count(*) FROM dbstat WHERE name = 'bulk'")
+        s.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with s.write() as conn:
+            conn.execute("DELETE FROM bulk")
+        frames = (tmp_path / "a.db-wal").stat().st_size // (4096 + 24)
+        assert pages > 400
+        assert frames < 10, f"{frames} pages written to free {pages}"
+        assert s.scalar("PRAGMA threads") == SORTER_THREADS  # big sorts may use a second core
 
 
 def test_members_a_row_each_migrate_into_pass_masks_and_read_back_the_same(tmp_path: Path) -> None:
@@ -145,6 +163,31 @@ def test_a_damaged_file_is_refused_before_anything_is_written(tmp_path: Path) ->
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "damaged" in lines[0] and str(db) in lines[0], (command, r.stderr)
         assert db.read_bytes() == before
+
+
+def test_a_large_store_growing_in_another_writers_wal_opens_and_a_short_one_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the size that gets SQLite's quick check, the page count is checked against the file. The
+    pages another process has just added are still in its WAL: an import's worker opening the store
+    then was refused as damaged. A file cut short is still refused."""
+    from deepdistill_tui.core.store import database
+
+    monkeypatch.setattr(database, "QUICK_CHECK_MAX_BYTES", 0)  # every file gets the cheap check
+    db = tmp_path / "big.db"
+    with Store(db) as writer:
+        writer.conn.execute("PRAGMA wal_autocheckpoint = 0")  # the new pages stay in the WAL
+        writer.conn.execute("CREATE TABLE bulk (x TEXT)")
+        with writer.write() as conn:
+            conn.executemany("INSERT INTO bulk VALUES (?)", [("x" * 1000,) for _ in range(2000)])
+        assert int(writer.scalar("PRAGMA page_count")) * 4096 > db.stat().st_size
+        database._checked.clear()
+        with Store(db) as other:  # was: "damaged: the header counts 560 pages, the file holds fewer"
+            assert other.count("bulk") == 2000
+    with db.open("r+b") as fh:  # closed and checkpointed, the file holds every page: cut the last 8
+        fh.truncate(db.stat().st_size - 8 * 4096)
+    database._checked.clear()
+    with pytest.raises(DeepDistillError, match="not a usable SQLite database"):
+        Store(db)
 
 
 def _schema(store: Store) -> list[tuple[str, str]]:

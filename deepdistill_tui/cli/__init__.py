@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="take pass thresholds and quality filters from this recipe "
                                 "(default: the paper's)")
     importing.add_argument("--json", action="store_true", help="print the report as JSON")
+    importing.add_argument("--workers", type=positive_int, metavar="N",
+                           help="processes that stage the files, a file each (default: the cores, up "
+                                "to 4, for 64 MB of files or more; 1: this process only)")
     p = sub.add_parser("import", parents=[common, importing],
                        help="import released responses with their verdicts: AM files, its siblings' "
                             "conversations, or several generations per problem")

@@ -75,8 +75,9 @@ def cmd_import(args: argparse.Namespace, alias: bool = False) -> int:
 
     # Without a recipe the paper's pass thresholds apply.
     recipe = load_recipe_arg(args) if getattr(args, "recipe", None) else None
-    params = ImportParams(tuple(args.files), strict=args.strict) if alias else ImportParams(
-        tuple(args.files), args.format, parse_map(args.map), args.category, args.teacher, args.strict)
+    params = ImportParams(tuple(args.files), strict=args.strict, workers=args.workers) if alias else \
+        ImportParams(tuple(args.files), args.format, parse_map(args.map), args.category, args.teacher,
+                     args.strict, args.workers)
     result = run_command(args, "import-am" if alias else "import", params, recipe=recipe,
                          with_recipe=False)
     if args.json:

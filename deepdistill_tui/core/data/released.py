@@ -19,20 +19,29 @@ where it was (``--strict`` refuses at the first instead, and the import is then 
 commits every ``CHUNK`` rows together with the source's resume key in ``imports``: a kill loses at most
 the chunk in flight, a rerun starts after the last committed row, and every insert is idempotent, so
 nothing is lost or doubled and a finished source imports nothing the second time.
+
+Several large files are staged by worker processes, a source each, each committing its own chunks
+(``stage_workers``): parsing is most of an import's time, and one process parses on one core while
+SQLite waits. The move stays in this process, one transaction, as before.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import multiprocessing
+import os
 import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from deepdistill_tui.core.data.am_import import (
     AM_DATASET,
@@ -62,6 +71,12 @@ RECENT = 2_000_000
 _DETAIL_JSON = json.JSONEncoder(check_circular=False).encode
 """json.dumps with its defaults, less the cycle check (a parsed row has no cycles): a quarter less
 time for each row's grade detail, the same text."""
+WORKER_BYTES = 64 << 20
+"""Files that add up to less than this are staged here: starting a worker costs about a second."""
+MAX_DEFAULT_WORKERS = 4
+"""Workers unless ``workers`` says: their commits take turns at SQLite's one write lock (about 7 µs
+a response against about 20 µs to parse it), so beyond a few they wait more than they parse, and
+each holds a few hundred MB (its page cache, the keys of its file)."""
 EXAMPLES = 20
 """Bad rows named in the report (where and why); the rest are only counted."""
 MAP_KEYS = ("question", "responses", "scores", "ground_truth", "category", "teacher", "pass", "answer",
@@ -232,6 +247,20 @@ class Response(NamedTuple):
 
 OnSamples = Callable[[str, list[tuple[str, int, str, float | None]]], None]
 """Told each staged chunk's responses of one teacher: (query id, pass index, text, perplexity)."""
+
+
+@runtime_checkable
+class SampleCounter(Protocol):
+    """An ``on_samples`` that worker processes can count into: each gets an empty ``fork()`` (sent to
+    it pickled), ``attach``es its own store, and sends it back to be ``join``ed."""
+
+    def __call__(self, teacher_id: str, samples: list[tuple[str, int, str, float | None]]) -> None: ...
+
+    def fork(self) -> SampleCounter: ...
+
+    def attach(self, store: Store | None) -> None: ...
+
+    def join(self, other: SampleCounter) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -512,6 +541,20 @@ class ImportReport:
             message = str(bad)
             self.examples.append(message if message.startswith(where) else f"{where}: {message}")
 
+    def absorb(self, part: ImportReport) -> None:
+        """Add a worker's staging of some sources (the move's counts are this process's own)."""
+        self.duplicates += part.duplicates
+        self.rows += part.rows
+        self.already_imported += part.already_imported
+        self.resumed += part.resumed
+        self.staged += part.staged
+        self.skipped.update(part.skipped)
+        self.examples = (self.examples + part.examples)[:EXAMPLES]
+        self.per_file.update(part.per_file)
+        self.duplicates_per_file.update(part.duplicates_per_file)
+        self.formats.update(part.formats)
+        self.teachers |= part.teachers
+
     def as_dict(self) -> dict[str, Any]:
         return {"files": self.files, "responses": self.responses, "new_queries": self.new_queries,
                 "duplicates": self.duplicates, "rows": self.rows, "skipped": dict(self.skipped),
@@ -537,11 +580,11 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
                     teacher: str | None = None, thresholds: dict[str, float] | None = None,
                     strict: bool = False, limit: int | None = None,
                     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                    on_samples: OnSamples | None = None) -> ImportReport:
+                    on_samples: OnSamples | None = None, workers: int | None = None) -> ImportReport:
     """Import every source (each only up to its first ``limit`` rows); see the module's docstring for
     formats, faults and resuming. ``on_samples(teacher_id, samples)`` sees each chunk's responses as
     they are staged, (query id, pass index, text, perplexity) each: the quality filters count them
-    there rather than read them back."""
+    there rather than read them back. ``workers``: processes that stage (see ``stage_workers``)."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     unknown = sorted(set(columns or {}) - set(MAP_KEYS))
@@ -562,6 +605,11 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
             read = [x for s in sources if (x := _import_source(store, conn, s, opts, thresholds, report,
                                                                 staged, strict, max_line_bytes))]
             _move(conn, read, report)
+    elif (n := stage_workers(sources, workers, opts)) > 1:
+        read = _stage_in_workers(store, sources, opts, thresholds, report, n, max_line_bytes)
+        if read or store.scalar("SELECT 1 FROM staged_samples LIMIT 1"):
+            with store.write() as conn:
+                _move(conn, read, report)
     else:
         read = [x for s in sources if (x := _import_source(store, None, s, opts, thresholds, report,
                                                             staged, strict, max_line_bytes))]
@@ -574,6 +622,80 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
     report.texts_exact = on_samples is not None and not leftovers and report.responses == report.staged
     report.seconds = time.perf_counter() - start
     return report
+
+
+def stage_workers(sources: list[Source], workers: int | None, opts: Options) -> int:
+    """How many processes stage ``sources``: a source each, up to ``workers`` (default: the cores, at
+    most ``MAX_DEFAULT_WORKERS``).
+    One (this process) for a single source, for files under ``WORKER_BYTES`` in all unless
+    ``workers`` asks, for datasets and the Hub (their readers hold caches and threads of their own),
+    and for an ``on_samples`` that is no ``SampleCounter``."""
+    files = [s for s in sources if s.kind in ("jsonl", "parquet")]
+    if len(files) < len(sources) or len(sources) < 2 or workers == 1:
+        return 1
+    if opts.on_samples is not None and not isinstance(opts.on_samples, SampleCounter):
+        return 1
+    if workers is None and sum(Path(s.path).stat().st_size for s in files) < WORKER_BYTES:
+        return 1
+    return min(len(sources), workers or min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+def _stage_in_workers(store: Store, sources: list[Source], opts: Options, thresholds: dict[str, float],
+                      report: ImportReport, workers: int, max_line_bytes: int) -> list[Source]:
+    """``_import_source`` of each source in a worker process, the results gathered in source order.
+    A worker dies with this process (a kill -9 of the import leaves none writing), so a rerun resumes
+    from what the workers committed, as after a kill of a single process."""
+    counter = opts.on_samples if isinstance(opts.on_samples, SampleCounter) else None
+    read: list[Source] = []
+    context = multiprocessing.get_context("spawn")  # never fork a process holding a SQLite connection
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
+                             initargs=(os.getpid(),)) as pool:
+        futures = [pool.submit(_stage_one, str(store.path), src, replace(
+                       opts, on_samples=counter.fork() if counter else None), thresholds, max_line_bytes)
+                   for src in sources]
+        try:
+            for future in futures:
+                done, part, counted = future.result()
+                report.absorb(part)
+                if counter is not None and counted is not None:
+                    counter.join(counted)
+                if done is not None:
+                    read.append(done)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return read
+
+
+_WORKER_STAGED: _Recent | None = None
+"""A worker process's staged query ids, kept across the sources it is given."""
+
+
+def _worker_start(parent: int) -> None:
+    """Die with the importing process (Linux: the parent-death signal), and stage queries afresh."""
+    global _WORKER_STAGED
+    _WORKER_STAGED = _Recent()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a killed import's workers run on to their end
+        return
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _stage_one(db: str, src: Source, opts: Options, thresholds: dict[str, float],
+               max_line_bytes: int) -> tuple[Source | None, ImportReport, SampleCounter | None]:
+    """In a worker: one source staged through the worker's own connection."""
+    part = ImportReport()
+    counter = opts.on_samples if isinstance(opts.on_samples, SampleCounter) else None
+    with Store(db, create=False) as store:
+        if counter is not None:
+            counter.attach(store)
+        done = _import_source(store, None, src, opts, thresholds, part, _WORKER_STAGED or _Recent(),
+                              False, max_line_bytes)
+    if counter is not None:
+        counter.attach(None)  # a connection cannot be pickled back
+    return done, part, counter
 
 
 def _move(conn: Any, sources: list[Source], report: ImportReport) -> None:
@@ -609,13 +731,13 @@ def _move(conn: Any, sources: list[Source], report: ImportReport) -> None:
 
 def import_am(store: Store, paths: Iterable[str | Path], *, thresholds: dict[str, float] | None = None,
               strict: bool = False, limit: int | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-              on_samples: OnSamples | None = None) -> ImportReport:
+              on_samples: OnSamples | None = None, workers: int | None = None) -> ImportReport:
     """``import-am``: the release's own files, named as released (CATEGORY_TEACHER_Kpass.jsonl)."""
     paths = list(paths)
     for p in paths:
         parse_am_name(Path(p))  # the name says the category, the teacher and the pass: refuse a wrong one
     return import_released(store, paths, fmt="am", thresholds=thresholds, strict=strict, limit=limit,
-                           max_line_bytes=max_line_bytes, on_samples=on_samples)
+                           max_line_bytes=max_line_bytes, on_samples=on_samples, workers=workers)
 
 
 def _import_source(store: Store, conn: Any, src: Source, opts: Options, thresholds: dict[str, float],

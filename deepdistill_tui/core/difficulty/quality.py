@@ -261,11 +261,41 @@ class Arrived:
 
 class Arrivals:
     """Per teacher, ``Arrived`` counts of the responses a writer passes as it goes (``import``'s
-    ``on_samples``)."""
+    ``on_samples``, a ``SampleCounter``: the import's worker processes count into forks of it)."""
 
-    def __init__(self, store: Store, cfg: QualityFilters) -> None:
+    def __init__(self, store: Store | None, cfg: QualityFilters) -> None:
         self.store, self.cfg = store, cfg
         self.by_teacher: dict[str, Arrived] = {}
+        self._unknown: set[str] = set()
+        """Teachers whose forks disagreed on counting a sketch (a sketch stored meanwhile): their
+        counts prove nothing, and the filters are worked out from the store."""
+
+    def __call__(self, teacher_id: str, samples: list[tuple[str, int, str, float | None]]) -> None:
+        self.add(teacher_id, samples)
+
+    def fork(self) -> Arrivals:
+        return Arrivals(None, self.cfg)
+
+    def attach(self, store: Store | None) -> None:
+        self.store = store
+
+    def join(self, other: object) -> None:
+        """Count in a fork's arrivals: sketches merged, perplexities and counts added."""
+        assert isinstance(other, Arrivals)
+        for tid, theirs in other.by_teacher.items():
+            mine = self.by_teacher.get(tid)
+            if tid in self._unknown:
+                continue
+            if mine is None:
+                self.by_teacher[tid] = theirs
+            elif (mine.sketch is None) != (theirs.sketch is None):
+                del self.by_teacher[tid]
+                self._unknown.add(tid)
+            else:
+                if mine.sketch is not None and theirs.sketch is not None:
+                    mine.sketch.merge(theirs.sketch)
+                mine.high_perplexity += theirs.high_perplexity
+                mine.count += theirs.count
 
     @classmethod
     def for_filters(cls, store: Store, cfg: QualityFilters) -> Arrivals | None:
@@ -281,6 +311,7 @@ class Arrivals:
         limit = self.cfg.max_ngram_count
         if limit is None or limit >= 255:
             return False
+        assert self.store is not None, "a fork counts only once attached to its store"
         return self.store.conn.execute("SELECT 1 FROM ngram_sketches WHERE teacher_id = ? AND ngram = ?",
                                        (teacher_id, self.cfg.ngram)).fetchone() is not None
 

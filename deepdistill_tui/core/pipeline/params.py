@@ -21,6 +21,8 @@ class ImportParams:
     teacher: str | None = None
     strict: bool = False
     """Refuse the import at the first bad row (one transaction) instead of skipping and counting."""
+    workers: int | None = None
+    """Processes that stage the files, a file each (None: the cores, for files of 64 MB and more)."""
 
 
 @dataclass(frozen=True)

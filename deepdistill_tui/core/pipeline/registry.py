@@ -93,7 +93,7 @@ def _import(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContex
     thresholds = dict(recipe.grading.thresholds) if recipe else None
     return IngestResult(import_am=_counted_import(store, recipe, partial(
         import_released, store, list(p.files), fmt=p.format, columns=dict(p.columns),
-        category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict)))
+        category=p.category, teacher=p.teacher, thresholds=thresholds, strict=p.strict, workers=p.workers)))
 
 
 def _import_am(store: Store, recipe: Recipe | None, p: ImportParams, run: RunContext) -> Result:
@@ -102,7 +102,7 @@ def _import_am(store: Store, recipe: Recipe | None, p: ImportParams, run: RunCon
 
     thresholds = dict(recipe.grading.thresholds) if recipe else None
     return IngestResult(import_am=_counted_import(store, recipe, partial(
-        import_am, store, list(p.files), thresholds=thresholds, strict=p.strict)))
+        import_am, store, list(p.files), thresholds=thresholds, strict=p.strict, workers=p.workers)))
 
 
 def _counted_import(store: Store, recipe: Recipe | None,
@@ -114,7 +114,7 @@ def _counted_import(store: Store, recipe: Recipe | None,
     from deepdistill_tui.core.recipe import QualityFilters
 
     arrivals = Arrivals.for_filters(store, recipe.selection.quality if recipe else QualityFilters())
-    report = call(on_samples=arrivals.add if arrivals else None)
+    report = call(on_samples=arrivals)
     prepare_reads(store, recipe, report.teachers, _added(arrivals, report))
     return report
 

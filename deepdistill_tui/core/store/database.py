@@ -517,6 +517,8 @@ def owner_alive(owner: str | None) -> bool:
 
 
 QUICK_CHECK_MAX_BYTES = 512 << 20
+_WAL_HEADER, _FRAME_HEADER = 32, 24
+"""Bytes of the WAL file's header and of each frame's, before its page."""
 _checked: set[tuple[str, int, int]] = set()
 
 
@@ -535,7 +537,11 @@ def check_integrity(conn: sqlite3.Connection, path: Path) -> None:
     else:
         pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
         size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        if pages * size > st.st_size:
+        # A writer's new pages live in the WAL until a checkpoint copies them into the file (another
+        # process importing, say), one frame each: only pages beyond both are missing.
+        wal = Path(f"{path}-wal")
+        frames = max(0, wal.stat().st_size - _WAL_HEADER) // (size + _FRAME_HEADER) if wal.exists() else 0
+        if pages > st.st_size // size + frames:
             raise sqlite3.DatabaseError(f"damaged: the header counts {pages} pages, the file holds fewer")
     _checked.add(key)
 
@@ -587,6 +593,10 @@ def _statements(script: str) -> Iterator[str]:
         yield buf
 
 
+SORTER_THREADS = 2
+"""Helper threads a connection's sorts may use (each holds up to one cache's worth of rows)."""
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """A connection in autocommit mode: transactions are explicit (``Store.write``)."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -596,6 +606,13 @@ def connect(path: str | Path) -> sqlite3.Connection:
     # 64 MB of page cache instead of SQLite's 2 MB: inserts into million-row B-trees stop reading the
     # same inner pages from disk again and again (a 4M-response import ran at a third of its speed).
     conn.execute("PRAGMA cache_size = -65536")
+    # Debian's SQLite zeroes every page a delete frees (built with SECURE_DELETE): an import's move
+    # wrote its whole staging area a second time to empty it (2.6 of 17.6 s at 1M responses). The
+    # store holds public data and the user's own; freed pages are reused, not wiped.
+    conn.execute("PRAGMA secure_delete = OFF")
+    # The sorter may hand its runs to helper threads: the move's key-order sorts of millions of
+    # staged rows use the second core (samples and grades 12.1 -> 10.0 s at 1M on 2 cores).
+    conn.execute(f"PRAGMA threads = {SORTER_THREADS}")
     conn.execute("PRAGMA foreign_keys = ON")
     # INSERT OR REPLACE deletes the row it replaces; only with this do delete triggers see that (the
     # score summaries' triggers must, or a merged grade would be counted twice).

@@ -605,14 +605,12 @@ def import_released(store: Store, specs: Iterable[str | Path], *, fmt: str = "au
             read = [x for s in sources if (x := _import_source(store, conn, s, opts, thresholds, report,
                                                                 staged, strict, max_line_bytes))]
             _move(conn, read, report)
-    elif (n := stage_workers(sources, workers, opts)) > 1:
-        read = _stage_in_workers(store, sources, opts, thresholds, report, n, max_line_bytes)
-        if read or store.scalar("SELECT 1 FROM staged_samples LIMIT 1"):
-            with store.write() as conn:
-                _move(conn, read, report)
     else:
-        read = [x for s in sources if (x := _import_source(store, None, s, opts, thresholds, report,
-                                                            staged, strict, max_line_bytes))]
+        if (n := stage_workers(sources, workers, opts)) > 1:
+            read = _stage_in_workers(store, sources, opts, thresholds, report, n, max_line_bytes)
+        else:
+            read = [x for s in sources if (x := _import_source(store, None, s, opts, thresholds, report,
+                                                                staged, strict, max_line_bytes))]
         if read or store.scalar("SELECT 1 FROM staged_samples LIMIT 1"):
             with store.write() as conn:
                 _move(conn, read, report)

@@ -283,9 +283,9 @@ class Arrivals:
         """Count in a fork's arrivals: sketches merged, perplexities and counts added."""
         assert isinstance(other, Arrivals)
         for tid, theirs in other.by_teacher.items():
-            mine = self.by_teacher.get(tid)
             if tid in self._unknown:
                 continue
+            mine = self.by_teacher.get(tid)
             if mine is None:
                 self.by_teacher[tid] = theirs
             elif (mine.sketch is None) != (theirs.sketch is None):
